@@ -1,0 +1,1151 @@
+//! Settings for `molt run`, turned once into a validated [`Config`].
+//!
+//! Precedence, highest first: command-line flags > `MOLT_*` environment > `molt.toml` in
+//! the app root (or the file named by `MOLT_CONFIG`) > defaults. The one exception is the
+//! port, whose variable is the platform's `PORT` rather than `MOLT_PORT`.
+//!
+//! Every setting is one row of [`SETTINGS`]: its key (also its `molt.toml` key), its
+//! environment name, its flag, its kind, its default and its doc. Loading, `molt plan` and
+//! the README table are all driven by that one table, so a new setting is one new row.
+//!
+//! Every source that is present is validated, not only the one that wins: a bad
+//! `MOLT_MIN_WORKERS` is an error even when `--workers` overrides it, because molt never
+//! guesses what a user meant.
+//!
+//! An unknown key in `molt.toml` warns at run time and fails the build (DESIGN 4.10):
+//! [`load`] is the run-time behaviour, [`load_with`] with [`Strictness::Build`] the
+//! buildpack's.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use toml_edit::{ImDocument, Item};
+
+/// When the public port is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BindMode {
+    /// At once, before any worker is ready (so Heroku's R10 boot timeout never fires).
+    Now,
+    /// Only once the first worker is ready, for platforms that treat a bound port as healthy.
+    Ready,
+}
+
+/// How much molt says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+}
+
+/// The validated settings of one `molt run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Config {
+    /// Public port (`--port`, else `$PORT`, else 5000).
+    pub port: u16,
+    /// Workers kept running (`MOLT_MIN_WORKERS`, `--workers`).
+    pub min_workers: usize,
+    /// Requests one worker takes at once; 0 means unlimited.
+    pub worker_concurrency: usize,
+    /// Requests that may wait for a worker; more get 503.
+    pub max_queue: usize,
+    /// Longest a request may wait for a worker before 503.
+    pub queue_timeout: Duration,
+    /// Longest a worker may take to accept connections.
+    pub boot_timeout: Duration,
+    /// Consecutive boot failures, before any worker was ever ready, that make molt give up.
+    pub max_boot_failures: u32,
+    /// With a path, readiness is a GET returning a status below 500.
+    pub health_path: Option<String>,
+    /// Time allowed for in-flight requests to finish on SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Time a recycled worker gets to finish its in-flight requests.
+    pub drain_timeout: Duration,
+    /// Signal that asks a worker's process group to stop.
+    pub stop_signal: Signal,
+    /// Time between the stop signal and SIGKILL.
+    pub stop_timeout: Duration,
+    /// `WEB_CONCURRENCY` handed to each worker.
+    pub worker_processes: usize,
+    /// Exec the command directly on the public port, with no pool.
+    pub disable: bool,
+    /// When the public port is bound.
+    pub bind: BindMode,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+}
+
+/// Port when neither `--port` nor `$PORT` names one: Foreman's and `heroku local`'s default.
+pub(crate) const DEFAULT_PORT: u16 = 5000;
+/// One worker, so an app that never set anything behaves as it did without molt.
+pub(crate) const DEFAULT_MIN_WORKERS: usize = 1;
+/// One request per worker: the process model of Unicorn, gunicorn sync and Puma with one thread.
+pub(crate) const DEFAULT_WORKER_CONCURRENCY: usize = 1;
+/// Passenger's default queue length; beyond it a request gets 503 at once.
+pub(crate) const DEFAULT_MAX_QUEUE: usize = 100;
+/// Below Heroku's 30s router timeout (H12), so a queued request gets molt's 503 instead.
+pub(crate) const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(25);
+/// Rails apps with large bundles can take most of a minute to boot on a small dyno.
+pub(crate) const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Enough to ride out a flaky dependency at boot, few enough to fail a broken deploy quickly.
+pub(crate) const DEFAULT_MAX_BOOT_FAILURES: u32 = 5;
+/// Readiness is a TCP connect unless the app names a health path.
+pub(crate) const DEFAULT_HEALTH_PATH: Option<String> = None;
+/// Inside the 30s Heroku allows between SIGTERM and SIGKILL, leaving time to stop workers.
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+/// Heroku's router timeout is 30s, so no request that can still succeed is longer.
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// SIGTERM is the graceful stop of Puma, gunicorn and most servers (Unicorn: QUIT).
+pub(crate) const DEFAULT_STOP_SIGNAL: Signal = Signal::SIGTERM;
+/// Time a worker gets between the stop signal and SIGKILL.
+pub(crate) const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// `WEB_CONCURRENCY=1`, so the app's server runs one process and molt manages the processes.
+pub(crate) const DEFAULT_WORKER_PROCESSES: usize = 1;
+/// molt is on unless switched off.
+pub(crate) const DEFAULT_DISABLE: bool = false;
+/// Binding at once keeps slow-booting apps from failing Heroku's R10 boot timeout.
+pub(crate) const DEFAULT_BIND: BindMode = BindMode::Now;
+/// Lifecycle events and problems, not every request.
+pub(crate) const DEFAULT_LOG_LEVEL: LogLevel = LogLevel::Info;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: DEFAULT_PORT,
+            min_workers: DEFAULT_MIN_WORKERS,
+            worker_concurrency: DEFAULT_WORKER_CONCURRENCY,
+            max_queue: DEFAULT_MAX_QUEUE,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            max_boot_failures: DEFAULT_MAX_BOOT_FAILURES,
+            health_path: DEFAULT_HEALTH_PATH,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            stop_signal: DEFAULT_STOP_SIGNAL,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            worker_processes: DEFAULT_WORKER_PROCESSES,
+            disable: DEFAULT_DISABLE,
+            bind: DEFAULT_BIND,
+            log_level: DEFAULT_LOG_LEVEL,
+        }
+    }
+}
+
+/// Names the environment uses that are not settings, so they are never called unknown.
+const OTHER_ENV_NAMES: &[&str] = &[
+    // The path of the TOML file, read before the settings.
+    CONFIG_ENV,
+    // Set by molt itself in each worker's environment; a molt started inside a worker
+    // must not take it for a setting.
+    "MOLT_WORKER",
+    // Read by the buildpack at build time; Heroku config vars are also set at run time.
+    "MOLT_BINARY_URL",
+];
+
+/// The variable naming the TOML file to read instead of `molt.toml` in the app root.
+const CONFIG_ENV: &str = "MOLT_CONFIG";
+
+/// The file read from the app root when `MOLT_CONFIG` is not set.
+const DEFAULT_FILE: &str = "molt.toml";
+
+/// How close (normalised Damerau-Levenshtein, 0 to 1) an unknown name must be to a known
+/// one to be suggested. 0.6 catches `MOLT_WORKERS` for `MOLT_MIN_WORKERS` and missing or
+/// doubled letters, but not unrelated names that merely share `_TIMEOUT`.
+const SUGGESTION_THRESHOLD: f64 = 0.6;
+
+const DURATION_EXPECTED: &str = "a duration such as 250ms, 30s or 5m";
+const POSITIVE_DURATION_EXPECTED: &str = "a duration above zero, such as 250ms, 30s or 5m";
+const BOOL_EXPECTED: &str = "true or false (or 1/0, yes/no, on/off)";
+const PATH_EXPECTED: &str = "a URL path starting with / and without spaces, such as /up";
+
+/// The signals a worker may be asked to stop with, by their names without `SIG`.
+const SIGNALS: &[(&str, Signal)] = &[
+    ("TERM", Signal::SIGTERM),
+    ("QUIT", Signal::SIGQUIT),
+    ("INT", Signal::SIGINT),
+    ("USR1", Signal::SIGUSR1),
+    ("USR2", Signal::SIGUSR2),
+    ("HUP", Signal::SIGHUP),
+    ("KILL", Signal::SIGKILL),
+    ("WINCH", Signal::SIGWINCH),
+];
+
+/// One setting: where it is read from, what it accepts, and where it goes in [`Config`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Setting {
+    /// Lowercase key, used in messages, `molt plan` and as the `molt.toml` key.
+    pub key: &'static str,
+    /// Environment variable.
+    pub env: &'static str,
+    /// Command-line flag, if `molt run` has one.
+    pub flag: Option<&'static str>,
+    /// What the setting accepts and which [`Config`] field it sets.
+    pub kind: Kind,
+    /// Default, written as a user would write it. Must agree with the `DEFAULT_*` constant.
+    pub default: &'static str,
+    /// One line for the README and `molt plan`.
+    pub doc: &'static str,
+}
+
+impl Setting {
+    /// The key in `molt.toml`: the setting's key, so the file reads like the docs.
+    pub(crate) fn toml_key(&self) -> &'static str {
+        self.key
+    }
+
+    /// The flag as a user would see it in a message, e.g. `--workers`.
+    fn flag_name(&self) -> String {
+        self.flag.map_or_else(
+            || format!("--{}", self.key.replace('_', "-")),
+            str::to_owned,
+        )
+    }
+}
+
+/// What a setting accepts. Each kind carries the function that stores the parsed value in
+/// [`Config`], so the table alone says where a setting goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    /// A whole number from `min` to `max`; `max` of `u32::MAX` means unbounded.
+    Count {
+        min: u32,
+        max: u32,
+        set: fn(&mut Config, u32),
+    },
+    /// A duration, which may be zero only when `allow_zero`.
+    Duration {
+        allow_zero: bool,
+        set: fn(&mut Config, Duration),
+    },
+    /// One of [`SIGNALS`].
+    Signal { set: fn(&mut Config, Signal) },
+    /// A boolean; empty text is false.
+    Bool { set: fn(&mut Config, bool) },
+    /// A URL path; empty text is none.
+    Path {
+        set: fn(&mut Config, Option<String>),
+    },
+    /// One of the listed words, case-insensitive, each with what it sets.
+    Choice(&'static [(&'static str, fn(&mut Config))]),
+}
+
+/// Every setting, in the order `molt plan` and the README show them.
+pub(crate) static SETTINGS: &[Setting] = &[
+    Setting {
+        key: "port",
+        env: "PORT",
+        flag: Some("--port"),
+        kind: Kind::Count {
+            min: 1,
+            max: 65535,
+            set: |c, n| c.port = u16::try_from(n).expect("port is bounded by 65535 in SETTINGS"),
+        },
+        default: "5000",
+        doc: "Public port the proxy listens on (the platform's PORT).",
+    },
+    Setting {
+        key: "min_workers",
+        env: "MOLT_MIN_WORKERS",
+        flag: Some("--workers"),
+        kind: Kind::Count {
+            min: 1,
+            max: 1024,
+            set: |c, n| c.min_workers = n as usize,
+        },
+        default: "1",
+        doc: "Workers kept running.",
+    },
+    Setting {
+        key: "worker_concurrency",
+        env: "MOLT_WORKER_CONCURRENCY",
+        flag: Some("--concurrency"),
+        kind: Kind::Count {
+            min: 0,
+            max: u32::MAX,
+            set: |c, n| c.worker_concurrency = n as usize,
+        },
+        default: "1",
+        doc: "Requests one worker takes at once; 0 means unlimited.",
+    },
+    Setting {
+        key: "max_queue",
+        env: "MOLT_MAX_QUEUE",
+        flag: None,
+        kind: Kind::Count {
+            min: 0,
+            max: u32::MAX,
+            set: |c, n| c.max_queue = n as usize,
+        },
+        default: "100",
+        doc: "Requests that may wait for a worker; more get 503.",
+    },
+    Setting {
+        key: "queue_timeout",
+        env: "MOLT_QUEUE_TIMEOUT",
+        flag: None,
+        kind: Kind::Duration {
+            allow_zero: false,
+            set: |c, d| c.queue_timeout = d,
+        },
+        default: "25s",
+        doc: "Longest a request may wait for a worker before 503.",
+    },
+    Setting {
+        key: "boot_timeout",
+        env: "MOLT_BOOT_TIMEOUT",
+        flag: None,
+        kind: Kind::Duration {
+            allow_zero: false,
+            set: |c, d| c.boot_timeout = d,
+        },
+        default: "60s",
+        doc: "Longest a worker may take to accept connections.",
+    },
+    Setting {
+        key: "max_boot_failures",
+        env: "MOLT_MAX_BOOT_FAILURES",
+        flag: None,
+        kind: Kind::Count {
+            min: 1,
+            max: u32::MAX,
+            set: |c, n| c.max_boot_failures = n,
+        },
+        default: "5",
+        doc: "Consecutive failed boots, before any worker was ready, that make molt give up.",
+    },
+    Setting {
+        key: "health_path",
+        env: "MOLT_HEALTH_PATH",
+        flag: Some("--health-path"),
+        kind: Kind::Path {
+            set: |c, p| c.health_path = p,
+        },
+        default: "",
+        doc: "With a path, a worker is ready when a GET returns a status below 500.",
+    },
+    Setting {
+        key: "shutdown_timeout",
+        env: "MOLT_SHUTDOWN_TIMEOUT",
+        flag: None,
+        kind: Kind::Duration {
+            allow_zero: true,
+            set: |c, d| c.shutdown_timeout = d,
+        },
+        default: "25s",
+        doc: "Time in-flight requests get to finish on SIGTERM.",
+    },
+    Setting {
+        key: "drain_timeout",
+        env: "MOLT_DRAIN_TIMEOUT",
+        flag: None,
+        kind: Kind::Duration {
+            allow_zero: true,
+            set: |c, d| c.drain_timeout = d,
+        },
+        default: "30s",
+        doc: "Time a recycled worker gets to finish its in-flight requests.",
+    },
+    Setting {
+        key: "stop_signal",
+        env: "MOLT_STOP_SIGNAL",
+        flag: None,
+        kind: Kind::Signal {
+            set: |c, s| c.stop_signal = s,
+        },
+        default: "TERM",
+        doc: "Signal that asks a worker's process group to stop.",
+    },
+    Setting {
+        key: "stop_timeout",
+        env: "MOLT_STOP_TIMEOUT",
+        flag: None,
+        kind: Kind::Duration {
+            allow_zero: true,
+            set: |c, d| c.stop_timeout = d,
+        },
+        default: "10s",
+        doc: "Time between the stop signal and SIGKILL.",
+    },
+    Setting {
+        key: "worker_processes",
+        env: "MOLT_WORKER_PROCESSES",
+        flag: None,
+        kind: Kind::Count {
+            min: 1,
+            max: u32::MAX,
+            set: |c, n| c.worker_processes = n as usize,
+        },
+        default: "1",
+        doc: "WEB_CONCURRENCY handed to each worker.",
+    },
+    Setting {
+        key: "disable",
+        env: "MOLT_DISABLE",
+        flag: None,
+        kind: Kind::Bool {
+            set: |c, b| c.disable = b,
+        },
+        default: "false",
+        doc: "Run the command directly on the public port, with no pool.",
+    },
+    Setting {
+        key: "bind",
+        env: "MOLT_BIND",
+        flag: None,
+        kind: Kind::Choice(&[
+            ("now", |c| c.bind = BindMode::Now),
+            ("ready", |c| c.bind = BindMode::Ready),
+        ]),
+        default: "now",
+        doc: "Bind the public port now, or once the first worker is ready.",
+    },
+    Setting {
+        key: "log",
+        env: "MOLT_LOG",
+        flag: None,
+        kind: Kind::Choice(&[
+            ("debug", |c| c.log_level = LogLevel::Debug),
+            ("info", |c| c.log_level = LogLevel::Info),
+            ("warn", |c| c.log_level = LogLevel::Warn),
+        ]),
+        default: "info",
+        doc: "How much molt logs: debug, info or warn.",
+    },
+];
+
+/// A raw value from one source, before its kind interprets it.
+#[derive(Debug, Clone, Copy)]
+enum Raw<'a> {
+    /// Text from a flag, the environment or a TOML string.
+    Text(&'a str),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// A TOML table, array or date, which no setting accepts.
+    Other,
+}
+
+impl<'a> Raw<'a> {
+    fn from_toml(item: &'a Item) -> Self {
+        match item.as_value() {
+            Some(toml_edit::Value::String(s)) => Raw::Text(s.value()),
+            Some(toml_edit::Value::Integer(i)) => Raw::Int(*i.value()),
+            Some(toml_edit::Value::Float(f)) => Raw::Float(*f.value()),
+            Some(toml_edit::Value::Boolean(b)) => Raw::Bool(*b.value()),
+            _ => Raw::Other,
+        }
+    }
+
+    fn text(self) -> Option<&'a str> {
+        match self {
+            Raw::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+impl Kind {
+    /// Interprets `raw`, stores it in `config` and returns its display form, or returns
+    /// the accepted form for the error message.
+    fn apply(&self, raw: Raw<'_>, config: &mut Config) -> Result<String, String> {
+        match *self {
+            Kind::Count { min, max, set } => {
+                let n = count_from(raw, min, max)?;
+                set(config, n);
+                Ok(n.to_string())
+            }
+            Kind::Duration { allow_zero, set } => {
+                let duration = duration_from(raw)?;
+                if duration.is_zero() && !allow_zero {
+                    return Err(POSITIVE_DURATION_EXPECTED.to_owned());
+                }
+                set(config, duration);
+                Ok(format_duration(duration))
+            }
+            Kind::Signal { set } => {
+                let expected = || {
+                    let names: Vec<&str> = SIGNALS.iter().map(|(name, _)| *name).collect();
+                    format!("a signal name: {}", join_or(&names))
+                };
+                let (name, signal) = raw.text().and_then(signal_from).ok_or_else(expected)?;
+                set(config, signal);
+                Ok(name.to_owned())
+            }
+            Kind::Bool { set } => {
+                let b = match raw {
+                    Raw::Bool(b) => Some(b),
+                    Raw::Text(text) => parse_bool(text),
+                    _ => None,
+                };
+                let b = b.ok_or_else(|| BOOL_EXPECTED.to_owned())?;
+                set(config, b);
+                Ok(b.to_string())
+            }
+            Kind::Path { set } => {
+                let text = raw.text().ok_or_else(|| PATH_EXPECTED.to_owned())?;
+                // Empty means no health path: the way to override a path set in molt.toml.
+                if text.is_empty() {
+                    set(config, None);
+                    return Ok("none".to_owned());
+                }
+                let valid = text.starts_with('/')
+                    && !text.chars().any(|c| c.is_whitespace() || c.is_control());
+                if !valid {
+                    return Err(PATH_EXPECTED.to_owned());
+                }
+                set(config, Some(text.to_owned()));
+                Ok(text.to_owned())
+            }
+            Kind::Choice(choices) => {
+                let expected = || {
+                    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+                    join_or(&names)
+                };
+                let text = raw.text().ok_or_else(expected)?;
+                let (name, set) = choices
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case(text))
+                    .ok_or_else(expected)?;
+                set(config);
+                Ok((*name).to_owned())
+            }
+        }
+    }
+}
+
+/// A whole number within `min..=max`, from digits or a TOML integer.
+fn count_from(raw: Raw<'_>, min: u32, max: u32) -> Result<u32, String> {
+    let n: Option<u64> = match raw {
+        // Only digits: `str::parse` would also take `+2`, which no one writes on purpose.
+        Raw::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            text.parse().ok()
+        }
+        Raw::Int(i) => u64::try_from(i).ok(),
+        _ => None,
+    };
+    let at_least = || {
+        if min == 0 {
+            "a whole number, 0 or more".to_owned()
+        } else {
+            format!("a whole number of at least {min}")
+        }
+    };
+    match n {
+        Some(n) if n < u64::from(min) => Err(at_least()),
+        Some(n) if n > u64::from(max) => Err(format!("a whole number of at most {max}")),
+        Some(n) => Ok(u32::try_from(n).expect("n is at most max, a u32")),
+        None if max < u32::MAX => Err(format!("a whole number from {min} to {max}")),
+        None => Err(at_least()),
+    }
+}
+
+/// A duration from text (see [`parse_duration`]) or a TOML number of seconds.
+fn duration_from(raw: Raw<'_>) -> Result<Duration, String> {
+    let duration = match raw {
+        Raw::Text(text) => parse_duration(text).ok(),
+        Raw::Int(seconds) => u64::try_from(seconds).ok().map(Duration::from_secs),
+        Raw::Float(seconds) => Duration::try_from_secs_f64(seconds).ok(),
+        Raw::Bool(_) | Raw::Other => None,
+    };
+    duration.ok_or_else(|| DURATION_EXPECTED.to_owned())
+}
+
+/// A signal by name, case-insensitive, with or without `SIG`; returns its short name.
+fn signal_from(text: &str) -> Option<(&'static str, Signal)> {
+    let upper = text.to_ascii_uppercase();
+    let short = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNALS
+        .iter()
+        .find(|(name, _)| *name == short)
+        .map(|&(name, signal)| (name, signal))
+}
+
+/// A boolean as config vars write them; empty is false, since an empty variable is unset
+/// in spirit.
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn join_or(words: &[&str]) -> String {
+    match words {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// Parses a duration: `250ms`, `30s`, `5m`, `1h`, `1m30s` (anything humantime takes), or a
+/// plain number of seconds such as `30` or `0.5`. Negative, empty and non-finite values are
+/// rejected; the error says why, for callers that want more than the accepted form.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let is_plain_number = text.bytes().any(|b| b.is_ascii_digit())
+        && text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && text.bytes().filter(|&b| b == b'.').count() <= 1;
+    if is_plain_number {
+        // Digits and at most one dot always parse; the only failure left is overflow.
+        let seconds: f64 = text
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number"))?;
+        return Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is too long"));
+    }
+    humantime::parse_duration(text).map_err(|err| err.to_string())
+}
+
+/// The compact form of a duration for logs and `molt plan`: `25s`, `1m30s`, `250ms`.
+pub(crate) fn format_duration(duration: Duration) -> String {
+    humantime::format_duration(duration)
+        .to_string()
+        .replace(' ', "")
+}
+
+/// Size units, lowercase, and their multipliers. Units are binary: `MB` is `MiB`, 1024 * 1024
+/// bytes, as Heroku's dyno sizes (512MB) and the JVM's `-Xmx512m` mean them, so a size
+/// copied from either means what it meant there.
+const SIZE_UNITS: &[(&str, u64)] = &[
+    ("", 1),
+    ("b", 1),
+    ("k", 1 << 10),
+    ("kb", 1 << 10),
+    ("kib", 1 << 10),
+    ("m", 1 << 20),
+    ("mb", 1 << 20),
+    ("mib", 1 << 20),
+    ("g", 1 << 30),
+    ("gb", 1 << 30),
+    ("gib", 1 << 30),
+    ("t", 1 << 40),
+    ("tb", 1 << 40),
+    ("tib", 1 << 40),
+];
+
+/// Most decimal places a size may have; more would be finer than a byte for any unit.
+const SIZE_MAX_DECIMALS: usize = 12;
+
+/// Parses a size: `512MB`, `512M`, `512MiB`, `0.5GB`, `100kb`, `512 MB`, or plain bytes
+/// `1048576`. Units are case-insensitive and binary (see [`SIZE_UNITS`]); a fraction of a
+/// byte is rounded down. Negative, empty, unit-only, unknown units and sizes beyond `u64`
+/// are rejected, with the reason as the error.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, rest) = text.split_at(number_end);
+    if !number.bytes().any(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?} does not start with a number"));
+    }
+    // One space may separate the number and its unit, as in `512 MB`; a space with no unit
+    // after it is a typo.
+    let unit = match rest.strip_prefix(' ') {
+        Some("") => return Err(format!("{text:?} has a space but no unit")),
+        Some(unit) => unit,
+        None => rest,
+    };
+    let multiplier = SIZE_UNITS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(unit))
+        .map(|&(_, multiplier)| multiplier)
+        .ok_or_else(|| format!("{unit:?} is not a size unit (use B, KB, MB, GB or TB)"))?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if fraction.contains('.') {
+        return Err(format!("{number:?} is not a number"));
+    }
+    if !fraction.is_empty() && multiplier == 1 {
+        return Err(format!("{text:?} is not a whole number of bytes"));
+    }
+    if fraction.len() > SIZE_MAX_DECIMALS {
+        return Err(format!("{text:?} has too many decimal places"));
+    }
+    let too_large = || format!("{text:?} is too large");
+    // Integer arithmetic in u128, so `0.5GB` is exactly half a GiB and overflow is checked.
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| too_large())?
+    };
+    let mut bytes = whole
+        .checked_mul(u128::from(multiplier))
+        .ok_or_else(too_large)?;
+    if !fraction.is_empty() {
+        let digits: u128 = fraction.parse().map_err(|_| too_large())?;
+        let scale = 10u128.pow(u32::try_from(fraction.len()).map_err(|_| too_large())?);
+        bytes += digits * u128::from(multiplier) / scale;
+    }
+    u64::try_from(bytes).map_err(|_| too_large())
+}
+
+/// A size for logs: the largest binary unit it reaches, with up to two decimals and none
+/// when exact, e.g. `512MB`, `1.5GB`, `900KB`, `12B`. [`parse_size`] reads it back.
+pub(crate) fn format_size(bytes: u64) -> String {
+    const UNITS: &[(&str, u64)] = &[
+        ("TB", 1 << 40),
+        ("GB", 1 << 30),
+        ("MB", 1 << 20),
+        ("KB", 1 << 10),
+    ];
+    let Some(&(name, unit)) = UNITS.iter().find(|&&(_, unit)| bytes >= unit) else {
+        return format!("{bytes}B");
+    };
+    let unit = u128::from(unit);
+    let hundredths = (u128::from(bytes) * 100 + unit / 2) / unit;
+    let (whole, fraction) = (hundredths / 100, hundredths % 100);
+    match fraction {
+        0 => format!("{whole}{name}"),
+        f if f % 10 == 0 => format!("{whole}.{}{name}", f / 10),
+        f => format!("{whole}.{f:02}{name}"),
+    }
+}
+
+/// Where an effective value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A command-line flag, e.g. `--workers`.
+    Flag(String),
+    /// An environment variable, e.g. `MOLT_MIN_WORKERS`.
+    Env(String),
+    /// A line of the TOML file; `path` is as the user names it (`molt.toml`, or
+    /// `MOLT_CONFIG`'s value).
+    File { path: PathBuf, line: usize },
+    /// The setting's default.
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Flag(flag) => write!(f, "flag {flag}"),
+            Source::Env(name) => write!(f, "env {name}"),
+            Source::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// One setting's effective value, for `molt plan`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Effective {
+    /// The setting's key, e.g. `min_workers`.
+    pub key: &'static str,
+    /// The value in its display form, e.g. `25s`, `none`, `TERM`.
+    pub value: String,
+    pub source: Source,
+}
+
+/// The outcome of [`load`]: the configuration, where each value came from, and warnings
+/// (unknown names) for the caller to log.
+#[derive(Debug, Clone)]
+pub(crate) struct Loaded {
+    pub config: Config,
+    /// Every setting, in [`SETTINGS`] order.
+    pub sources: Vec<Effective>,
+    pub warnings: Vec<String>,
+}
+
+/// What an unknown key in the TOML file does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strictness {
+    /// At run time it is a warning: a stale key must not take the app down.
+    Run,
+    /// At build time it is an error, so a typo is caught before it is deployed.
+    Build,
+}
+
+/// Why the configuration could not be loaded. Each message is one line naming the
+/// setting, the bad value and the accepted form.
+#[derive(Debug)]
+pub(crate) enum ConfigError {
+    /// A value does not have the setting's form.
+    InvalidValue {
+        /// Where the value was written; never [`Source::Default`].
+        origin: Source,
+        /// The setting's key, e.g. `min_workers`.
+        key: &'static str,
+        /// The value as written: the raw text of a flag or variable, or the TOML text.
+        value: String,
+        /// The accepted form, e.g. `a whole number of at least 1`.
+        expected: String,
+    },
+    /// `MOLT_CONFIG` names a file that does not exist.
+    MissingConfigFile { path: PathBuf },
+    /// The TOML file exists but could not be read. The cause is in `source`, for
+    /// `anyhow`'s `{:#}` to print after the message.
+    CannotReadFile { path: PathBuf, source: io::Error },
+    /// The TOML file is not valid TOML.
+    BadToml {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    /// The TOML file has a key that is not a setting (only with [`Strictness::Build`]).
+    UnknownFileKey {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        suggestion: Option<&'static str>,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::InvalidValue {
+                origin,
+                key,
+                value,
+                expected,
+            } => {
+                f.write_str("invalid ")?;
+                match origin {
+                    Source::Flag(name) | Source::Env(name) => write!(f, "{name}={value:?}")?,
+                    Source::File { path, line } => {
+                        write!(f, "{}:{line} {key} = {value}", path.display())?;
+                    }
+                    Source::Default => write!(f, "default {key}={value:?}")?,
+                }
+                write!(f, ": expected {expected}")
+            }
+            ConfigError::MissingConfigFile { path } => write!(
+                f,
+                "{CONFIG_ENV} names {}, which does not exist",
+                path.display()
+            ),
+            ConfigError::CannotReadFile { path, .. } => {
+                write!(f, "cannot read {}", path.display())
+            }
+            ConfigError::BadToml {
+                path,
+                line,
+                message,
+            } => write!(f, "{}:{line}: {message}", path.display()),
+            ConfigError::UnknownFileKey {
+                path,
+                line,
+                key,
+                suggestion,
+            } => write!(
+                f,
+                "{}:{line}: {}",
+                path.display(),
+                unknown_message(key, *suggestion)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::CannotReadFile { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// `unknown setting NAME; did you mean X?`, or a pointer to `molt plan` when nothing is close.
+fn unknown_message(name: &str, suggestion: Option<&str>) -> String {
+    match suggestion {
+        Some(known) => format!("unknown setting {name}; did you mean {known}?"),
+        None => format!("unknown setting {name}; see molt plan for the known settings"),
+    }
+}
+
+/// The known name closest to `unknown`, if close enough. Names are compared without
+/// `prefix`, which every candidate shares and which would make everything look close.
+fn suggest<'a>(
+    unknown: &str,
+    known: impl Iterator<Item = &'a str>,
+    prefix: &str,
+) -> Option<&'a str> {
+    let unknown = unknown
+        .strip_prefix(prefix)
+        .unwrap_or(unknown)
+        .to_ascii_lowercase();
+    known
+        .map(|name| {
+            let bare = name
+                .strip_prefix(prefix)
+                .unwrap_or(name)
+                .to_ascii_lowercase();
+            (
+                strsim::normalized_damerau_levenshtein(&unknown, &bare),
+                name,
+            )
+        })
+        .filter(|&(score, _)| score >= SUGGESTION_THRESHOLD)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, name)| name)
+}
+
+/// The parsed TOML file, with the path as the user names it.
+struct TomlFile {
+    path: PathBuf,
+    doc: ImDocument<String>,
+}
+
+impl TomlFile {
+    /// The line of `key`, from its span (present because the document was parsed).
+    fn key_line(&self, key: &str) -> usize {
+        let span = self.doc.as_table().key(key).and_then(toml_edit::Key::span);
+        span.map_or(1, |span| line_of(self.doc.raw(), span.start))
+    }
+
+    /// The text of an item as written in the file (its first line), for error messages.
+    fn written(&self, item: &Item) -> String {
+        item.span()
+            .and_then(|span| self.doc.raw().get(span))
+            .and_then(|text| text.lines().next())
+            .map_or_else(
+                || item.type_name().to_owned(),
+                |text| text.trim().to_owned(),
+            )
+    }
+}
+
+/// The 1-based line of a byte offset into `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset).unwrap_or(text);
+    before.matches('\n').count() + 1
+}
+
+/// Reads the TOML file: `MOLT_CONFIG` (relative to `app_dir`) or `molt.toml` in `app_dir`.
+/// A missing default file is no file; a missing named file is an error.
+fn read_file(config_env: Option<&str>, app_dir: &Path) -> Result<Option<TomlFile>, ConfigError> {
+    let (path, named) = match config_env {
+        Some("") => {
+            return Err(ConfigError::InvalidValue {
+                origin: Source::Env(CONFIG_ENV.to_owned()),
+                key: "config",
+                value: String::new(),
+                expected: "the path of a TOML file".to_owned(),
+            })
+        }
+        Some(named) => (PathBuf::from(named), true),
+        None => (PathBuf::from(DEFAULT_FILE), false),
+    };
+    // `join` keeps an absolute path as it is.
+    let text = match std::fs::read_to_string(app_dir.join(&path)) {
+        Ok(text) => text,
+        Err(err) if err.kind() == io::ErrorKind::NotFound && named => {
+            return Err(ConfigError::MissingConfigFile { path })
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ConfigError::CannotReadFile { path, source }),
+    };
+    // The parser takes ownership; the copy keeps the text to find the line of an error.
+    match ImDocument::parse(text.clone()) {
+        Ok(doc) => Ok(Some(TomlFile { path, doc })),
+        Err(err) => {
+            // The line comes from the error's offset rather than from toml_edit's
+            // multi-line Display, whose layout is not part of its API.
+            let line = line_of(&text, err.span().map_or(0, |span| span.start));
+            let message = err.message().trim().lines().collect::<Vec<_>>().join("; ");
+            Err(ConfigError::BadToml {
+                path,
+                line,
+                message,
+            })
+        }
+    }
+}
+
+/// Loads the configuration with run-time strictness: unknown `molt.toml` keys warn.
+pub(crate) fn load(
+    flags: &[(&str, String)],
+    env: &[(String, String)],
+    app_dir: &Path,
+) -> Result<Loaded, ConfigError> {
+    load_with(flags, env, app_dir, Strictness::Run)
+}
+
+/// Loads the configuration from `flags` (setting key and raw text, as `molt run` parsed
+/// them), the environment snapshot `env`, and the TOML file found from `app_dir`.
+///
+/// # Panics
+///
+/// If a flag's key is not in [`SETTINGS`]: that is a bug in the command-line parser.
+pub(crate) fn load_with(
+    flags: &[(&str, String)],
+    env: &[(String, String)],
+    app_dir: &Path,
+    strictness: Strictness,
+) -> Result<Loaded, ConfigError> {
+    for (key, _) in flags {
+        assert!(
+            SETTINGS.iter().any(|s| s.key == *key),
+            "flag for unknown setting {key:?}: the command line must use keys from SETTINGS"
+        );
+    }
+    // The environment snapshot has one entry per name; should it have more, the last wins,
+    // as it would for a process.
+    let env: HashMap<&str, &str> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+
+    let mut warnings = unknown_env_warnings(&env);
+    let file = read_file(env.get(CONFIG_ENV).copied(), app_dir)?;
+    if let Some(file) = &file {
+        for (key, line) in unknown_file_keys(file) {
+            let suggestion = suggest(&key, SETTINGS.iter().map(Setting::toml_key), "");
+            let error = ConfigError::UnknownFileKey {
+                path: file.path.clone(),
+                line,
+                key,
+                suggestion,
+            };
+            match strictness {
+                Strictness::Build => return Err(error),
+                Strictness::Run => warnings.push(error.to_string()),
+            }
+        }
+    }
+
+    let mut config = Config::default();
+    let mut sources = Vec::with_capacity(SETTINGS.len());
+    for setting in SETTINGS {
+        // Sources are applied lowest precedence first, so the value left in `config` is
+        // the highest one present; every present source is still validated on the way.
+        let value = setting
+            .kind
+            .apply(Raw::Text(setting.default), &mut config)
+            .expect("every default in SETTINGS is valid (tested by defaults_match_config_default)");
+        let mut effective = Effective {
+            key: setting.key,
+            value,
+            source: Source::Default,
+        };
+        if let Some(file) = &file {
+            if let Some(item) = file.doc.as_table().get(setting.toml_key()) {
+                let origin = Source::File {
+                    path: file.path.clone(),
+                    line: file.key_line(setting.toml_key()),
+                };
+                let value = setting
+                    .kind
+                    .apply(Raw::from_toml(item), &mut config)
+                    .map_err(|expected| ConfigError::InvalidValue {
+                        origin: origin.clone(),
+                        key: setting.key,
+                        value: file.written(item),
+                        expected,
+                    })?;
+                effective.value = value;
+                effective.source = origin;
+            }
+        }
+        if let Some(text) = env.get(setting.env) {
+            let origin = Source::Env(setting.env.to_owned());
+            effective.value = apply_text(setting, text, origin.clone(), &mut config)?;
+            effective.source = origin;
+        }
+        for (_, text) in flags.iter().filter(|(key, _)| *key == setting.key) {
+            let origin = Source::Flag(setting.flag_name());
+            effective.value = apply_text(setting, text, origin.clone(), &mut config)?;
+            effective.source = origin;
+        }
+        sources.push(effective);
+    }
+    Ok(Loaded {
+        config,
+        sources,
+        warnings,
+    })
+}
+
+/// Applies text from a flag or variable, naming `origin` if it is invalid.
+fn apply_text(
+    setting: &Setting,
+    text: &str,
+    origin: Source,
+    config: &mut Config,
+) -> Result<String, ConfigError> {
+    setting
+        .kind
+        .apply(Raw::Text(text), config)
+        .map_err(|expected| ConfigError::InvalidValue {
+            origin,
+            key: setting.key,
+            value: text.to_owned(),
+            expected,
+        })
+}
+
+/// Warnings for `MOLT_*` names that are neither settings nor [`OTHER_ENV_NAMES`], sorted
+/// so the log is the same on every boot.
+fn unknown_env_warnings(env: &HashMap<&str, &str>) -> Vec<String> {
+    let known = || {
+        SETTINGS
+            .iter()
+            .map(|s| s.env)
+            .chain(std::iter::once(CONFIG_ENV))
+            .filter(|name| name.starts_with("MOLT_"))
+    };
+    let mut unknown: Vec<&str> = env
+        .keys()
+        .copied()
+        .filter(|name| name.starts_with("MOLT_"))
+        .filter(|name| !known().any(|k| k == *name) && !OTHER_ENV_NAMES.contains(name))
+        .collect();
+    unknown.sort_unstable();
+    unknown
+        .into_iter()
+        .map(|name| unknown_message(name, suggest(name, known(), "MOLT_")))
+        .collect()
+}
+
+/// Keys of the TOML file that are not settings, with their lines, in file order.
+fn unknown_file_keys(file: &TomlFile) -> Vec<(String, usize)> {
+    file.doc
+        .iter()
+        .filter(|(key, _)| !SETTINGS.iter().any(|s| s.toml_key() == *key))
+        .map(|(key, _)| (key.to_owned(), file.key_line(key)))
+        .collect()
+}
+
+/// The `molt plan` table: every setting, its effective value and its source, aligned.
+pub(crate) fn plan_text(loaded: &Loaded) -> String {
+    let rows: Vec<(&str, &str, String)> =
+        std::iter::once(("setting", "value", "source".to_owned()))
+            .chain(
+                loaded
+                    .sources
+                    .iter()
+                    .map(|e| (e.key, e.value.as_str(), e.source.to_string())),
+            )
+            .collect();
+    let key_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let value_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(key, value, source)| format!("{key:<key_width$}  {value:<value_width$}  {source}\n"))
+        .collect()
+}
+
+/// The settings as a Markdown table for the README.
+pub(crate) fn settings_markdown() -> String {
+    let mut out = String::from(
+        "| Variable | molt.toml | Flag | Default | Meaning |\n|---|---|---|---|---|\n",
+    );
+    for setting in SETTINGS {
+        let flag = setting.flag.map_or_else(String::new, |f| format!("`{f}`"));
+        let default = if setting.default.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("`{}`", setting.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | `{}` | {flag} | {default} | {} |\n",
+            setting.env,
+            setting.toml_key(),
+            setting.doc.replace('|', "\\|"),
+        ));
+    }
+    out
+}

@@ -1,0 +1,146 @@
+//! molt: runs a web app as a supervised pool of workers behind a reverse proxy, and keeps
+//! the pool inside the container's memory budget.
+
+/// Settings: flags, environment, `molt.toml`, defaults; validation.
+mod config;
+/// Event lines on stdout.
+mod observe;
+/// The runtime: listener, proxy, dispatch, supervisor, workers.
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit status for an invalid configuration or command line (clap uses it too).
+const EXIT_CONFIG: u8 = 2;
+/// Exit status when molt fails: the app never booted, or molt itself could not run.
+const EXIT_FAILURE: u8 = 1;
+/// Exit status after a second SIGINT, as shells report death by SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser)]
+#[command(name = "molt", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run COMMAND as a pool of workers behind a proxy on $PORT.
+    ///
+    /// One argument is a command line run with bash (as Heroku runs Procfile lines);
+    /// several are exec'd directly with every literal $PORT replaced by the worker's port.
+    Run(RunArgs),
+    /// Print every effective setting and where it came from; exit 2 if any is invalid.
+    Plan(SettingFlags),
+}
+
+/// Flags that override `MOLT_*` variables and `molt.toml`.
+#[derive(Args)]
+struct SettingFlags {
+    /// Public port [default: $PORT, else 5000].
+    #[arg(long, value_name = "PORT")]
+    port: Option<String>,
+    /// Workers to run (MOLT_MIN_WORKERS).
+    #[arg(long, value_name = "N")]
+    workers: Option<String>,
+    /// Requests one worker takes at once, 0 for unlimited (MOLT_WORKER_CONCURRENCY).
+    #[arg(long, value_name = "N")]
+    concurrency: Option<String>,
+    /// Readiness check: GET this path until it answers below 500 (MOLT_HEALTH_PATH).
+    #[arg(long, value_name = "PATH")]
+    health_path: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    settings: SettingFlags,
+    /// The app's web command.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+impl SettingFlags {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        [
+            ("port", &self.port),
+            ("min_workers", &self.workers),
+            ("worker_concurrency", &self.concurrency),
+            ("health_path", &self.health_path),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+        .collect()
+    }
+
+    fn load(&self) -> Result<config::Loaded, ExitCode> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let app_dir = std::env::current_dir().unwrap_or_else(|_| ".".into());
+        match config::load(&self.pairs(), &env, &app_dir) {
+            Ok(loaded) => Ok(loaded),
+            Err(err) => {
+                eprintln!("molt: {err}");
+                Err(ExitCode::from(EXIT_CONFIG))
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Plan(flags) => plan(&flags),
+    }
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let loaded = match args.settings.load() {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    observe::set_level(loaded.config.log_level);
+    for warning in &loaded.warnings {
+        observe::event!(Warn, "config", warning = warning);
+    }
+    let command = match run::AppCommand::from_words(args.command.clone()) {
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("molt: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match run::run(loaded.config, &command) {
+        Ok(run::Outcome::Stopped) => ExitCode::SUCCESS,
+        Ok(run::Outcome::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
+        Ok(run::Outcome::CannotBoot(reason)) => {
+            observe::event!(Warn, "gave_up", reason = reason);
+            eprintln!("molt: {reason}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Ok(run::Outcome::Fatal(reason)) => {
+            eprintln!("molt: {reason}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(err) => {
+            eprintln!("molt: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn plan(flags: &SettingFlags) -> ExitCode {
+    match flags.load() {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("molt: warning: {warning}");
+            }
+            print!("{}", config::plan_text(&loaded));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}

@@ -1,0 +1,381 @@
+//! Routing requests to workers: least-busy choice, a bounded FIFO queue, and leases.
+//!
+//! The supervisor publishes the routable workers as one immutable snapshot; the request
+//! path takes a [`Lease`] on one of them. A lease counts as one in-flight request on its
+//! worker until it is dropped, and dropping it hands the freed capacity to the oldest
+//! waiting request. The lock here guards only the snapshot pointer and the queue, and is
+//! held for a few instructions at a time; the supervisor never holds it across an await.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tokio::sync::{oneshot, Notify};
+
+/// An idle keep-alive connection to a worker.
+pub(crate) type Upstream = SendRequest<Incoming>;
+
+/// Most idle keep-alive connections kept per worker.
+const MAX_IDLE_UPSTREAMS: usize = 64;
+
+/// One worker as the request path sees it.
+pub(crate) struct Slot {
+    pub(crate) id: u64,
+    pub(crate) addr: SocketAddr,
+    in_flight: AtomicUsize,
+    served: AtomicU64,
+    /// Notified whenever `in_flight` drops to zero, so a drain can finish at once.
+    idle: Notify,
+    idle_upstreams: Mutex<Vec<Upstream>>,
+}
+
+impl Slot {
+    pub(crate) fn new(id: u64, addr: SocketAddr) -> Self {
+        Slot {
+            id,
+            addr,
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle: Notify::new(),
+            idle_upstreams: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Requests this worker has been handed so far.
+    pub(crate) fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once no request holds this worker.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a release between the check and the await is
+            // not missed.
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes an idle keep-alive connection, most recently used first.
+    pub(crate) fn take_upstream(&self) -> Option<Upstream> {
+        let mut idle = lock(&self.idle_upstreams);
+        while let Some(conn) = idle.pop() {
+            if !conn.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange completed, for reuse.
+    pub(crate) fn put_upstream(&self, conn: Upstream) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle_upstreams);
+        if idle.len() < MAX_IDLE_UPSTREAMS {
+            idle.push(conn);
+        }
+    }
+
+    /// Drops every idle connection (the worker is going away).
+    pub(crate) fn clear_upstreams(&self) {
+        lock(&self.idle_upstreams).clear();
+    }
+}
+
+/// Why a request could not be given a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overload {
+    /// The queue already held `MOLT_MAX_QUEUE` requests.
+    QueueFull { queued: usize },
+    /// The request waited `MOLT_QUEUE_TIMEOUT` without a worker coming free.
+    QueueTimeout,
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Lease>,
+    avoid: Option<u64>,
+}
+
+struct State {
+    pool: Arc<[Arc<Slot>]>,
+    queue: VecDeque<Waiter>,
+}
+
+/// Hands out workers to requests.
+pub(crate) struct Dispatcher {
+    state: Mutex<State>,
+    /// Requests one worker takes at once; 0 is unlimited.
+    capacity: usize,
+    max_queue: usize,
+    queue_timeout: Duration,
+}
+
+/// One request's claim on one worker, released on drop.
+pub(crate) struct Lease {
+    slot: Arc<Slot>,
+    dispatcher: Arc<Dispatcher>,
+    armed: bool,
+}
+
+impl Lease {
+    pub(crate) fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
+    /// Gives the worker back without serving the queue (the caller holds the lock).
+    fn disarm(mut self) {
+        self.armed = false;
+        release(&self.slot);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.armed {
+            release(&self.slot);
+            self.dispatcher.pump();
+        }
+    }
+}
+
+fn release(slot: &Slot) {
+    if slot.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        slot.idle.notify_waiters();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code holding these locks can panic part-way through an update, so a poisoned
+    // lock still guards consistent data.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The least-busy worker under capacity, preferring any worker other than `avoid`.
+/// Ties go to the earliest worker in the pool, which leaves later ones idle so that
+/// they can be scaled down.
+pub(crate) fn choose<'a>(
+    pool: &'a [Arc<Slot>],
+    capacity: usize,
+    avoid: Option<u64>,
+) -> Option<&'a Arc<Slot>> {
+    let mut best: Option<&Arc<Slot>> = None;
+    let mut fallback: Option<&Arc<Slot>> = None;
+    for slot in pool {
+        let busy = slot.in_flight();
+        if capacity != 0 && busy >= capacity {
+            continue;
+        }
+        let pick = if Some(slot.id) == avoid {
+            &mut fallback
+        } else {
+            &mut best
+        };
+        if pick.is_none_or(|b| busy < b.in_flight()) {
+            *pick = Some(slot);
+        }
+    }
+    best.or(fallback)
+}
+
+impl Dispatcher {
+    pub(crate) fn new(capacity: usize, max_queue: usize, queue_timeout: Duration) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            state: Mutex::new(State {
+                pool: Arc::from(Vec::new()),
+                queue: VecDeque::new(),
+            }),
+            capacity,
+            max_queue,
+            queue_timeout,
+        })
+    }
+
+    /// Replaces the routable workers and serves waiting requests from any new capacity.
+    pub(crate) fn publish(self: &Arc<Self>, pool: Vec<Arc<Slot>>) {
+        lock(&self.state).pool = Arc::from(pool);
+        self.pump();
+    }
+
+    /// Requests waiting for a worker now.
+    pub(crate) fn queued(&self) -> usize {
+        lock(&self.state)
+            .queue
+            .iter()
+            .filter(|w| !w.tx.is_closed())
+            .count()
+    }
+
+    /// Claims a worker, waiting in the queue if none is free. `avoid` names a worker
+    /// that just failed to accept a connection; another is taken if one is free.
+    pub(crate) async fn acquire(self: &Arc<Self>, avoid: Option<u64>) -> Result<Lease, Overload> {
+        let rx = {
+            let mut state = lock(&self.state);
+            // Earlier arrivals go first: a new request takes a free worker directly only
+            // when nobody is waiting.
+            if state.queue.is_empty() {
+                if let Some(slot) = choose(&state.pool, self.capacity, avoid) {
+                    return Ok(self.lease(slot));
+                }
+            }
+            if state.queue.len() >= self.max_queue {
+                // Waiters that gave up leave their entries behind; only count live ones.
+                state.queue.retain(|w| !w.tx.is_closed());
+                if state.queue.len() >= self.max_queue {
+                    return Err(Overload::QueueFull {
+                        queued: state.queue.len(),
+                    });
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            state.queue.push_back(Waiter { tx, avoid });
+            rx
+        };
+        match tokio::time::timeout(self.queue_timeout, rx).await {
+            Ok(Ok(lease)) => Ok(lease),
+            // The sender is only dropped unsent when the dispatcher itself goes away.
+            Ok(Err(_)) | Err(_) => Err(Overload::QueueTimeout),
+        }
+    }
+
+    fn lease(self: &Arc<Self>, slot: &Arc<Slot>) -> Lease {
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        slot.served.fetch_add(1, Ordering::Relaxed);
+        Lease {
+            slot: Arc::clone(slot),
+            dispatcher: Arc::clone(self),
+            armed: true,
+        }
+    }
+
+    /// Hands free capacity to waiting requests, oldest first.
+    fn pump(self: &Arc<Self>) {
+        let mut state = lock(&self.state);
+        while let Some(front) = state.queue.front() {
+            if front.tx.is_closed() {
+                state.queue.pop_front();
+                continue;
+            }
+            let pool = Arc::clone(&state.pool);
+            let Some(slot) = choose(&pool, self.capacity, front.avoid) else {
+                break;
+            };
+            let lease = self.lease(slot);
+            let waiter = state.queue.pop_front().expect("front() just returned Some");
+            if let Err(lease) = waiter.tx.send(lease) {
+                // The waiter timed out in between; the worker is still free.
+                lease.disarm();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(id: u64, busy: usize) -> Arc<Slot> {
+        let s = Slot::new(id, SocketAddr::from(([127, 0, 0, 1], 1)));
+        s.in_flight.store(busy, Ordering::Relaxed);
+        Arc::new(s)
+    }
+
+    fn ids(pick: Option<&Arc<Slot>>) -> Option<u64> {
+        pick.map(|s| s.id)
+    }
+
+    #[test]
+    fn picks_least_busy_under_capacity() {
+        let pool = [slot(1, 2), slot(2, 1), slot(3, 3)];
+        assert_eq!(ids(choose(&pool, 0, None)), Some(2));
+        assert_eq!(ids(choose(&pool, 2, None)), Some(2));
+        assert_eq!(ids(choose(&pool, 1, None)), None);
+    }
+
+    #[test]
+    fn ties_go_to_the_earliest_worker() {
+        let pool = [slot(4, 0), slot(5, 0)];
+        assert_eq!(ids(choose(&pool, 1, None)), Some(4));
+    }
+
+    #[test]
+    fn avoided_worker_only_as_last_resort() {
+        let pool = [slot(1, 0), slot(2, 3)];
+        assert_eq!(ids(choose(&pool, 0, Some(1))), Some(2));
+        assert_eq!(ids(choose(&pool, 1, Some(1))), Some(1));
+        assert_eq!(ids(choose(&[], 1, Some(1))), None);
+    }
+
+    #[tokio::test]
+    async fn queue_is_fifo_and_bounded() {
+        let d = Dispatcher::new(1, 1, Duration::from_secs(5));
+        d.publish(vec![slot(1, 0)]);
+        let first = d.acquire(None).await.expect("a free worker");
+        let d2 = Arc::clone(&d);
+        let waiting = tokio::spawn(async move { d2.acquire(None).await.map(|l| l.slot().id) });
+        while d.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            d.acquire(None).await.err(),
+            Some(Overload::QueueFull { queued: 1 })
+        );
+        drop(first);
+        assert_eq!(waiting.await.expect("task ran"), Ok(1));
+        assert_eq!(d.queued(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_wait_times_out_and_frees_its_place() {
+        let d = Dispatcher::new(1, 1, Duration::from_millis(100));
+        d.publish(vec![slot(1, 0)]);
+        let held = d.acquire(None).await.expect("a free worker");
+        assert_eq!(d.acquire(None).await.err(), Some(Overload::QueueTimeout));
+        drop(held);
+        let again = d.acquire(None).await.expect("the worker is free again");
+        assert_eq!(again.slot().in_flight(), 1);
+    }
+
+    #[tokio::test]
+    async fn new_workers_serve_the_queue() {
+        let d = Dispatcher::new(1, 10, Duration::from_secs(5));
+        let d2 = Arc::clone(&d);
+        let waiting = tokio::spawn(async move { d2.acquire(None).await.map(|l| l.slot().id) });
+        while d.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        d.publish(vec![slot(7, 0)]);
+        assert_eq!(waiting.await.expect("task ran"), Ok(7));
+    }
+
+    #[tokio::test]
+    async fn released_lease_wakes_drain_waiters() {
+        let d = Dispatcher::new(0, 10, Duration::from_secs(5));
+        let s = slot(1, 0);
+        d.publish(vec![Arc::clone(&s)]);
+        let lease = d.acquire(None).await.expect("a free worker");
+        let s2 = Arc::clone(&s);
+        let idle = tokio::spawn(async move { s2.wait_idle().await });
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished());
+        drop(lease);
+        idle.await.expect("drain waiter finished");
+        assert_eq!(s.served(), 1);
+    }
+}

@@ -1,0 +1,209 @@
+//! `molt run`: the public listener, the proxy, and the supervised worker pool.
+
+/// Least-busy routing, the bounded request queue, and worker leases.
+mod dispatch;
+/// The HTTP/1.1 reverse proxy on the public port.
+mod proxy;
+/// The task that owns all worker state.
+mod supervisor;
+/// Starting, probing and signalling worker processes.
+mod worker;
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+use std::os::unix::process::CommandExt as _;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use nix::errno::Errno;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::config::{BindMode, Config};
+use crate::observe::event;
+use dispatch::Dispatcher;
+use supervisor::{Event, Exit, Supervisor};
+
+pub(crate) use supervisor::Outcome;
+pub(crate) use worker::AppCommand;
+
+/// Connections the kernel holds for molt before it accepts them.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Runs the app under molt until a signal stops it or the app cannot boot.
+pub(crate) fn run(config: Config, command: &AppCommand) -> anyhow::Result<Outcome> {
+    if config.disable {
+        return Err(exec_directly(&config, command));
+    }
+    raise_fd_limit();
+    // Orphans of the app (daemonized helpers, grandchildren of a dead worker) are
+    // reparented to molt rather than to init, so molt reaps them and they cannot pile up
+    // as zombies; as PID 1 molt is their parent anyway.
+    if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
+        event!(Warn, "subreaper_failed", error = err);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(Arc::new(config), command.clone()))
+}
+
+async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outcome> {
+    // Handlers go in before any child exists, so no exit and no signal is missed; as PID 1
+    // in a container, a signal without a handler would be ignored.
+    let sigchld = signal(SignalKind::child()).context("cannot handle SIGCHLD")?;
+    let signals = Signals {
+        term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+    };
+    let dispatcher = Dispatcher::new(
+        config.worker_concurrency,
+        config.max_queue,
+        config.queue_timeout,
+    );
+    let (supervisor, links) = Supervisor::new(Arc::clone(&config), command, Arc::clone(&dispatcher));
+
+    // Bind before any worker exists: Heroku's boot timeout (R10) needs only the bind,
+    // and requests that arrive meanwhile wait in the queue.
+    let listener = match config.bind {
+        BindMode::Now => Some(listen(config.port)?),
+        BindMode::Ready => None,
+    };
+    tokio::spawn(forward_signals(signals, links.events.clone()));
+    tokio::spawn(reap(sigchld, links.events.clone()));
+    let events = links.events.clone();
+    let mut first_ready = links.first_ready;
+    let port = config.port;
+    tokio::spawn(async move {
+        let listener = match listener {
+            Some(listener) => listener,
+            None => {
+                if first_ready.wait_for(|ready| *ready).await.is_err() {
+                    return;
+                }
+                match listen(port) {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        let _ = events.send(Event::Fatal(format!("{err:#}")));
+                        return;
+                    }
+                }
+            }
+        };
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => proxy::serve(listener, dispatcher, links.shutdown, events).await,
+            Err(err) => {
+                let _ = events.send(Event::Fatal(format!("cannot use the listener: {err}")));
+            }
+        }
+    });
+    Ok(supervisor.run().await)
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+async fn forward_signals(mut signals: Signals, events: mpsc::UnboundedSender<Event>) {
+    loop {
+        let event = tokio::select! {
+            _ = signals.term.recv() => Event::Shutdown { signal: nix::sys::signal::Signal::SIGTERM },
+            _ = signals.int.recv() => Event::Shutdown { signal: nix::sys::signal::Signal::SIGINT },
+            _ = signals.hup.recv() => Event::RollingRestart,
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reaps every child that exits (workers, and orphans adopted as subreaper or PID 1) and
+/// reports it. Nothing else in molt waits for children.
+async fn reap(mut sigchld: Signal, events: mpsc::UnboundedSender<Event>) {
+    loop {
+        // SIGCHLD coalesces: one signal may stand for several exits.
+        loop {
+            let (pid, how) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, Exit::Signal(signal)),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(err) => {
+                    event!(Warn, "wait_failed", error = err);
+                    break;
+                }
+            };
+            if events.send(Event::Exited { pid, how }).is_err() {
+                return;
+            }
+        }
+        if sigchld.recv().await.is_none() {
+            return;
+        }
+    }
+}
+
+/// Binds the public port on all interfaces, IPv6 and IPv4 at once (Heroku's Fir
+/// generation routes over IPv6), or IPv4 alone where the host has no IPv6.
+fn listen(port: u16) -> anyhow::Result<std::net::TcpListener> {
+    let listener = match listen_dual_stack(port) {
+        Ok(listener) => listener,
+        Err(Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL) => {
+            let listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+                .with_context(|| cannot_bind(port))?;
+            listener.set_nonblocking(true)?;
+            listener
+        }
+        Err(err) => return Err(io::Error::from(err)).with_context(|| cannot_bind(port)),
+    };
+    event!(Info, "listen", port = port);
+    Ok(listener)
+}
+
+fn cannot_bind(port: u16) -> String {
+    format!("cannot listen on port {port}: is another process using it? Set PORT or --port to a free port")
+}
+
+fn listen_dual_stack(port: u16) -> Result<std::net::TcpListener, Errno> {
+    let fd = socket::socket(
+        AddressFamily::Inet6,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    // A restarted molt must not wait out the previous one's TIME_WAIT connections.
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    let addr = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+    socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    socket::listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+/// Every connection costs a descriptor on each side of the proxy; the default soft
+/// limit (often 1024) is far below what the hard limit allows.
+fn raise_fd_limit() {
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                event!(Warn, "rlimit_failed", error = err);
+            }
+        }
+    }
+}
+
+/// `MOLT_DISABLE=1`: the escape hatch. Runs the command itself on the public port, as if
+/// molt were not there. Returns only if the exec failed.
+fn exec_directly(config: &Config, command: &AppCommand) -> anyhow::Error {
+    event!(Info, "disabled", port = config.port);
+    let mut cmd = command.command(config.port);
+    cmd.env("PORT", config.port.to_string());
+    anyhow::Error::from(cmd.exec()).context("cannot run the command")
+}

@@ -1,0 +1,477 @@
+//! The HTTP/1.1 reverse proxy on the public port.
+//!
+//! Each request takes a lease on a worker from the dispatcher, is sent upstream on a
+//! keep-alive connection of that worker, and streams back; the lease and the connection
+//! are given back when the response body ends. Upgrades (WebSocket) become a byte tunnel
+//! that holds its lease for its whole life.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::{Request, Response, StatusCode, Version};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::observe::event;
+use crate::run::dispatch::{Dispatcher, Lease, Overload, Slot, Upstream};
+use crate::run::supervisor::Event;
+
+/// Request headers must arrive within this time, or the connection gets 408 and closes
+/// (slowloris protection).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause after an accept error such as EMFILE, so that running out of descriptors does
+/// not become a busy loop; service resumes once connections close.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Seconds a client is told to wait before retrying an overloaded molt.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Accepts connections until shutdown, then waits for the open ones to finish and tells
+/// the supervisor.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    dispatcher: Arc<Dispatcher>,
+    shutdown: watch::Receiver<bool>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut stop = shutdown.clone();
+    // Every connection task holds a clone of `open`; `recv` returns None once all are gone.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = serve_connection(stream, Arc::clone(&dispatcher), shutdown.clone());
+                    let open = open.clone();
+                    tokio::spawn(async move {
+                        conn.await;
+                        drop(open);
+                    });
+                }
+                Err(err) => {
+                    event!(Warn, "accept_error", error = err);
+                    if !matches!(err.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted) {
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    }
+                }
+            },
+            () = until_set(&mut stop) => break,
+        }
+    }
+    // Stop accepting at once: the platform routes new requests elsewhere.
+    drop(listener);
+    drop(open);
+    let _ = all_closed.recv().await;
+    let _ = events.send(Event::ProxyIdle);
+}
+
+/// Resolves once the flag is set (or its sender is gone, which also means stop).
+async fn until_set(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    dispatcher: Arc<Dispatcher>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| handle(req, Arc::clone(&dispatcher)));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = until_set(&mut shutdown) => {}
+    }
+    // Finish the request in flight, then close instead of keeping the connection alive.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+async fn handle(
+    mut req: Request<Incoming>,
+    dispatcher: Arc<Dispatcher>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let upgrade = wants_upgrade(req.headers());
+    prepare_request(&mut req, upgrade);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let lease = match dispatcher.acquire(None).await {
+        Ok(lease) => lease,
+        Err(overload) => return Ok(overloaded(overload)),
+    };
+    let (lease, mut conn) = match connect(lease.slot()).await {
+        Ok(conn) => (lease, conn),
+        Err(err) => {
+            // Nothing was sent, so the request can safely go to another worker, once.
+            let failed = lease.slot().id;
+            event!(Warn, "connect_error", worker = failed, error = err);
+            drop(lease);
+            let lease = match dispatcher.acquire(Some(failed)).await {
+                Ok(lease) => lease,
+                Err(overload) => return Ok(overloaded(overload)),
+            };
+            match connect(lease.slot()).await {
+                Ok(conn) => (lease, conn),
+                Err(err) => {
+                    event!(Warn, "connect_error", worker = lease.slot().id, error = err);
+                    return Ok(error_response(StatusCode::BAD_GATEWAY));
+                }
+            }
+        }
+    };
+
+    let mut response = match conn.try_send_request(req).await {
+        Ok(response) => response,
+        Err(mut err) => {
+            // A kept-alive connection the worker closed just as it was reused: the request
+            // was not sent, so a fresh connection to the same worker can take it.
+            let Some(req) = err.take_message() else {
+                return Ok(upstream_failed(&lease, &err.into_error()));
+            };
+            let retry = match open(lease.slot()).await {
+                Ok(fresh) => {
+                    conn = fresh;
+                    conn.send_request(req).await
+                }
+                Err(err) => {
+                    event!(Warn, "connect_error", worker = lease.slot().id, error = err);
+                    return Ok(error_response(StatusCode::BAD_GATEWAY));
+                }
+            };
+            match retry {
+                Ok(response) => response,
+                Err(err) => return Ok(upstream_failed(&lease, &err)),
+            }
+        }
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease));
+            return Ok(response.map(|_| ProxyBody::empty()));
+        }
+    }
+    strip_hop_by_hop(response.headers_mut(), false);
+    Ok(response.map(|body| ProxyBody::upstream(body, conn, lease)))
+}
+
+/// Copies bytes both ways between an upgraded client and worker connection.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    lease: Lease,
+) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    if let (Ok(client), Ok(upstream)) = (client, upstream) {
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    }
+    drop(lease);
+}
+
+/// A ready connection to the worker: an idle kept-alive one, else a new one.
+async fn connect(slot: &Slot) -> io::Result<Upstream> {
+    while let Some(mut conn) = slot.take_upstream() {
+        if conn.ready().await.is_ok() {
+            return Ok(conn);
+        }
+    }
+    open(slot).await
+}
+
+async fn open(slot: &Slot) -> io::Result<Upstream> {
+    let stream = TcpStream::connect(slot.addr).await?;
+    let _ = stream.set_nodelay(true);
+    let (send, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        // Errors surface on the request that was using the connection.
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(send)
+}
+
+fn upstream_failed(lease: &Lease, err: &hyper::Error) -> Response<ProxyBody> {
+    event!(
+        Warn,
+        "upstream_error",
+        worker = lease.slot().id,
+        status = 502,
+        error = err
+    );
+    error_response(StatusCode::BAD_GATEWAY)
+}
+
+fn overloaded(overload: Overload) -> Response<ProxyBody> {
+    match overload {
+        Overload::QueueFull { queued } => {
+            event!(Warn, "overload", status = 503, reason = "queue_full", queue = queued);
+        }
+        Overload::QueueTimeout => {
+            event!(Warn, "overload", status = 503, reason = "queue_timeout");
+        }
+    }
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    response
+}
+
+/// molt's own responses: a status and its reason, nothing about the pool.
+fn error_response(status: StatusCode) -> Response<ProxyBody> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let mut response = Response::new(ProxyBody::full(format!("{reason}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Whether the client asks to switch protocols (WebSocket).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Makes the client's request fit to send to a worker.
+fn prepare_request(req: &mut Request<Incoming>, upgrade: bool) {
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    if !headers.contains_key("x-request-start") {
+        // APM tools and dyno autoscalers measure queue time from this header; the
+        // router sets it on Heroku, and molt sets it elsewhere.
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        if let Ok(value) = HeaderValue::from_str(&format!("t={micros}")) {
+            headers.insert(HeaderName::from_static("x-request-start"), value);
+        }
+    }
+}
+
+/// Removes the headers that describe one connection (RFC 9110 section 7.6.1) rather
+/// than the message, including any the `Connection` header names. An upgrade keeps
+/// `Upgrade` and `Connection: upgrade`, which the worker needs to accept it.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// A response body: molt's own, or a worker's streamed through with its lease.
+pub(crate) struct ProxyBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream {
+        body: Incoming,
+        done: bool,
+        conn: Option<Upstream>,
+        lease: Option<Lease>,
+    },
+}
+
+impl ProxyBody {
+    fn empty() -> Self {
+        ProxyBody {
+            kind: Kind::Full(None),
+        }
+    }
+
+    fn full(text: String) -> Self {
+        ProxyBody {
+            kind: Kind::Full(Some(Bytes::from(text))),
+        }
+    }
+
+    fn upstream(body: Incoming, conn: Upstream, lease: Lease) -> Self {
+        ProxyBody {
+            kind: Kind::Upstream {
+                body,
+                done: false,
+                conn: Some(conn),
+                lease: Some(lease),
+            },
+        }
+    }
+}
+
+impl Kind {
+    /// The worker finished this response: its connection can be reused and the worker
+    /// can take another request. The connection goes back first, so that the request
+    /// the lease is handed to finds it.
+    fn finish(&mut self) {
+        if let Kind::Upstream {
+            done, conn, lease, ..
+        } = self
+        {
+            *done = true;
+            if let (Some(conn), Some(lease)) = (conn.take(), lease.as_ref()) {
+                lease.slot().put_upstream(conn);
+            }
+            *lease = None;
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let kind = &mut self.kind;
+        match kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream {
+                body, conn, lease, ..
+            } => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(err))) => {
+                    // The worker broke off mid-response: never reuse that connection.
+                    *conn = None;
+                    *lease = None;
+                    Poll::Ready(Some(Err(err)))
+                }
+                Poll::Ready(None) => {
+                    kind.finish();
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream { body, done, .. } => *done || body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // Bodies the server never polls (HEAD, 204, 304) end here; a body dropped part
+        // way (the client went away) drops its connection, as it is mid-message.
+        if let Kind::Upstream { body, done, .. } = &self.kind {
+            if !*done && body.is_end_stream() {
+                self.kind.finish();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("valid name"),
+                HeaderValue::from_str(v).expect("valid value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("host", "example.com"),
+            ("x-request-id", "abc"),
+        ]);
+        strip_hop_by_hop(&mut map, false);
+        let mut left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-request-id"]);
+    }
+
+    #[test]
+    fn upgrades_keep_what_the_worker_needs() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert!(wants_upgrade(&map));
+        strip_hop_by_hop(&mut map, true);
+        assert_eq!(map.get("upgrade").map(HeaderValue::as_bytes), Some(&b"websocket"[..]));
+        assert_eq!(map.get("connection").map(HeaderValue::as_bytes), Some(&b"upgrade"[..]));
+        assert!(map.contains_key("sec-websocket-key"));
+        assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
+    }
+}

@@ -1,0 +1,632 @@
+//! The one task that owns all worker state.
+//!
+//! Signals, child exits, readiness, drains and timers arrive as [`Event`]s on one channel
+//! or as deadlines; after each, [`Supervisor::reconcile`] starts and stops processes to
+//! match the target, and the routable workers are published to the dispatcher as one
+//! immutable snapshot.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::observe::event;
+use crate::run::dispatch::{Dispatcher, Slot};
+use crate::run::worker::{self, AppCommand, Spawn};
+
+/// First pause after a failed boot; it doubles with each consecutive failure.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+
+/// Longest pause between boot attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Something the supervisor must react to.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A child of molt was reaped: a worker, or an orphan molt adopted as subreaper.
+    Exited { pid: Pid, how: Exit },
+    /// A booting worker accepted a connection (or passed its health check).
+    Ready { id: u64 },
+    /// A draining worker has no request in flight any more.
+    Drained { id: u64 },
+    /// SIGTERM or SIGINT: finish in-flight requests, then stop.
+    Shutdown { signal: Signal },
+    /// SIGHUP: replace every worker, one at a time.
+    RollingRestart,
+    /// After shutdown began, the last client connection closed.
+    ProxyIdle,
+    /// Something molt cannot run without failed (the public port cannot be bound).
+    Fatal(String),
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "status {code}"),
+            Exit::Signal(signal) => write!(f, "signal {}", signal.as_str()),
+        }
+    }
+}
+
+/// How the supervisor finished.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Shut down on request; every worker has exited.
+    Stopped,
+    /// A second SIGINT: every worker was killed at once.
+    Interrupted,
+    /// The app never became ready; the reason is meant for the user.
+    CannotBoot(String),
+    /// molt itself could not go on; the reason is meant for the user.
+    Fatal(String),
+}
+
+/// Why a worker is being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Restart,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Restart => "restart",
+        }
+    }
+}
+
+/// A worker's lifecycle, with the data each stage needs.
+#[derive(Debug)]
+enum State {
+    /// Started; waiting for it to accept connections.
+    Booting { probe: AbortHandle },
+    /// Serving requests.
+    Ready,
+    /// Taking no new requests; finishing the ones it holds.
+    Draining { deadline: Instant, waiter: AbortHandle },
+    /// Sent the stop signal; SIGKILL at the deadline (none once SIGKILL was sent).
+    Stopping { deadline: Option<Instant> },
+}
+
+struct Worker {
+    id: u64,
+    pid: Pid,
+    slot: Arc<Slot>,
+    started: Instant,
+    state: State,
+}
+
+impl Worker {
+    fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready)
+    }
+
+    fn is_live(&self) -> bool {
+        matches!(self.state, State::Booting { .. } | State::Ready)
+    }
+
+    /// Cancels the helper task of the current state, if any.
+    fn abort_task(&self) {
+        match &self.state {
+            State::Booting { probe } => probe.abort(),
+            State::Draining { waiter, .. } => waiter.abort(),
+            State::Ready | State::Stopping { .. } => {}
+        }
+    }
+}
+
+/// Where molt is in its own life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Not accepting; in-flight requests finish until the deadline.
+    Draining { deadline: Instant },
+    /// Every worker has been told to stop.
+    Stopping,
+}
+
+/// Owns the pool.
+pub(crate) struct Supervisor {
+    config: Arc<Config>,
+    command: AppCommand,
+    dispatcher: Arc<Dispatcher>,
+    events: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    /// Set once shutdown begins: the proxy stops accepting and closes idle connections.
+    shutdown: watch::Sender<bool>,
+    /// Set once any worker has been ready (for `MOLT_BIND=ready`).
+    first_ready: watch::Sender<bool>,
+    workers: Vec<Worker>,
+    next_id: u64,
+    phase: Phase,
+    /// Boots that failed since the last success.
+    boot_failures: u32,
+    ever_ready: bool,
+    /// No new worker starts before this (boot failure backoff).
+    spawn_after: Instant,
+    /// The worker being replaced now; at most one at a time so capacity never collapses.
+    recycling: Option<(u64, Reason)>,
+    /// Workers still to be replaced by a rolling restart.
+    restart_queue: VecDeque<u64>,
+    /// Ids of the workers last published to the dispatcher.
+    published: Vec<u64>,
+    port_hint: u16,
+    interrupted: bool,
+}
+
+/// The channels the supervisor shares with the rest of the runtime.
+pub(crate) struct Links {
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) first_ready: watch::Receiver<bool>,
+}
+
+impl Supervisor {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        command: AppCommand,
+        dispatcher: Arc<Dispatcher>,
+    ) -> (Self, Links) {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (first_ready, first_ready_rx) = watch::channel(false);
+        let links = Links {
+            events: events_tx.clone(),
+            shutdown: shutdown_rx,
+            first_ready: first_ready_rx,
+        };
+        let supervisor = Supervisor {
+            config,
+            command,
+            dispatcher,
+            events,
+            events_tx,
+            shutdown,
+            first_ready,
+            workers: Vec::new(),
+            next_id: 1,
+            phase: Phase::Running,
+            boot_failures: 0,
+            ever_ready: false,
+            spawn_after: Instant::now(),
+            recycling: None,
+            restart_queue: VecDeque::new(),
+            published: Vec::new(),
+            port_hint: initial_port_hint(),
+            interrupted: false,
+        };
+        (supervisor, links)
+    }
+
+    /// Runs until molt should exit.
+    pub(crate) async fn run(mut self) -> Outcome {
+        loop {
+            if let Some(outcome) = self.reconcile(Instant::now()) {
+                return outcome;
+            }
+            let deadline = self.next_deadline(Instant::now());
+            let outcome = tokio::select! {
+                event = self.events.recv() => {
+                    // The supervisor holds a sender itself, so the channel never closes.
+                    let event = event.expect("the supervisor keeps a sender open");
+                    self.handle(event, Instant::now())
+                }
+                () = sleep_until(deadline) => self.on_deadlines(Instant::now()),
+            };
+            if let Some(outcome) = outcome {
+                return outcome;
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event, now: Instant) -> Option<Outcome> {
+        match event {
+            Event::Exited { pid, how } => return self.on_exit(pid, how, now),
+            Event::Ready { id } => self.on_ready(id, now),
+            Event::Drained { id } => {
+                if let Some(w) = self.worker_mut(id) {
+                    if matches!(w.state, State::Draining { .. }) {
+                        self.stop(id, now);
+                    }
+                }
+            }
+            Event::Shutdown { signal } => return self.on_shutdown(signal, now),
+            Event::RollingRestart => {
+                if self.phase == Phase::Running {
+                    self.restart_queue = self
+                        .workers
+                        .iter()
+                        .filter(|w| w.is_ready())
+                        .map(|w| w.id)
+                        .collect();
+                    event!(Info, "restart", workers = self.restart_queue.len());
+                }
+            }
+            Event::Fatal(reason) => {
+                for w in &self.workers {
+                    worker::signal_group(w.pid, Signal::SIGKILL);
+                }
+                return Some(Outcome::Fatal(reason));
+            }
+            Event::ProxyIdle => {
+                if matches!(self.phase, Phase::Draining { .. }) {
+                    self.stop_all(now);
+                }
+            }
+        }
+        None
+    }
+
+    fn on_ready(&mut self, id: u64, now: Instant) {
+        let Some(w) = self.worker_mut(id) else { return };
+        if !matches!(w.state, State::Booting { .. }) {
+            return;
+        }
+        w.state = State::Ready;
+        let boot_ms = now.duration_since(w.started).as_millis();
+        event!(Info, "ready", worker = id, pid = w.pid, boot_ms = boot_ms);
+        self.ever_ready = true;
+        self.boot_failures = 0;
+        self.first_ready.send_replace(true);
+    }
+
+    fn on_exit(&mut self, pid: Pid, how: Exit, now: Instant) -> Option<Outcome> {
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            // An orphan that was reparented to molt (the subreaper) and has now been reaped.
+            event!(Debug, "reaped", pid = pid, how = how);
+            return None;
+        };
+        let w = self.workers.remove(index);
+        w.abort_task();
+        // The leader is gone; anything it left in its group goes too, so no orphan of a
+        // dead worker lingers holding memory.
+        worker::signal_group(w.pid, Signal::SIGKILL);
+        w.slot.clear_upstreams();
+        if self.recycling.is_some_and(|(id, _)| id == w.id) {
+            self.recycling = None;
+        }
+        let state = match w.state {
+            State::Booting { .. } => "booting",
+            State::Ready => "ready",
+            State::Draining { .. } => "draining",
+            State::Stopping { .. } => "stopping",
+        };
+        let (status, signal) = match how {
+            Exit::Code(code) => (Some(code), None),
+            Exit::Signal(sig) => (None, Some(sig.as_str())),
+        };
+        let in_flight = w.slot.in_flight();
+        event!(
+            Info,
+            "exit",
+            worker = w.id,
+            pid = w.pid,
+            status = status.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            signal = signal.unwrap_or("-"),
+            state = state,
+            in_flight = in_flight,
+        );
+        if matches!(w.state, State::Booting { .. }) && self.phase == Phase::Running {
+            return self.boot_failed(
+                format!(
+                    "the command exited with {how} before accepting connections on its PORT"
+                ),
+                now,
+            );
+        }
+        None
+    }
+
+    fn on_shutdown(&mut self, signal: Signal, now: Instant) -> Option<Outcome> {
+        if signal == Signal::SIGINT && self.interrupted {
+            event!(Warn, "interrupt", action = "kill");
+            for w in &self.workers {
+                worker::signal_group(w.pid, Signal::SIGKILL);
+            }
+            return Some(Outcome::Interrupted);
+        }
+        self.interrupted |= signal == Signal::SIGINT;
+        if self.phase == Phase::Running {
+            // Heroku sends SIGTERM to every process of the dyno, often more than once;
+            // only the first one starts the shutdown.
+            let timeout = self.config.shutdown_timeout;
+            event!(
+                Info,
+                "shutdown",
+                signal = signal.as_str(),
+                timeout_ms = timeout.as_millis()
+            );
+            self.phase = Phase::Draining {
+                deadline: now + timeout,
+            };
+            self.restart_queue.clear();
+            self.shutdown.send_replace(true);
+        }
+        None
+    }
+
+    fn on_deadlines(&mut self, now: Instant) -> Option<Outcome> {
+        let mut outcome = None;
+        let boot_timeout = self.config.boot_timeout;
+        let mut timed_out = Vec::new();
+        let mut drained = Vec::new();
+        for w in &mut self.workers {
+            match w.state {
+                State::Booting { .. } if now >= w.started + boot_timeout => timed_out.push(w.id),
+                State::Draining { deadline, .. } if now >= deadline => drained.push(w.id),
+                State::Stopping {
+                    deadline: Some(deadline),
+                } if now >= deadline => {
+                    event!(Warn, "kill", worker = w.id, pid = w.pid, reason = "stop_timeout");
+                    worker::signal_group(w.pid, Signal::SIGKILL);
+                    w.state = State::Stopping { deadline: None };
+                }
+                _ => {}
+            }
+        }
+        for id in timed_out {
+            if let Some(w) = self.worker_mut(id) {
+                w.abort_task();
+                event!(Warn, "kill", worker = id, pid = w.pid, reason = "boot_timeout");
+                worker::signal_group(w.pid, Signal::SIGKILL);
+                w.state = State::Stopping { deadline: None };
+            }
+            if self.phase == Phase::Running {
+                let reason = format!(
+                    "the command did not accept connections on its PORT within {} (MOLT_BOOT_TIMEOUT); check that it listens on $PORT",
+                    humantime::format_duration(boot_timeout)
+                );
+                outcome = outcome.or(self.boot_failed(reason, now));
+            }
+        }
+        for id in drained {
+            event!(Warn, "drain_timeout", worker = id);
+            self.stop(id, now);
+        }
+        if let Phase::Draining { deadline } = self.phase {
+            if now >= deadline {
+                event!(Warn, "shutdown_timeout", in_flight = self.in_flight());
+                self.stop_all(now);
+            }
+        }
+        outcome
+    }
+
+    /// Counts a failed boot, backs off, and gives up when the app has never booted.
+    fn boot_failed(&mut self, reason: String, now: Instant) -> Option<Outcome> {
+        self.boot_failures += 1;
+        let failures = self.boot_failures;
+        if !self.ever_ready && failures >= self.config.max_boot_failures {
+            for w in &self.workers {
+                worker::signal_group(w.pid, Signal::SIGKILL);
+            }
+            return Some(Outcome::CannotBoot(format!(
+                "the app failed to boot {failures} time(s) in a row (MOLT_MAX_BOOT_FAILURES={}): {reason}",
+                self.config.max_boot_failures
+            )));
+        }
+        let backoff = BACKOFF_START
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(BACKOFF_MAX);
+        event!(
+            Warn,
+            "boot_failed",
+            failures = failures,
+            backoff_ms = backoff.as_millis(),
+            reason = reason
+        );
+        self.spawn_after = self.spawn_after.max(now + backoff);
+        None
+    }
+
+    /// Moves the pool toward its target: spawns missing workers, advances a recycle,
+    /// and publishes the routable workers. Returns an outcome when molt is done.
+    fn reconcile(&mut self, now: Instant) -> Option<Outcome> {
+        if self.phase == Phase::Running {
+            if let Some(outcome) = self.spawn_missing(now) {
+                return Some(outcome);
+            }
+            self.advance_recycle(now);
+        }
+        self.publish();
+        if self.phase == Phase::Stopping && self.workers.is_empty() {
+            event!(Info, "stopped");
+            return Some(Outcome::Stopped);
+        }
+        None
+    }
+
+    fn spawn_missing(&mut self, now: Instant) -> Option<Outcome> {
+        let target = self.config.min_workers;
+        let recycling = self.recycling.map(|(id, _)| id);
+        let live = self
+            .workers
+            .iter()
+            .filter(|w| w.is_live() && Some(w.id) != recycling)
+            .count();
+        for _ in live..target {
+            if now < self.spawn_after {
+                break;
+            }
+            if let Err(reason) = self.spawn(now) {
+                if let Some(outcome) = self.boot_failed(reason, now) {
+                    return Some(outcome);
+                }
+            }
+        }
+        None
+    }
+
+    fn spawn(&mut self, now: Instant) -> Result<(), String> {
+        let taken: Vec<u16> = self.workers.iter().map(|w| w.slot.addr.port()).collect();
+        let port = worker::free_port(self.port_hint, &taken)
+            .ok_or("no free private port on 127.0.0.1 in 20000-31999")?;
+        self.port_hint = self.port_hint.wrapping_add(1);
+        let id = self.next_id;
+        self.next_id += 1;
+        let spec = Spawn {
+            id,
+            port,
+            web_concurrency: self.config.worker_processes,
+            command: &self.command,
+        };
+        let pid = worker::spawn(&spec).map_err(|err| format!("cannot start the command: {err}"))?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        event!(Info, "spawn", worker = id, pid = pid, port = port);
+        let events = self.events_tx.clone();
+        let health_path = self.config.health_path.clone();
+        let probe = tokio::spawn(async move {
+            worker::wait_ready(addr, health_path).await;
+            let _ = events.send(Event::Ready { id });
+        })
+        .abort_handle();
+        self.workers.push(Worker {
+            id,
+            pid,
+            slot: Arc::new(Slot::new(id, addr)),
+            started: now,
+            state: State::Booting { probe },
+        });
+        Ok(())
+    }
+
+    /// One recycle at a time: pick the next worker to replace, and once its replacement
+    /// is ready (so capacity does not drop), drain it.
+    fn advance_recycle(&mut self, now: Instant) {
+        if self.recycling.is_none() {
+            while let Some(id) = self.restart_queue.pop_front() {
+                if self.worker_mut(id).is_some_and(|w| w.is_ready()) {
+                    self.recycling = Some((id, Reason::Restart));
+                    break;
+                }
+            }
+        }
+        let Some((id, reason)) = self.recycling else {
+            return;
+        };
+        let replacements_ready = self
+            .workers
+            .iter()
+            .filter(|w| w.is_ready() && w.id != id)
+            .count();
+        let Some(w) = self.workers.iter_mut().find(|w| w.id == id) else {
+            return;
+        };
+        if w.is_ready() && replacements_ready >= self.config.min_workers {
+            let served = w.slot.served();
+            event!(Info, "recycle", worker = id, pid = w.pid, reason = reason.as_str(), requests = served);
+            self.drain(id, now);
+        }
+    }
+
+    /// Takes a worker out of routing and stops it once its in-flight requests finish.
+    fn drain(&mut self, id: u64, now: Instant) {
+        let deadline = now + self.config.drain_timeout;
+        let events = self.events_tx.clone();
+        let Some(w) = self.worker_mut(id) else { return };
+        w.abort_task();
+        let slot = Arc::clone(&w.slot);
+        let waiter = tokio::spawn(async move {
+            slot.wait_idle().await;
+            let _ = events.send(Event::Drained { id });
+        })
+        .abort_handle();
+        w.state = State::Draining { deadline, waiter };
+    }
+
+    /// Sends the stop signal to a worker's group; SIGKILL follows after the stop timeout.
+    fn stop(&mut self, id: u64, now: Instant) {
+        let signal = self.config.stop_signal;
+        let deadline = now + self.config.stop_timeout;
+        let Some(w) = self.worker_mut(id) else { return };
+        if matches!(w.state, State::Stopping { .. }) {
+            return;
+        }
+        w.abort_task();
+        event!(Info, "stop", worker = id, pid = w.pid, signal = signal.as_str());
+        worker::signal_group(w.pid, signal);
+        w.slot.clear_upstreams();
+        w.state = State::Stopping {
+            deadline: Some(deadline),
+        };
+    }
+
+    fn stop_all(&mut self, now: Instant) {
+        self.phase = Phase::Stopping;
+        let ids: Vec<u64> = self.workers.iter().map(|w| w.id).collect();
+        for id in ids {
+            self.stop(id, now);
+        }
+    }
+
+    /// Publishes the workers that may take new requests, when that set changed.
+    fn publish(&mut self) {
+        let routable: Vec<&Worker> = self.workers.iter().filter(|w| w.is_ready()).collect();
+        let ids: Vec<u64> = routable.iter().map(|w| w.id).collect();
+        if ids != self.published {
+            let slots = routable.iter().map(|w| Arc::clone(&w.slot)).collect();
+            self.dispatcher.publish(slots);
+            self.published = ids;
+        }
+    }
+
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let boot_timeout = self.config.boot_timeout;
+        let workers = self.workers.iter().filter_map(|w| match w.state {
+            State::Booting { .. } => Some(w.started + boot_timeout),
+            State::Draining { deadline, .. } => Some(deadline),
+            State::Stopping { deadline } => deadline,
+            State::Ready => None,
+        });
+        let phase = match self.phase {
+            Phase::Draining { deadline } => Some(deadline),
+            Phase::Running | Phase::Stopping => None,
+        };
+        // A backoff deadline matters only while it is ahead and a worker is missing;
+        // a past one would wake the loop at once, forever.
+        let missing = self.workers.iter().filter(|w| w.is_live()).count() < self.config.min_workers;
+        let spawn = (self.phase == Phase::Running && missing && self.spawn_after > now)
+            .then_some(self.spawn_after);
+        workers.chain(phase).chain(spawn).min()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.workers.iter().map(|w| w.slot.in_flight()).sum()
+    }
+
+    fn worker_mut(&mut self, id: u64) -> Option<&mut Worker> {
+        self.workers.iter_mut().find(|w| w.id == id)
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where this molt starts looking for private ports, so that several molts on one
+/// machine (tests, or several apps) rarely probe the same ports.
+fn initial_port_hint() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mixed = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
+    u16::try_from(mixed % 12_000).expect("below 12000")
+}

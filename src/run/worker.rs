@@ -1,0 +1,236 @@
+//! Worker processes: how the app's command is started, checked for readiness and stopped.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Private worker ports are taken from this range, below Linux's ephemeral range
+/// (32768-60999) so that molt's own outgoing connections never hold one.
+const PORT_RANGE: std::ops::Range<u16> = 20000..32000;
+
+/// Pause between readiness attempts while a worker boots.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Longest a single readiness attempt may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The app's web command, as molt was given it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AppCommand {
+    /// One string: a command line run by a shell, as Heroku runs Procfile lines.
+    Shell { shell: PathBuf, line: String },
+    /// Several arguments: exec'd directly, with `$PORT` and `${PORT}` replaced.
+    Argv(Vec<String>),
+}
+
+impl AppCommand {
+    /// Interprets the words after `--`. Heroku runs Procfile lines with bash, and Procfiles
+    /// use bashisms, so a single string runs under bash (sh where bash is absent).
+    pub(crate) fn from_words(mut words: Vec<String>) -> Result<Self, String> {
+        match words.len() {
+            0 => Err("no command given: use `molt run -- COMMAND`".to_owned()),
+            1 => {
+                let shell = which::which("bash")
+                    .or_else(|_| which::which("sh"))
+                    .map_err(|_| "neither bash nor sh is on PATH; molt needs one to run a command line".to_owned())?;
+                Ok(AppCommand::Shell {
+                    shell,
+                    line: words.remove(0),
+                })
+            }
+            _ => {
+                which::which(&words[0]).map_err(|_| {
+                    format!(
+                        "command not found: {}; check the command and PATH",
+                        words[0]
+                    )
+                })?;
+                Ok(AppCommand::Argv(words))
+            }
+        }
+    }
+
+    /// The process for one instance of the app listening on `port`.
+    pub(crate) fn command(&self, port: u16) -> Command {
+        match self {
+            AppCommand::Shell { shell, line } => {
+                let mut cmd = Command::new(shell);
+                cmd.arg("-c").arg(line);
+                cmd
+            }
+            AppCommand::Argv(words) => {
+                let port = port.to_string();
+                let mut words = words.iter().map(|w| substitute_port(w, &port));
+                let mut cmd = Command::new(words.next().expect("from_words keeps at least one word"));
+                cmd.args(words);
+                cmd
+            }
+        }
+    }
+}
+
+/// Replaces every literal `$PORT` and `${PORT}`, as Passenger's start command does: with
+/// no shell in between, nothing else would expand them.
+fn substitute_port(word: &str, port: &str) -> String {
+    word.replace("${PORT}", port).replace("$PORT", port)
+}
+
+/// What a worker is started with.
+pub(crate) struct Spawn<'a> {
+    pub(crate) id: u64,
+    pub(crate) port: u16,
+    pub(crate) web_concurrency: usize,
+    pub(crate) command: &'a AppCommand,
+}
+
+/// Starts a worker in its own process group and returns its pid.
+pub(crate) fn spawn(spec: &Spawn<'_>) -> std::io::Result<Pid> {
+    let mut cmd = spec.command.command(spec.port);
+    cmd.env("PORT", spec.port.to_string())
+        .env("MOLT_WORKER", spec.id.to_string())
+        .env("WEB_CONCURRENCY", spec.web_concurrency.to_string())
+        .stdin(Stdio::null())
+        // A group of its own lets molt signal the worker and every process it forks.
+        .process_group(0);
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // system calls (prctl, getppid, _exit); it allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The worker dies with molt even if molt is SIGKILLed. The death signal is tied
+            // to the thread that forked: molt forks only from runtime threads, which live
+            // as long as molt.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // If molt died before the line above took effect, no signal will ever come.
+            if nix::unistd::getppid() != parent {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pids fit in i32"));
+    // The kernel's OOM killer should pick a worker, which molt replaces, rather than molt.
+    // Best effort: a read-only /proc only costs this protection.
+    let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "500");
+    // The child is reaped by the supervisor's waitpid(-1) loop; dropping the handle does
+    // not wait for it.
+    drop(child);
+    Ok(pid)
+}
+
+/// Sends `signal` to a worker's whole process group. A group that is already gone is fine.
+pub(crate) fn signal_group(pid: Pid, signal: Signal) {
+    match killpg(pid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(err) => crate::observe::event!(Warn, "signal_failed", pid = pid, signal = signal, error = err),
+    }
+}
+
+/// A free private port, starting the search at `hint` (so that consecutive workers and
+/// several molts on one machine rarely try the same ones) and skipping `taken`.
+pub(crate) fn free_port(hint: u16, taken: &[u16]) -> Option<u16> {
+    let len = PORT_RANGE.end - PORT_RANGE.start;
+    (0..len)
+        .map(|i| PORT_RANGE.start + (hint.wrapping_add(i) % len))
+        .filter(|p| !taken.contains(p))
+        .find(|&p| TcpListener::bind((Ipv4Addr::LOCALHOST, p)).is_ok())
+}
+
+/// Resolves once the worker on `addr` is ready: it accepts a TCP connection or, with a
+/// health path, answers a GET with a status below 500. Never resolves for a worker that
+/// never gets there; the supervisor applies the boot timeout and aborts this task.
+pub(crate) async fn wait_ready(addr: SocketAddr, health_path: Option<String>) {
+    loop {
+        let attempt = probe(addr, health_path.as_deref());
+        if tokio::time::timeout(PROBE_TIMEOUT, attempt).await == Ok(true) {
+            return;
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+async fn probe(addr: SocketAddr, health_path: Option<&str>) -> bool {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let Some(path) = health_path else {
+        return true;
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: molt-health\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 32];
+    let mut len = 0;
+    while len < 12 {
+        match stream.read(&mut head[len..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => len += n,
+        }
+    }
+    status_below_500(&head[..len])
+}
+
+/// Whether an HTTP status line (`HTTP/1.1 200 OK`) carries a status below 500.
+fn status_below_500(head: &[u8]) -> bool {
+    let Some(rest) = head.strip_prefix(b"HTTP/1.") else {
+        return false;
+    };
+    rest.get(2..5)
+        .and_then(|code| std::str::from_utf8(code).ok())
+        .and_then(|code| code.parse::<u16>().ok())
+        .is_some_and(|code| (100..500).contains(&code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_is_substituted_in_argv_words_only_as_written() {
+        assert_eq!(substitute_port("--port=$PORT", "20001"), "--port=20001");
+        assert_eq!(substitute_port("${PORT}", "20001"), "20001");
+        assert_eq!(substitute_port("$PORTS", "1"), "1S");
+        assert_eq!(substitute_port("plain", "1"), "plain");
+    }
+
+    #[test]
+    fn one_word_runs_in_a_shell_several_are_exec_d() {
+        let one = AppCommand::from_words(vec!["echo $PORT && exit".into()]).expect("a shell");
+        assert!(matches!(one, AppCommand::Shell { ref line, .. } if line == "echo $PORT && exit"));
+        let several = AppCommand::from_words(vec!["sh".into(), "-c".into(), "x".into()]).expect("sh exists");
+        assert_eq!(several, AppCommand::Argv(vec!["sh".into(), "-c".into(), "x".into()]));
+        assert!(AppCommand::from_words(vec![]).is_err());
+        let missing = AppCommand::from_words(vec!["no-such-program-molt".into(), "x".into()]);
+        assert_eq!(
+            missing.err().as_deref(),
+            Some("command not found: no-such-program-molt; check the command and PATH")
+        );
+    }
+
+    #[test]
+    fn health_status_lines() {
+        assert!(status_below_500(b"HTTP/1.1 200 OK\r\n"));
+        assert!(status_below_500(b"HTTP/1.0 404 Not Found"));
+        assert!(!status_below_500(b"HTTP/1.1 503 Service Unavailable"));
+        assert!(!status_below_500(b"garbage"));
+    }
+
+    #[test]
+    fn free_ports_skip_taken_ones() {
+        let first = free_port(0, &[]).expect("a free port in the range");
+        let second = free_port(0, &[first]).expect("another free port");
+        assert_ne!(first, second);
+        assert!(PORT_RANGE.contains(&second));
+    }
+}
