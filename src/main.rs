@@ -38,6 +38,8 @@ enum Command {
 }
 
 /// Flags that override `MOLT_*` variables and `molt.toml`.
+// The doc comments below are the flags' help text, where backticks would show.
+#[allow(clippy::doc_markdown)]
 #[derive(Args)]
 struct SettingFlags {
     /// Public port [default: $PORT, else 5000].

@@ -12,12 +12,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{oneshot, Notify};
 
-/// An idle keep-alive connection to a worker.
-pub(crate) type Upstream = SendRequest<Incoming>;
+/// What a request sent to a worker carries: the client's body, or nothing (a request
+/// without a body, rebuilt to be sent again).
+pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// A keep-alive connection to a worker.
+pub(crate) type Upstream = SendRequest<UpstreamBody>;
 
 /// Most idle keep-alive connections kept per worker.
 const MAX_IDLE_UPSTREAMS: usize = 64;
@@ -170,11 +176,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The least-busy worker under capacity, preferring any worker other than `avoid`.
 /// Ties go to the earliest worker in the pool, which leaves later ones idle so that
 /// they can be scaled down.
-pub(crate) fn choose<'a>(
-    pool: &'a [Arc<Slot>],
+pub(crate) fn choose(
+    pool: &[Arc<Slot>],
     capacity: usize,
     avoid: Option<u64>,
-) -> Option<&'a Arc<Slot>> {
+) -> Option<&Arc<Slot>> {
     let mut best: Option<&Arc<Slot>> = None;
     let mut fallback: Option<&Arc<Slot>> = None;
     for slot in pool {

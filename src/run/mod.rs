@@ -20,7 +20,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{BindMode, Config};
 use crate::observe::event;
@@ -66,7 +66,8 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outco
         config.max_queue,
         config.queue_timeout,
     );
-    let (supervisor, links) = Supervisor::new(Arc::clone(&config), command, Arc::clone(&dispatcher));
+    let (supervisor, links) =
+        Supervisor::new(Arc::clone(&config), command, Arc::clone(&dispatcher));
 
     // Bind before any worker exists: Heroku's boot timeout (R10) needs only the bind,
     // and requests that arrive meanwhile wait in the queue.
@@ -76,33 +77,47 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outco
     };
     tokio::spawn(forward_signals(signals, links.events.clone()));
     tokio::spawn(reap(sigchld, links.events.clone()));
-    let events = links.events.clone();
-    let mut first_ready = links.first_ready;
-    let port = config.port;
-    tokio::spawn(async move {
-        let listener = match listener {
-            Some(listener) => listener,
-            None => {
-                if first_ready.wait_for(|ready| *ready).await.is_err() {
-                    return;
-                }
-                match listen(port) {
-                    Ok(listener) => listener,
-                    Err(err) => {
-                        let _ = events.send(Event::Fatal(format!("{err:#}")));
-                        return;
-                    }
-                }
-            }
-        };
-        match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => proxy::serve(listener, dispatcher, links.shutdown, events).await,
+    tokio::spawn(serve_public(
+        listener,
+        config.port,
+        links.first_ready,
+        dispatcher,
+        links.shutdown,
+        links.events,
+    ));
+    Ok(supervisor.run().await)
+}
+
+/// Runs the proxy on the public port, binding it first when that waits for a ready
+/// worker (`MOLT_BIND=ready`).
+async fn serve_public(
+    listener: Option<std::net::TcpListener>,
+    port: u16,
+    mut first_ready: watch::Receiver<bool>,
+    dispatcher: Arc<Dispatcher>,
+    shutdown: watch::Receiver<bool>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let listener = if let Some(listener) = listener {
+        listener
+    } else {
+        if first_ready.wait_for(|ready| *ready).await.is_err() {
+            return;
+        }
+        match listen(port) {
+            Ok(listener) => listener,
             Err(err) => {
-                let _ = events.send(Event::Fatal(format!("cannot use the listener: {err}")));
+                let _ = events.send(Event::Fatal(format!("{err:#}")));
+                return;
             }
         }
-    });
-    Ok(supervisor.run().await)
+    };
+    match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => proxy::serve(listener, dispatcher, shutdown, events).await,
+        Err(err) => {
+            let _ = events.send(Event::Fatal(format!("cannot use the listener: {err}")));
+        }
+    }
 }
 
 struct Signals {

@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http_body_util::Empty;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::{Request, Response, StatusCode, Version};
@@ -23,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::observe::event;
-use crate::run::dispatch::{Dispatcher, Lease, Overload, Slot, Upstream};
+use crate::run::dispatch::{Dispatcher, Lease, Overload, Slot, Upstream, UpstreamBody};
 use crate::run::supervisor::Event;
 
 /// Request headers must arrive within this time, or the connection gets 408 and closes
@@ -111,56 +112,10 @@ async fn handle(
     prepare_request(&mut req, upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let lease = match dispatcher.acquire(None).await {
-        Ok(lease) => lease,
-        Err(overload) => return Ok(overloaded(overload)),
+    let (lease, conn, mut response) = match exchange(&dispatcher, req).await {
+        Ok(exchanged) => exchanged,
+        Err(failure) => return Ok(failure),
     };
-    let (lease, mut conn) = match connect(lease.slot()).await {
-        Ok(conn) => (lease, conn),
-        Err(err) => {
-            // Nothing was sent, so the request can safely go to another worker, once.
-            let failed = lease.slot().id;
-            event!(Warn, "connect_error", worker = failed, error = err);
-            drop(lease);
-            let lease = match dispatcher.acquire(Some(failed)).await {
-                Ok(lease) => lease,
-                Err(overload) => return Ok(overloaded(overload)),
-            };
-            match connect(lease.slot()).await {
-                Ok(conn) => (lease, conn),
-                Err(err) => {
-                    event!(Warn, "connect_error", worker = lease.slot().id, error = err);
-                    return Ok(error_response(StatusCode::BAD_GATEWAY));
-                }
-            }
-        }
-    };
-
-    let mut response = match conn.try_send_request(req).await {
-        Ok(response) => response,
-        Err(mut err) => {
-            // A kept-alive connection the worker closed just as it was reused: the request
-            // was not sent, so a fresh connection to the same worker can take it.
-            let Some(req) = err.take_message() else {
-                return Ok(upstream_failed(&lease, &err.into_error()));
-            };
-            let retry = match open(lease.slot()).await {
-                Ok(fresh) => {
-                    conn = fresh;
-                    conn.send_request(req).await
-                }
-                Err(err) => {
-                    event!(Warn, "connect_error", worker = lease.slot().id, error = err);
-                    return Ok(error_response(StatusCode::BAD_GATEWAY));
-                }
-            };
-            match retry {
-                Ok(response) => response,
-                Err(err) => return Ok(upstream_failed(&lease, &err)),
-            }
-        }
-    };
-
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -170,6 +125,60 @@ async fn handle(
     }
     strip_hop_by_hop(response.headers_mut(), false);
     Ok(response.map(|body| ProxyBody::upstream(body, conn, lease)))
+}
+
+/// Most times one request is offered to a worker.
+const ATTEMPTS: usize = 3;
+
+/// Sends the request to a worker and returns the response head with what it holds.
+///
+/// A request is tried again, on another worker where one is free, only when the worker
+/// cannot have acted on it: the connection was refused, or a kept-alive connection was
+/// found closed before the request was written. A body-less idempotent request (a GET)
+/// is also tried again when a kept-alive connection breaks before any response, which is
+/// what a worker that closes an idle connection as the request arrives, or dies between
+/// requests, looks like; nginx retries such requests too. Anything else is final: 502.
+async fn exchange(
+    dispatcher: &Arc<Dispatcher>,
+    req: Request<Incoming>,
+) -> Result<(Lease, Upstream, Response<Incoming>), Response<ProxyBody>> {
+    let (head, body) = req.into_parts();
+    let replayable = body.is_end_stream() && head.method.is_idempotent();
+    let mut pending = Some(Request::from_parts(head.clone(), UpstreamBody::Left(body)));
+    let mut avoid = None;
+    for _ in 0..ATTEMPTS {
+        let lease = dispatcher.acquire(avoid).await.map_err(overloaded)?;
+        let worker = lease.slot().id;
+        let (mut conn, reused) = match connect(lease.slot()).await {
+            Ok(connected) => connected,
+            Err(err) => {
+                event!(Warn, "connect_error", worker = worker, error = err);
+                avoid = Some(worker);
+                continue;
+            }
+        };
+        let req = match pending.take() {
+            Some(req) => req,
+            None if replayable => {
+                Request::from_parts(head.clone(), UpstreamBody::Right(Empty::new()))
+            }
+            None => break,
+        };
+        match conn.try_send_request(req).await {
+            Ok(response) => return Ok((lease, conn, response)),
+            Err(mut err) => {
+                pending = err.take_message();
+                if pending.is_none() && !(reused && replayable) {
+                    return Err(upstream_failed(worker, &err.into_error()));
+                }
+                event!(Debug, "retry", worker = worker, error = err.into_error());
+                // The worker's other idle connections are as old as this one, or it died.
+                lease.slot().clear_upstreams();
+                avoid = Some(worker);
+            }
+        }
+    }
+    Err(error_response(StatusCode::BAD_GATEWAY))
 }
 
 /// Copies bytes both ways between an upgraded client and worker connection.
@@ -187,14 +196,14 @@ async fn tunnel(
     drop(lease);
 }
 
-/// A ready connection to the worker: an idle kept-alive one, else a new one.
-async fn connect(slot: &Slot) -> io::Result<Upstream> {
+/// A ready connection to the worker: an idle kept-alive one (`true`), else a new one.
+async fn connect(slot: &Slot) -> io::Result<(Upstream, bool)> {
     while let Some(mut conn) = slot.take_upstream() {
         if conn.ready().await.is_ok() {
-            return Ok(conn);
+            return Ok((conn, true));
         }
     }
-    open(slot).await
+    Ok((open(slot).await?, false))
 }
 
 async fn open(slot: &Slot) -> io::Result<Upstream> {
@@ -211,11 +220,11 @@ async fn open(slot: &Slot) -> io::Result<Upstream> {
     Ok(send)
 }
 
-fn upstream_failed(lease: &Lease, err: &hyper::Error) -> Response<ProxyBody> {
+fn upstream_failed(worker: u64, err: &hyper::Error) -> Response<ProxyBody> {
     event!(
         Warn,
         "upstream_error",
-        worker = lease.slot().id,
+        worker = worker,
         status = 502,
         error = err
     );
@@ -225,16 +234,23 @@ fn upstream_failed(lease: &Lease, err: &hyper::Error) -> Response<ProxyBody> {
 fn overloaded(overload: Overload) -> Response<ProxyBody> {
     match overload {
         Overload::QueueFull { queued } => {
-            event!(Warn, "overload", status = 503, reason = "queue_full", queue = queued);
+            event!(
+                Warn,
+                "overload",
+                status = 503,
+                reason = "queue_full",
+                queue = queued
+            );
         }
         Overload::QueueTimeout => {
             event!(Warn, "overload", status = 503, reason = "queue_timeout");
         }
     }
     let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
     response
 }
 
@@ -469,8 +485,14 @@ mod tests {
         ]);
         assert!(wants_upgrade(&map));
         strip_hop_by_hop(&mut map, true);
-        assert_eq!(map.get("upgrade").map(HeaderValue::as_bytes), Some(&b"websocket"[..]));
-        assert_eq!(map.get("connection").map(HeaderValue::as_bytes), Some(&b"upgrade"[..]));
+        assert_eq!(
+            map.get("upgrade").map(HeaderValue::as_bytes),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            map.get("connection").map(HeaderValue::as_bytes),
+            Some(&b"upgrade"[..])
+        );
         assert!(map.contains_key("sec-websocket-key"));
         assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
     }

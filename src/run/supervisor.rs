@@ -98,7 +98,10 @@ enum State {
     /// Serving requests.
     Ready,
     /// Taking no new requests; finishing the ones it holds.
-    Draining { deadline: Instant, waiter: AbortHandle },
+    Draining {
+        deadline: Instant,
+        waiter: AbortHandle,
+    },
     /// Sent the stop signal; SIGKILL at the deadline (none once SIGKILL was sent).
     Stopping { deadline: Option<Instant> },
 }
@@ -135,7 +138,9 @@ impl Worker {
 enum Phase {
     Running,
     /// Not accepting; in-flight requests finish until the deadline.
-    Draining { deadline: Instant },
+    Draining {
+        deadline: Instant,
+    },
     /// Every worker has been told to stop.
     Stopping,
 }
@@ -323,9 +328,7 @@ impl Supervisor {
         );
         if matches!(w.state, State::Booting { .. }) && self.phase == Phase::Running {
             return self.boot_failed(
-                format!(
-                    "the command exited with {how} before accepting connections on its PORT"
-                ),
+                &format!("the command exited with {how} before accepting connections on its PORT"),
                 now,
             );
         }
@@ -372,7 +375,13 @@ impl Supervisor {
                 State::Stopping {
                     deadline: Some(deadline),
                 } if now >= deadline => {
-                    event!(Warn, "kill", worker = w.id, pid = w.pid, reason = "stop_timeout");
+                    event!(
+                        Warn,
+                        "kill",
+                        worker = w.id,
+                        pid = w.pid,
+                        reason = "stop_timeout"
+                    );
                     worker::signal_group(w.pid, Signal::SIGKILL);
                     w.state = State::Stopping { deadline: None };
                 }
@@ -382,7 +391,13 @@ impl Supervisor {
         for id in timed_out {
             if let Some(w) = self.worker_mut(id) {
                 w.abort_task();
-                event!(Warn, "kill", worker = id, pid = w.pid, reason = "boot_timeout");
+                event!(
+                    Warn,
+                    "kill",
+                    worker = id,
+                    pid = w.pid,
+                    reason = "boot_timeout"
+                );
                 worker::signal_group(w.pid, Signal::SIGKILL);
                 w.state = State::Stopping { deadline: None };
             }
@@ -391,7 +406,7 @@ impl Supervisor {
                     "the command did not accept connections on its PORT within {} (MOLT_BOOT_TIMEOUT); check that it listens on $PORT",
                     humantime::format_duration(boot_timeout)
                 );
-                outcome = outcome.or(self.boot_failed(reason, now));
+                outcome = outcome.or(self.boot_failed(&reason, now));
             }
         }
         for id in drained {
@@ -400,7 +415,13 @@ impl Supervisor {
         }
         if let Phase::Draining { deadline } = self.phase {
             if now >= deadline {
-                event!(Warn, "shutdown_timeout", in_flight = self.in_flight());
+                let queued = self.dispatcher.queued();
+                event!(
+                    Warn,
+                    "shutdown_timeout",
+                    in_flight = self.in_flight(),
+                    queued = queued
+                );
                 self.stop_all(now);
             }
         }
@@ -408,7 +429,7 @@ impl Supervisor {
     }
 
     /// Counts a failed boot, backs off, and gives up when the app has never booted.
-    fn boot_failed(&mut self, reason: String, now: Instant) -> Option<Outcome> {
+    fn boot_failed(&mut self, reason: &str, now: Instant) -> Option<Outcome> {
         self.boot_failures += 1;
         let failures = self.boot_failures;
         if !self.ever_ready && failures >= self.config.max_boot_failures {
@@ -438,10 +459,11 @@ impl Supervisor {
     /// and publishes the routable workers. Returns an outcome when molt is done.
     fn reconcile(&mut self, now: Instant) -> Option<Outcome> {
         if self.phase == Phase::Running {
+            // Choosing the worker to recycle first lets its replacement start at once.
+            self.advance_recycle(now);
             if let Some(outcome) = self.spawn_missing(now) {
                 return Some(outcome);
             }
-            self.advance_recycle(now);
         }
         self.publish();
         if self.phase == Phase::Stopping && self.workers.is_empty() {
@@ -464,7 +486,7 @@ impl Supervisor {
                 break;
             }
             if let Err(reason) = self.spawn(now) {
-                if let Some(outcome) = self.boot_failed(reason, now) {
+                if let Some(outcome) = self.boot_failed(&reason, now) {
                     return Some(outcome);
                 }
             }
@@ -529,7 +551,14 @@ impl Supervisor {
         };
         if w.is_ready() && replacements_ready >= self.config.min_workers {
             let served = w.slot.served();
-            event!(Info, "recycle", worker = id, pid = w.pid, reason = reason.as_str(), requests = served);
+            event!(
+                Info,
+                "recycle",
+                worker = id,
+                pid = w.pid,
+                reason = reason.as_str(),
+                requests = served
+            );
             self.drain(id, now);
         }
     }
@@ -558,7 +587,13 @@ impl Supervisor {
             return;
         }
         w.abort_task();
-        event!(Info, "stop", worker = id, pid = w.pid, signal = signal.as_str());
+        event!(
+            Info,
+            "stop",
+            worker = id,
+            pid = w.pid,
+            signal = signal.as_str()
+        );
         worker::signal_group(w.pid, signal);
         w.slot.clear_upstreams();
         w.state = State::Stopping {

@@ -39,7 +39,10 @@ impl AppCommand {
             1 => {
                 let shell = which::which("bash")
                     .or_else(|_| which::which("sh"))
-                    .map_err(|_| "neither bash nor sh is on PATH; molt needs one to run a command line".to_owned())?;
+                    .map_err(|_| {
+                        "neither bash nor sh is on PATH; molt needs one to run a command line"
+                            .to_owned()
+                    })?;
                 Ok(AppCommand::Shell {
                     shell,
                     line: words.remove(0),
@@ -68,7 +71,8 @@ impl AppCommand {
             AppCommand::Argv(words) => {
                 let port = port.to_string();
                 let mut words = words.iter().map(|w| substitute_port(w, &port));
-                let mut cmd = Command::new(words.next().expect("from_words keeps at least one word"));
+                let mut cmd =
+                    Command::new(words.next().expect("from_words keeps at least one word"));
                 cmd.args(words);
                 cmd
             }
@@ -130,7 +134,13 @@ pub(crate) fn spawn(spec: &Spawn<'_>) -> std::io::Result<Pid> {
 pub(crate) fn signal_group(pid: Pid, signal: Signal) {
     match killpg(pid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(err) => crate::observe::event!(Warn, "signal_failed", pid = pid, signal = signal, error = err),
+        Err(err) => crate::observe::event!(
+            Warn,
+            "signal_failed",
+            pid = pid,
+            signal = signal,
+            error = err
+        ),
     }
 }
 
@@ -208,8 +218,12 @@ mod tests {
     fn one_word_runs_in_a_shell_several_are_exec_d() {
         let one = AppCommand::from_words(vec!["echo $PORT && exit".into()]).expect("a shell");
         assert!(matches!(one, AppCommand::Shell { ref line, .. } if line == "echo $PORT && exit"));
-        let several = AppCommand::from_words(vec!["sh".into(), "-c".into(), "x".into()]).expect("sh exists");
-        assert_eq!(several, AppCommand::Argv(vec!["sh".into(), "-c".into(), "x".into()]));
+        let several =
+            AppCommand::from_words(vec!["sh".into(), "-c".into(), "x".into()]).expect("sh exists");
+        assert_eq!(
+            several,
+            AppCommand::Argv(vec!["sh".into(), "-c".into(), "x".into()])
+        );
         assert!(AppCommand::from_words(vec![]).is_err());
         let missing = AppCommand::from_words(vec!["no-such-program-molt".into(), "x".into()]);
         assert_eq!(
