@@ -1961,3 +1961,19 @@ mod tests {
         assert!(markdown.contains("| `MOLT_QUEUE_TIMEOUT` | `queue_timeout` |  | `25s` |"));
     }
 }
+
+#[cfg(test)]
+mod readme {
+    /// The README's settings table is generated from the settings table; this keeps it
+    /// from drifting. To refresh it, paste the output of
+    /// `cargo test readme -- --nocapture` into README.md.
+    #[test]
+    fn readme_settings_table_is_current() {
+        let table = super::settings_markdown();
+        println!("{table}");
+        assert!(
+            include_str!("../README.md").contains(&table),
+            "README.md's settings table is stale"
+        );
+    }
+}

@@ -10,23 +10,24 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{oneshot, Notify};
 
-/// What a request sent to a worker carries: the client's body, or nothing (a request
-/// without a body, rebuilt to be sent again).
-pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
-
 /// A keep-alive connection to a worker.
-pub(crate) type Upstream = SendRequest<UpstreamBody>;
+pub(crate) type Upstream = SendRequest<Incoming>;
 
 /// Most idle keep-alive connections kept per worker.
 const MAX_IDLE_UPSTREAMS: usize = 64;
+
+/// Idle connections older than this are not reused. App servers close idle keep-alive
+/// connections after a few seconds (gunicorn after 2 s, Node after 5 s); a request sent
+/// just as the worker closes one fails without a way to know whether the worker saw it.
+/// Staying under those timeouts keeps that race away, and a new loopback connection is
+/// cheap.
+const MAX_UPSTREAM_IDLE: Duration = Duration::from_secs(1);
 
 /// One worker as the request path sees it.
 pub(crate) struct Slot {
@@ -36,7 +37,7 @@ pub(crate) struct Slot {
     served: AtomicU64,
     /// Notified whenever `in_flight` drops to zero, so a drain can finish at once.
     idle: Notify,
-    idle_upstreams: Mutex<Vec<Upstream>>,
+    idle_upstreams: Mutex<Vec<(Upstream, Instant)>>,
 }
 
 impl Slot {
@@ -78,7 +79,10 @@ impl Slot {
     /// Takes an idle keep-alive connection, most recently used first.
     pub(crate) fn take_upstream(&self) -> Option<Upstream> {
         let mut idle = lock(&self.idle_upstreams);
-        while let Some(conn) = idle.pop() {
+        // The most recent is at the end; once one is too old, all before it are too.
+        let fresh = idle.partition_point(|(_, since)| since.elapsed() >= MAX_UPSTREAM_IDLE);
+        idle.drain(..fresh);
+        while let Some((conn, _)) = idle.pop() {
             if !conn.is_closed() {
                 return Some(conn);
             }
@@ -93,7 +97,7 @@ impl Slot {
         }
         let mut idle = lock(&self.idle_upstreams);
         if idle.len() < MAX_IDLE_UPSTREAMS {
-            idle.push(conn);
+            idle.push((conn, Instant::now()));
         }
     }
 

@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::Empty;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::{Request, Response, StatusCode, Version};
@@ -24,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::observe::event;
-use crate::run::dispatch::{Dispatcher, Lease, Overload, Slot, Upstream, UpstreamBody};
+use crate::run::dispatch::{Dispatcher, Lease, Overload, Slot, Upstream};
 use crate::run::supervisor::Event;
 
 /// Request headers must arrive within this time, or the connection gets 408 and closes
@@ -127,58 +126,46 @@ async fn handle(
     Ok(response.map(|body| ProxyBody::upstream(body, conn, lease)))
 }
 
-/// Most times one request is offered to a worker.
-const ATTEMPTS: usize = 3;
-
 /// Sends the request to a worker and returns the response head with what it holds.
 ///
-/// A request is tried again, on another worker where one is free, only when the worker
-/// cannot have acted on it: the connection was refused, or a kept-alive connection was
-/// found closed before the request was written. A body-less idempotent request (a GET)
-/// is also tried again when a kept-alive connection breaks before any response, which is
-/// what a worker that closes an idle connection as the request arrives, or dies between
-/// requests, looks like; nginx retries such requests too. Anything else is final: 502.
+/// A request goes to a second worker only when the first refused the connection, so the
+/// worker cannot have seen it; it goes to a fresh connection when a kept-alive one was
+/// found closed before the request was written. Any failure after the request was sent
+/// is final (502): the worker may have acted on it, and a request that crashes workers
+/// must not be handed to the next one.
 async fn exchange(
     dispatcher: &Arc<Dispatcher>,
     req: Request<Incoming>,
 ) -> Result<(Lease, Upstream, Response<Incoming>), Response<ProxyBody>> {
-    let (head, body) = req.into_parts();
-    let replayable = body.is_end_stream() && head.method.is_idempotent();
-    let mut pending = Some(Request::from_parts(head.clone(), UpstreamBody::Left(body)));
-    let mut avoid = None;
-    for _ in 0..ATTEMPTS {
-        let lease = dispatcher.acquire(avoid).await.map_err(overloaded)?;
+    let mut req = req;
+    let mut refused_by = None;
+    loop {
+        let lease = dispatcher.acquire(refused_by).await.map_err(overloaded)?;
         let worker = lease.slot().id;
-        let (mut conn, reused) = match connect(lease.slot()).await {
-            Ok(connected) => connected,
+        let mut conn = match connect(lease.slot()).await {
+            Ok(conn) => conn,
             Err(err) => {
                 event!(Warn, "connect_error", worker = worker, error = err);
-                avoid = Some(worker);
+                if refused_by.is_some() {
+                    return Err(error_response(StatusCode::BAD_GATEWAY));
+                }
+                refused_by = Some(worker);
                 continue;
             }
         };
-        let req = match pending.take() {
-            Some(req) => req,
-            None if replayable => {
-                Request::from_parts(head.clone(), UpstreamBody::Right(Empty::new()))
-            }
-            None => break,
-        };
         match conn.try_send_request(req).await {
             Ok(response) => return Ok((lease, conn, response)),
-            Err(mut err) => {
-                pending = err.take_message();
-                if pending.is_none() && !(reused && replayable) {
-                    return Err(upstream_failed(worker, &err.into_error()));
+            Err(mut err) => match err.take_message() {
+                // The worker closed this kept-alive connection as it was taken; its other
+                // idle ones are no younger.
+                Some(unsent) => {
+                    lease.slot().clear_upstreams();
+                    req = unsent;
                 }
-                event!(Debug, "retry", worker = worker, error = err.into_error());
-                // The worker's other idle connections are as old as this one, or it died.
-                lease.slot().clear_upstreams();
-                avoid = Some(worker);
-            }
+                None => return Err(upstream_failed(worker, &err.into_error())),
+            },
         }
     }
-    Err(error_response(StatusCode::BAD_GATEWAY))
 }
 
 /// Copies bytes both ways between an upgraded client and worker connection.
@@ -196,14 +183,14 @@ async fn tunnel(
     drop(lease);
 }
 
-/// A ready connection to the worker: an idle kept-alive one (`true`), else a new one.
-async fn connect(slot: &Slot) -> io::Result<(Upstream, bool)> {
+/// A ready connection to the worker: an idle kept-alive one, else a new one.
+async fn connect(slot: &Slot) -> io::Result<Upstream> {
     while let Some(mut conn) = slot.take_upstream() {
         if conn.ready().await.is_ok() {
-            return Ok((conn, true));
+            return Ok(conn);
         }
     }
-    Ok((open(slot).await?, false))
+    open(slot).await
 }
 
 async fn open(slot: &Slot) -> io::Result<Upstream> {

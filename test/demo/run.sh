@@ -13,7 +13,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "molt run --workers 3 -- 'python3 app.py'  (port $port)"
 PORT=$port "$molt" run --workers 3 -- "python3 $here/test/fixtures/apps/pyapp/app.py" >"$log" 2>&1 &
 molt_pid=$!
-trap 'kill -KILL $molt_pid 2>/dev/null || true; rm -f "$log"' EXIT
+trap 'kill -KILL $molt_pid 2>/dev/null || true; rm -f "$log" "$log.pids"' EXIT
 
 for _ in $(seq 1 200); do
   [ "$(grep -c 'at=ready' "$log")" -ge 3 ] && break
@@ -21,9 +21,13 @@ for _ in $(seq 1 200); do
 done
 grep 'molt at=' "$log"
 
-step "6 concurrent requests to /sleep?ms=300: the worker pids that answered"
-for _ in 1 2 3 4 5 6; do curl -s "localhost:$port/sleep?ms=300" & done | sort | uniq -c
-wait
+step "6 concurrent requests to /sleep?ms=300: requests answered per worker pid"
+for _ in 1 2 3 4 5 6; do
+  curl -s -w '\n' "localhost:$port/sleep?ms=300" &
+done > "$log.pids"
+wait_jobs() { for job in $(jobs -p); do [ "$job" = "$molt_pid" ] || wait "$job"; done; }
+wait_jobs
+sort "$log.pids" | uniq -c
 
 step "a request that crashes its worker gets 502; the others are untouched"
 printf 'crash:  %s\n' "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/crash")"
@@ -38,10 +42,11 @@ for _ in $(seq 1 200); do
 done
 
 step "SIGTERM: in-flight requests finish, workers stop, molt exits 0"
-curl -s "localhost:$port/sleep?ms=500" -o /dev/null -w 'in-flight request: %{http_code}\n' &
-sleep 0.2
+curl -s "localhost:$port/sleep?ms=800" -o /dev/null -w 'in-flight request: %{http_code}\n' &
+curl_pid=$!
+sleep 0.3
 kill -TERM $molt_pid
+wait $curl_pid
 wait $molt_pid && echo "molt exited with status 0"
-wait
 step "molt's log"
 grep 'molt at=' "$log"

@@ -290,3 +290,56 @@ fn health_path_decides_readiness() {
     let molt = pool(1, |b| b.env("MOLT_HEALTH_PATH", "/sleep?ms=10"));
     assert_eq!(get(molt.port(), "/").expect("served").status, 200);
 }
+
+#[test]
+fn workers_get_their_port_environment_group_and_oom_score() {
+    let molt = pool(1, |b| b.env("MOLT_WORKER_PROCESSES", "3"));
+    let env = |name: &str| get(molt.port(), &format!("/env?name={name}")).expect("served");
+    assert_eq!(env("MOLT_WORKER").text(), "1");
+    // Servers that read WEB_CONCURRENCY run as many processes in each worker.
+    assert_eq!(env("WEB_CONCURRENCY").text(), "3");
+    let private: u16 = env("PORT").text().parse().expect("a port");
+    assert_ne!(private, molt.port());
+    assert!(molt.log().contains(&format!("port={private}")));
+
+    let pid: u32 = get(molt.port(), "/pid")
+        .expect("served")
+        .text()
+        .parse()
+        .expect("pid");
+    // Its own process group, so that molt can signal everything the worker starts.
+    assert_eq!(crate::support::process_group_of(pid), Some(pid));
+    // The kernel's OOM killer prefers a worker to molt.
+    let score = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).expect("readable");
+    assert_eq!(score.trim(), "500");
+    // molt raised its open-files limit to the hard limit, for many connections.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", molt.pid())).expect("readable");
+    let files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a files row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(files[3], files[4], "soft and hard limits: {files:?}");
+}
+
+#[test]
+fn second_sigint_kills_everything_at_once() {
+    let mut molt = pool(1, |b| b.env("MOLT_SHUTDOWN_TIMEOUT", "60s"));
+    let port = molt.port();
+    let mark = temp_path("long");
+    let path = format!("/sleep?ms=30000&mark={}", mark.display());
+    let long = thread::spawn(move || get(port, &path));
+    assert!(wait_until(Duration::from_secs(20), || mark.exists()));
+    molt.signal(crate::support::SIGINT);
+    assert!(molt.wait_for_log("at=shutdown signal=SIGINT", Duration::from_secs(5)));
+    molt.signal(crate::support::SIGINT);
+    let status = molt.wait_exit(Duration::from_secs(20)).expect("molt exits");
+    assert_eq!(status.code(), Some(130), "{}", molt.log());
+    assert!(wait_until(Duration::from_secs(10), || molt
+        .tagged_pids()
+        .is_empty()));
+    // The request that was cut short sees its connection close, not a response.
+    let cut = long.join().expect("request thread");
+    assert!(cut.is_err() || cut.is_ok_and(|r| r.status != 200));
+}
