@@ -223,6 +223,12 @@ impl Dispatcher {
         self.pump();
     }
 
+    /// Ids of the workers that take new requests, as last published.
+    #[cfg(test)]
+    pub(crate) fn routable(&self) -> Vec<u64> {
+        lock(&self.state).pool.iter().map(|s| s.id).collect()
+    }
+
     /// Requests waiting for a worker now.
     pub(crate) fn queued(&self) -> usize {
         lock(&self.state)

@@ -66,8 +66,12 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outco
         config.max_queue,
         config.queue_timeout,
     );
-    let (supervisor, links) =
-        Supervisor::new(Arc::clone(&config), command, Arc::clone(&dispatcher));
+    let (supervisor, links) = Supervisor::new(
+        Arc::clone(&config),
+        command,
+        Arc::clone(&dispatcher),
+        Box::new(worker::Os::new()),
+    );
 
     // Bind before any worker exists: Heroku's boot timeout (R10) needs only the bind,
     // and requests that arrive meanwhile wait in the queue.

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::observe::event;
 use crate::run::dispatch::{Dispatcher, Slot};
-use crate::run::worker::{self, AppCommand, Spawn};
+use crate::run::worker::{AppCommand, Processes, Spawn};
 
 /// First pause after a failed boot; it doubles with each consecutive failure.
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -170,7 +170,7 @@ pub(crate) struct Supervisor {
     restart_queue: VecDeque<u64>,
     /// Ids of the workers last published to the dispatcher.
     published: Vec<u64>,
-    port_hint: u16,
+    procs: Box<dyn Processes>,
     interrupted: bool,
 }
 
@@ -186,6 +186,7 @@ impl Supervisor {
         config: Arc<Config>,
         command: AppCommand,
         dispatcher: Arc<Dispatcher>,
+        procs: Box<dyn Processes>,
     ) -> (Self, Links) {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -212,7 +213,7 @@ impl Supervisor {
             recycling: None,
             restart_queue: VecDeque::new(),
             published: Vec::new(),
-            port_hint: initial_port_hint(),
+            procs,
             interrupted: false,
         };
         (supervisor, links)
@@ -264,7 +265,7 @@ impl Supervisor {
             }
             Event::Fatal(reason) => {
                 for w in &self.workers {
-                    worker::signal_group(w.pid, Signal::SIGKILL);
+                    self.procs.signal_group(w.pid, Signal::SIGKILL);
                 }
                 return Some(Outcome::Fatal(reason));
             }
@@ -300,7 +301,7 @@ impl Supervisor {
         w.abort_task();
         // The leader is gone; anything it left in its group goes too, so no orphan of a
         // dead worker lingers holding memory.
-        worker::signal_group(w.pid, Signal::SIGKILL);
+        self.procs.signal_group(w.pid, Signal::SIGKILL);
         w.slot.clear_upstreams();
         if self.recycling.is_some_and(|(id, _)| id == w.id) {
             self.recycling = None;
@@ -339,7 +340,7 @@ impl Supervisor {
         if signal == Signal::SIGINT && self.interrupted {
             event!(Warn, "interrupt", action = "kill");
             for w in &self.workers {
-                worker::signal_group(w.pid, Signal::SIGKILL);
+                self.procs.signal_group(w.pid, Signal::SIGKILL);
             }
             return Some(Outcome::Interrupted);
         }
@@ -382,14 +383,14 @@ impl Supervisor {
                         pid = w.pid,
                         reason = "stop_timeout"
                     );
-                    worker::signal_group(w.pid, Signal::SIGKILL);
+                    self.procs.signal_group(w.pid, Signal::SIGKILL);
                     w.state = State::Stopping { deadline: None };
                 }
                 _ => {}
             }
         }
         for id in timed_out {
-            if let Some(w) = self.worker_mut(id) {
+            if let Some(w) = self.workers.iter_mut().find(|w| w.id == id) {
                 w.abort_task();
                 event!(
                     Warn,
@@ -398,7 +399,7 @@ impl Supervisor {
                     pid = w.pid,
                     reason = "boot_timeout"
                 );
-                worker::signal_group(w.pid, Signal::SIGKILL);
+                self.procs.signal_group(w.pid, Signal::SIGKILL);
                 w.state = State::Stopping { deadline: None };
             }
             if self.phase == Phase::Running {
@@ -434,7 +435,7 @@ impl Supervisor {
         let failures = self.boot_failures;
         if !self.ever_ready && failures >= self.config.max_boot_failures {
             for w in &self.workers {
-                worker::signal_group(w.pid, Signal::SIGKILL);
+                self.procs.signal_group(w.pid, Signal::SIGKILL);
             }
             return Some(Outcome::CannotBoot(format!(
                 "the app failed to boot {failures} time(s) in a row (MOLT_MAX_BOOT_FAILURES={}): {reason}",
@@ -496,9 +497,10 @@ impl Supervisor {
 
     fn spawn(&mut self, now: Instant) -> Result<(), String> {
         let taken: Vec<u16> = self.workers.iter().map(|w| w.slot.addr.port()).collect();
-        let port = worker::free_port(self.port_hint, &taken)
+        let port = self
+            .procs
+            .free_port(&taken)
             .ok_or("no free private port on 127.0.0.1 in 20000-31999")?;
-        self.port_hint = self.port_hint.wrapping_add(1);
         let id = self.next_id;
         self.next_id += 1;
         let spec = Spawn {
@@ -507,16 +509,15 @@ impl Supervisor {
             web_concurrency: self.config.worker_processes,
             command: &self.command,
         };
-        let pid = worker::spawn(&spec).map_err(|err| format!("cannot start the command: {err}"))?;
+        let pid = self
+            .procs
+            .spawn(&spec)
+            .map_err(|err| format!("cannot start the command: {err}"))?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         event!(Info, "spawn", worker = id, pid = pid, port = port);
         let events = self.events_tx.clone();
         let health_path = self.config.health_path.clone();
-        let probe = tokio::spawn(async move {
-            worker::wait_ready(addr, health_path).await;
-            let _ = events.send(Event::Ready { id });
-        })
-        .abort_handle();
+        let probe = self.procs.watch_ready(id, addr, health_path, events);
         self.workers.push(Worker {
             id,
             pid,
@@ -582,7 +583,9 @@ impl Supervisor {
     fn stop(&mut self, id: u64, now: Instant) {
         let signal = self.config.stop_signal;
         let deadline = now + self.config.stop_timeout;
-        let Some(w) = self.worker_mut(id) else { return };
+        let Some(w) = self.workers.iter_mut().find(|w| w.id == id) else {
+            return;
+        };
         if matches!(w.state, State::Stopping { .. }) {
             return;
         }
@@ -594,7 +597,7 @@ impl Supervisor {
             pid = w.pid,
             signal = signal.as_str()
         );
-        worker::signal_group(w.pid, signal);
+        self.procs.signal_group(w.pid, signal);
         w.slot.clear_upstreams();
         w.state = State::Stopping {
             deadline: Some(deadline),
@@ -656,12 +659,351 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Where this molt starts looking for private ports, so that several molts on one
-/// machine (tests, or several apps) rarely probe the same ports.
-fn initial_port_hint() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mixed = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
-    u16::try_from(mixed % 12_000).expect("below 12000")
+#[cfg(test)]
+mod tests {
+    //! The state machine on simulated processes and time: no fork, no sleep.
+
+    use std::sync::atomic::{AtomicI32, AtomicU16, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Record {
+        spawned: Vec<(u64, Pid)>,
+        signals: Vec<(Pid, Signal)>,
+    }
+
+    struct Fake {
+        record: Arc<Mutex<Record>>,
+        next_pid: AtomicI32,
+        next_port: AtomicU16,
+    }
+
+    impl Processes for Fake {
+        fn spawn(&self, spec: &Spawn<'_>) -> std::io::Result<Pid> {
+            let pid = Pid::from_raw(self.next_pid.fetch_add(1, Ordering::Relaxed));
+            self.record
+                .lock()
+                .expect("test lock")
+                .spawned
+                .push((spec.id, pid));
+            Ok(pid)
+        }
+
+        fn signal_group(&self, pid: Pid, signal: Signal) {
+            self.record
+                .lock()
+                .expect("test lock")
+                .signals
+                .push((pid, signal));
+        }
+
+        fn free_port(&self, _taken: &[u16]) -> Option<u16> {
+            Some(self.next_port.fetch_add(1, Ordering::Relaxed))
+        }
+
+        fn watch_ready(
+            &self,
+            _id: u64,
+            _addr: SocketAddr,
+            _health_path: Option<String>,
+            _events: mpsc::UnboundedSender<Event>,
+        ) -> AbortHandle {
+            // Tests deliver readiness themselves.
+            tokio::spawn(std::future::pending::<()>()).abort_handle()
+        }
+    }
+
+    struct Harness {
+        sup: Supervisor,
+        record: Arc<Mutex<Record>>,
+        dispatcher: Arc<Dispatcher>,
+        links: Links,
+        t0: Instant,
+    }
+
+    impl Harness {
+        fn new(config: Config) -> Self {
+            let record = Arc::new(Mutex::new(Record::default()));
+            let fake = Fake {
+                record: Arc::clone(&record),
+                next_pid: AtomicI32::new(1000),
+                next_port: AtomicU16::new(20000),
+            };
+            let dispatcher = Dispatcher::new(1, 10, Duration::from_secs(1));
+            let (sup, links) = Supervisor::new(
+                Arc::new(config),
+                AppCommand::Argv(vec!["app".into()]),
+                Arc::clone(&dispatcher),
+                Box::new(fake),
+            );
+            Harness {
+                sup,
+                record,
+                dispatcher,
+                links,
+                t0: Instant::now(),
+            }
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.t0 + Duration::from_millis(ms)
+        }
+
+        fn spawned(&self) -> Vec<(u64, Pid)> {
+            self.record.lock().expect("test lock").spawned.clone()
+        }
+
+        fn signals(&self) -> Vec<(Pid, Signal)> {
+            self.record.lock().expect("test lock").signals.clone()
+        }
+
+        fn pid(&self, id: u64) -> Pid {
+            self.spawned()
+                .into_iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, pid)| pid)
+                .expect("worker was spawned")
+        }
+
+        /// Delivers an event at `ms` and reconciles, as the run loop does.
+        fn step(&mut self, event: Event, ms: u64) -> Option<Outcome> {
+            let now = self.at(ms);
+            self.sup
+                .handle(event, now)
+                .or_else(|| self.sup.reconcile(now))
+        }
+
+        fn exit(&mut self, id: u64, ms: u64) -> Option<Outcome> {
+            let pid = self.pid(id);
+            self.step(
+                Event::Exited {
+                    pid,
+                    how: Exit::Code(1),
+                },
+                ms,
+            )
+        }
+
+        fn tick(&mut self, ms: u64) -> Option<Outcome> {
+            let now = self.at(ms);
+            self.sup
+                .on_deadlines(now)
+                .or_else(|| self.sup.reconcile(now))
+        }
+    }
+
+    fn config(workers: usize) -> Config {
+        Config {
+            min_workers: workers,
+            max_boot_failures: 3,
+            boot_timeout: Duration::from_secs(5),
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn starts_the_pool_and_routes_only_to_ready_workers() {
+        let mut h = Harness::new(config(2));
+        assert_eq!(h.sup.reconcile(h.t0), None);
+        assert_eq!(h.spawned().len(), 2);
+        assert!(h.dispatcher.routable().is_empty());
+        h.step(Event::Ready { id: 2 }, 10);
+        assert_eq!(h.dispatcher.routable(), [2]);
+        assert!(h.links.first_ready.has_changed().unwrap_or(false));
+        h.step(Event::Ready { id: 1 }, 20);
+        assert_eq!(h.dispatcher.routable(), [1, 2]);
+        assert_eq!(
+            h.spawned().len(),
+            2,
+            "no extra worker once the pool is full"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_boots_back_off_exponentially_then_give_up() {
+        let mut h = Harness::new(config(1));
+        h.sup.reconcile(h.t0);
+        assert_eq!(h.exit(1, 0), None);
+        // 1s of backoff: nothing at 999ms, a new worker at 1000ms.
+        assert_eq!(h.tick(999), None);
+        assert_eq!(h.spawned().len(), 1);
+        assert_eq!(h.sup.next_deadline(h.at(999)), Some(h.at(1000)));
+        h.tick(1000);
+        assert_eq!(h.spawned().len(), 2);
+        assert_eq!(h.exit(2, 1000), None);
+        // Then 2s.
+        h.tick(2999);
+        assert_eq!(h.spawned().len(), 2);
+        h.tick(3000);
+        assert_eq!(h.spawned().len(), 3);
+        let outcome = h.exit(3, 3000);
+        let Some(Outcome::CannotBoot(reason)) = outcome else {
+            panic!("expected molt to give up, got {outcome:?}");
+        };
+        assert_eq!(
+            reason,
+            "the app failed to boot 3 time(s) in a row (MOLT_MAX_BOOT_FAILURES=3): \
+             the command exited with status 1 before accepting connections on its PORT"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_was_ready_is_replaced_at_once_and_never_gives_up() {
+        let mut h = Harness::new(config(1));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 10);
+        assert_eq!(h.exit(1, 20), None);
+        assert_eq!(h.spawned().len(), 2, "a crash is replaced without backoff");
+        assert!(h.dispatcher.routable().is_empty());
+        // Boot failures after the app once booted back off but never end molt.
+        for (n, ms) in [(2, 30), (3, 1030), (4, 3030), (5, 7030)] {
+            assert_eq!(h.exit(n, ms), None);
+            h.tick(ms + 60_000);
+        }
+        assert_eq!(h.spawned().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn boot_timeout_kills_the_group_and_counts_a_failure() {
+        let mut h = Harness::new(config(1));
+        h.sup.reconcile(h.t0);
+        assert_eq!(h.sup.next_deadline(h.t0), Some(h.at(5000)));
+        assert_eq!(h.tick(4999), None);
+        assert!(h.signals().is_empty());
+        assert_eq!(h.tick(5000), None);
+        assert_eq!(h.signals(), [(h.pid(1), Signal::SIGKILL)]);
+        // The killed worker's exit is not a second failure; the replacement waits 1s.
+        let pid = h.pid(1);
+        h.step(
+            Event::Exited {
+                pid,
+                how: Exit::Signal(Signal::SIGKILL),
+            },
+            5001,
+        );
+        assert_eq!(h.sup.boot_failures, 1);
+        h.tick(6000);
+        assert_eq!(h.spawned().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn rolling_restart_keeps_capacity_and_goes_one_at_a_time() {
+        let mut h = Harness::new(config(2));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(Event::Ready { id: 2 }, 0);
+        h.step(Event::RollingRestart, 100);
+        // The replacement starts first; the old worker keeps serving meanwhile.
+        assert_eq!(h.spawned().len(), 3);
+        assert_eq!(h.dispatcher.routable(), [1, 2]);
+        h.step(Event::Ready { id: 3 }, 200);
+        // Now worker 1 drains: no new requests; it has none in flight, so it stops.
+        assert_eq!(h.dispatcher.routable(), [2, 3]);
+        h.step(Event::Drained { id: 1 }, 210);
+        assert_eq!(h.signals(), [(h.pid(1), Signal::SIGTERM)]);
+        assert_eq!(h.spawned().len(), 3, "one recycle at a time");
+        h.exit(1, 300);
+        // Only now does worker 2's turn come.
+        assert_eq!(h.spawned().len(), 4);
+        h.step(Event::Ready { id: 4 }, 400);
+        h.step(Event::Drained { id: 2 }, 410);
+        h.exit(2, 500);
+        assert_eq!(h.dispatcher.routable(), [3, 4]);
+        assert_eq!(h.spawned().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_stops_and_never_respawns() {
+        let mut h = Harness::new(config(2));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(Event::Ready { id: 2 }, 0);
+        h.step(
+            Event::Shutdown {
+                signal: Signal::SIGTERM,
+            },
+            100,
+        );
+        assert!(*h.links.shutdown.borrow());
+        // Heroku signalled the worker too; it exits and is not replaced.
+        assert_eq!(h.exit(1, 150), None);
+        assert_eq!(h.spawned().len(), 2);
+        // A second SIGTERM changes nothing.
+        h.step(
+            Event::Shutdown {
+                signal: Signal::SIGTERM,
+            },
+            160,
+        );
+        h.step(Event::ProxyIdle, 200);
+        assert_eq!(
+            h.signals(),
+            [(h.pid(1), Signal::SIGKILL), (h.pid(2), Signal::SIGTERM)]
+        );
+        assert_eq!(h.exit(2, 300), Some(Outcome::Stopped));
+    }
+
+    #[tokio::test]
+    async fn stop_timeout_escalates_to_sigkill_and_shutdown_timeout_stops_waiting() {
+        let mut h = Harness::new(Config {
+            shutdown_timeout: Duration::from_secs(2),
+            stop_timeout: Duration::from_secs(3),
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(
+            Event::Shutdown {
+                signal: Signal::SIGTERM,
+            },
+            0,
+        );
+        // In-flight requests never finish: the shutdown deadline stops the worker.
+        assert_eq!(h.tick(2000), None);
+        assert_eq!(h.signals(), [(h.pid(1), Signal::SIGTERM)]);
+        assert_eq!(h.tick(5000), None);
+        assert_eq!(
+            h.signals(),
+            [(h.pid(1), Signal::SIGTERM), (h.pid(1), Signal::SIGKILL)]
+        );
+        let pid = h.pid(1);
+        let outcome = h.step(
+            Event::Exited {
+                pid,
+                how: Exit::Signal(Signal::SIGKILL),
+            },
+            5001,
+        );
+        assert_eq!(outcome, Some(Outcome::Stopped));
+    }
+
+    #[tokio::test]
+    async fn second_sigint_kills_every_group() {
+        let mut h = Harness::new(config(2));
+        h.sup.reconcile(h.t0);
+        let int = || Event::Shutdown {
+            signal: Signal::SIGINT,
+        };
+        assert_eq!(h.step(int(), 10), None);
+        assert_eq!(h.step(int(), 20), Some(Outcome::Interrupted));
+        assert_eq!(
+            h.signals(),
+            [(h.pid(1), Signal::SIGKILL), (h.pid(2), Signal::SIGKILL)]
+        );
+    }
+
+    #[tokio::test]
+    async fn reaped_orphans_change_nothing() {
+        let mut h = Harness::new(config(1));
+        h.sup.reconcile(h.t0);
+        let orphan = Event::Exited {
+            pid: Pid::from_raw(77),
+            how: Exit::Code(0),
+        };
+        assert_eq!(h.step(orphan, 10), None);
+        assert_eq!(h.spawned().len(), 1);
+        assert_eq!(h.sup.boot_failures, 0);
+    }
 }

@@ -9,6 +9,11 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::sync::atomic::{AtomicU16, Ordering};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::run::supervisor::Event;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Private worker ports are taken from this range, below Linux's ephemeral range
@@ -86,6 +91,74 @@ fn substitute_port(word: &str, port: &str) -> String {
     word.replace("${PORT}", port).replace("$PORT", port)
 }
 
+/// What the supervisor does to processes. A trait, so that the supervisor's state
+/// machine can be tested without forking; [`Os`] is the real one.
+pub(crate) trait Processes: Send {
+    /// Starts a worker in its own process group and returns its pid.
+    fn spawn(&self, spec: &Spawn<'_>) -> std::io::Result<Pid>;
+    /// Sends `signal` to a worker's whole process group.
+    fn signal_group(&self, pid: Pid, signal: Signal);
+    /// A private port for a new worker, not among `taken`.
+    fn free_port(&self, taken: &[u16]) -> Option<u16>;
+    /// Starts watching a booting worker; reports [`Event::Ready`] when it is ready.
+    fn watch_ready(
+        &self,
+        id: u64,
+        addr: SocketAddr,
+        health_path: Option<String>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> AbortHandle;
+}
+
+/// Real processes and sockets.
+pub(crate) struct Os {
+    /// Where the next port search starts, so that consecutive workers and several molts
+    /// on one machine rarely try the same ports.
+    port_hint: AtomicU16,
+}
+
+impl Os {
+    pub(crate) fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let mixed = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
+        let len = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+        Os {
+            port_hint: AtomicU16::new(u16::try_from(mixed % len).expect("below the range length")),
+        }
+    }
+}
+
+impl Processes for Os {
+    fn spawn(&self, spec: &Spawn<'_>) -> std::io::Result<Pid> {
+        spawn(spec)
+    }
+
+    fn signal_group(&self, pid: Pid, signal: Signal) {
+        signal_group(pid, signal);
+    }
+
+    fn free_port(&self, taken: &[u16]) -> Option<u16> {
+        let hint = self.port_hint.fetch_add(1, Ordering::Relaxed);
+        free_port(hint, taken)
+    }
+
+    fn watch_ready(
+        &self,
+        id: u64,
+        addr: SocketAddr,
+        health_path: Option<String>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> AbortHandle {
+        tokio::spawn(async move {
+            wait_ready(addr, health_path).await;
+            let _ = events.send(Event::Ready { id });
+        })
+        .abort_handle()
+    }
+}
+
 /// What a worker is started with.
 pub(crate) struct Spawn<'a> {
     pub(crate) id: u64,
@@ -94,8 +167,7 @@ pub(crate) struct Spawn<'a> {
     pub(crate) command: &'a AppCommand,
 }
 
-/// Starts a worker in its own process group and returns its pid.
-pub(crate) fn spawn(spec: &Spawn<'_>) -> std::io::Result<Pid> {
+fn spawn(spec: &Spawn<'_>) -> std::io::Result<Pid> {
     let mut cmd = spec.command.command(spec.port);
     cmd.env("PORT", spec.port.to_string())
         .env("MOLT_WORKER", spec.id.to_string())
@@ -131,7 +203,7 @@ pub(crate) fn spawn(spec: &Spawn<'_>) -> std::io::Result<Pid> {
 }
 
 /// Sends `signal` to a worker's whole process group. A group that is already gone is fine.
-pub(crate) fn signal_group(pid: Pid, signal: Signal) {
+fn signal_group(pid: Pid, signal: Signal) {
     match killpg(pid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(err) => crate::observe::event!(
@@ -144,9 +216,8 @@ pub(crate) fn signal_group(pid: Pid, signal: Signal) {
     }
 }
 
-/// A free private port, starting the search at `hint` (so that consecutive workers and
-/// several molts on one machine rarely try the same ones) and skipping `taken`.
-pub(crate) fn free_port(hint: u16, taken: &[u16]) -> Option<u16> {
+/// A free private port, starting the search at `hint` and skipping `taken`.
+fn free_port(hint: u16, taken: &[u16]) -> Option<u16> {
     let len = PORT_RANGE.end - PORT_RANGE.start;
     (0..len)
         .map(|i| PORT_RANGE.start + (hint.wrapping_add(i) % len))
@@ -157,7 +228,7 @@ pub(crate) fn free_port(hint: u16, taken: &[u16]) -> Option<u16> {
 /// Resolves once the worker on `addr` is ready: it accepts a TCP connection or, with a
 /// health path, answers a GET with a status below 500. Never resolves for a worker that
 /// never gets there; the supervisor applies the boot timeout and aborts this task.
-pub(crate) async fn wait_ready(addr: SocketAddr, health_path: Option<String>) {
+async fn wait_ready(addr: SocketAddr, health_path: Option<String>) {
     loop {
         let attempt = probe(addr, health_path.as_deref());
         if tokio::time::timeout(PROBE_TIMEOUT, attempt).await == Ok(true) {
