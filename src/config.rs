@@ -42,6 +42,41 @@ pub(crate) enum LogLevel {
     Warn,
 }
 
+/// A memory amount as a user writes it: a size, or a percentage of the memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemoryAmount {
+    /// A size in bytes, above zero.
+    Bytes(u64),
+    /// A percentage of the whole budget (not of the usable part), 1 to 100.
+    Percent(u8),
+}
+
+impl MemoryAmount {
+    /// The amount in bytes, given the budget in bytes; a percentage rounds down.
+    pub(crate) fn resolve(self, budget_bytes: u64) -> u64 {
+        match self {
+            MemoryAmount::Bytes(bytes) => bytes,
+            MemoryAmount::Percent(percent) => percent_of(budget_bytes, percent),
+        }
+    }
+}
+
+impl fmt::Display for MemoryAmount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemoryAmount::Bytes(bytes) => f.write_str(&format_size(*bytes)),
+            MemoryAmount::Percent(percent) => write!(f, "{percent}%"),
+        }
+    }
+}
+
+/// `percent`% of `bytes`, rounded down; computed in `u128`, so it cannot overflow, and
+/// saturating for percentages above 100.
+pub(crate) fn percent_of(bytes: u64, percent: u8) -> u64 {
+    let part = u128::from(bytes) * u128::from(percent) / 100;
+    u64::try_from(part).unwrap_or(u64::MAX)
+}
+
 /// The validated settings of one `molt run`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Config {
@@ -49,6 +84,8 @@ pub(crate) struct Config {
     pub port: u16,
     /// Workers kept running (`MOLT_MIN_WORKERS`, `--workers`).
     pub min_workers: usize,
+    /// Most workers; `None` derives it from the memory budget and the CPUs (see `budget`).
+    pub max_workers: Option<usize>,
     /// Requests one worker takes at once; 0 means unlimited.
     pub worker_concurrency: usize,
     /// Requests that may wait for a worker; more get 503.
@@ -61,6 +98,24 @@ pub(crate) struct Config {
     pub max_boot_failures: u32,
     /// With a path, readiness is a GET returning a status below 500.
     pub health_path: Option<String>,
+    /// Idleness after which a worker above `min_workers` is stopped.
+    pub idle_timeout: Duration,
+    /// Longest a request may run before it gets 504 and its worker is replaced; `None` is off.
+    pub request_timeout: Option<Duration>,
+    /// The memory budget; `None` detects it: the cgroup limit, else physical RAM.
+    pub memory_limit: Option<u64>,
+    /// Percentage of the budget the pool may use, molt's own memory included (1 to 100).
+    pub memory_target: u8,
+    /// Soft cap per worker: over it a worker is recycled gracefully; `None` is derived.
+    pub worker_memory: Option<MemoryAmount>,
+    /// Hard cap per worker: over it a worker's group is killed at once; `None` is derived.
+    pub worker_memory_hard: Option<MemoryAmount>,
+    /// Requests after which a worker is recycled; 0 is off.
+    pub max_requests: u64,
+    /// Age after which a worker is recycled; `None` is off.
+    pub max_lifetime: Option<Duration>,
+    /// Random spread, in percent, of `max_requests` and `max_lifetime` per worker (0 to 50).
+    pub jitter: u8,
     /// Time allowed for in-flight requests to finish on SIGTERM.
     pub shutdown_timeout: Duration,
     /// Time a recycled worker gets to finish its in-flight requests.
@@ -71,6 +126,12 @@ pub(crate) struct Config {
     pub stop_timeout: Duration,
     /// `WEB_CONCURRENCY` handed to each worker.
     pub worker_processes: usize,
+    /// Time between two memory samples of the pool.
+    pub sample_interval: Duration,
+    /// Time between two l2met metrics lines; `None` is off.
+    pub metrics_interval: Option<Duration>,
+    /// Unix socket `molt status` talks to; by default derived from the port.
+    pub control_socket: PathBuf,
     /// Exec the command directly on the public port, with no pool.
     pub disable: bool,
     /// When the public port is bound.
@@ -83,6 +144,9 @@ pub(crate) struct Config {
 pub(crate) const DEFAULT_PORT: u16 = 5000;
 /// One worker, so an app that never set anything behaves as it did without molt.
 pub(crate) const DEFAULT_MIN_WORKERS: usize = 1;
+/// Derived from the memory budget, the measured worker footprint and the CPUs, because no
+/// fixed number suits both a 512 MB dyno and a 14 GB one (see `budget`).
+pub(crate) const DEFAULT_MAX_WORKERS: Option<usize> = None;
 /// One request per worker: the process model of Unicorn, gunicorn sync and Puma with one thread.
 pub(crate) const DEFAULT_WORKER_CONCURRENCY: usize = 1;
 /// Passenger's default queue length; beyond it a request gets 503 at once.
@@ -95,6 +159,30 @@ pub(crate) const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const DEFAULT_MAX_BOOT_FAILURES: u32 = 5;
 /// Readiness is a TCP connect unless the app names a health path.
 pub(crate) const DEFAULT_HEALTH_PATH: Option<String> = None;
+/// Passenger's `pool_idle_time` (300 s): long enough that a pause between bursts does not
+/// stop a worker that the next burst would have to boot again.
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Off: a request the app means to serve slowly (an export, a report) must not be killed by
+/// a default. Heroku's router gives up at 30 s (H12) whatever molt does.
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Option<Duration> = None;
+/// Detected: the cgroup limit (the dyno's quota), else physical RAM.
+pub(crate) const DEFAULT_MEMORY_LIMIT: Option<u64> = None;
+/// The pool's share of the budget. The rest covers what a 2 s sample cannot see (a worker
+/// growing between samples, a replacement booting) and the page cache, so Heroku's R14
+/// (swap at the quota) is not reached before molt acts.
+pub(crate) const DEFAULT_MEMORY_TARGET: u8 = 85;
+/// Derived from the budget and the worker count (see `budget`).
+pub(crate) const DEFAULT_WORKER_MEMORY: Option<MemoryAmount> = None;
+/// Derived from the soft cap (see `budget`).
+pub(crate) const DEFAULT_WORKER_MEMORY_HARD: Option<MemoryAmount> = None;
+/// Off, as in Passenger and gunicorn: memory caps recycle leaking workers on evidence, and a
+/// request count is only a proxy for a leak.
+pub(crate) const DEFAULT_MAX_REQUESTS: u64 = 0;
+/// Off, like uWSGI's `max-worker-lifetime`: an age is only a proxy for a leak.
+pub(crate) const DEFAULT_MAX_LIFETIME: Option<Duration> = None;
+/// Workers started together reach a request or age limit within 10% of each other, not in
+/// the same instant (gunicorn users set `max_requests_jitter` to about this).
+pub(crate) const DEFAULT_JITTER: u8 = 10;
 /// Inside the 30s Heroku allows between SIGTERM and SIGKILL, leaving time to stop workers.
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 /// Heroku's router timeout is 30s, so no request that can still succeed is longer.
@@ -105,6 +193,13 @@ pub(crate) const DEFAULT_STOP_SIGNAL: Signal = Signal::SIGTERM;
 pub(crate) const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// `WEB_CONCURRENCY=1`, so the app's server runs one process and molt manages the processes.
 pub(crate) const DEFAULT_WORKER_PROCESSES: usize = 1;
+/// Often enough to catch a worker growing towards its cap before it swaps the dyno, rarely
+/// enough that reading `smaps_rollup` for every process costs nothing noticeable.
+pub(crate) const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
+/// One l2met line a minute: the resolution Librato and other log-drain tools chart by default.
+pub(crate) const DEFAULT_METRICS_INTERVAL: Option<Duration> = Some(Duration::from_secs(60));
+/// How the default control socket is shown where no port is known (the README).
+pub(crate) const DEFAULT_CONTROL_SOCKET_SHOWN: &str = "/tmp/molt-$PORT.sock";
 /// molt is on unless switched off.
 pub(crate) const DEFAULT_DISABLE: bool = false;
 /// Binding at once keeps slow-booting apps from failing Heroku's R10 boot timeout.
@@ -112,22 +207,43 @@ pub(crate) const DEFAULT_BIND: BindMode = BindMode::Now;
 /// Lifecycle events and problems, not every request.
 pub(crate) const DEFAULT_LOG_LEVEL: LogLevel = LogLevel::Info;
 
+/// The default control socket: `/tmp/molt-<port>.sock`. Naming it after the port lets
+/// `molt status`, run with the same `PORT`, find it, and lets two molts on one machine
+/// (two apps, or a test run next to a dev server) keep apart. `/tmp` is writable in every
+/// dyno and container; the socket's mode, not the directory, keeps other users out.
+pub(crate) fn default_control_socket(port: u16) -> PathBuf {
+    PathBuf::from(format!("/tmp/molt-{port}.sock"))
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             port: DEFAULT_PORT,
             min_workers: DEFAULT_MIN_WORKERS,
+            max_workers: DEFAULT_MAX_WORKERS,
             worker_concurrency: DEFAULT_WORKER_CONCURRENCY,
             max_queue: DEFAULT_MAX_QUEUE,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             max_boot_failures: DEFAULT_MAX_BOOT_FAILURES,
             health_path: DEFAULT_HEALTH_PATH,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            memory_target: DEFAULT_MEMORY_TARGET,
+            worker_memory: DEFAULT_WORKER_MEMORY,
+            worker_memory_hard: DEFAULT_WORKER_MEMORY_HARD,
+            max_requests: DEFAULT_MAX_REQUESTS,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
+            jitter: DEFAULT_JITTER,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             stop_signal: DEFAULT_STOP_SIGNAL,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             worker_processes: DEFAULT_WORKER_PROCESSES,
+            sample_interval: DEFAULT_SAMPLE_INTERVAL,
+            metrics_interval: DEFAULT_METRICS_INTERVAL,
+            control_socket: default_control_socket(DEFAULT_PORT),
             disable: DEFAULT_DISABLE,
             bind: DEFAULT_BIND,
             log_level: DEFAULT_LOG_LEVEL,
@@ -162,6 +278,18 @@ const DURATION_EXPECTED: &str = "a duration such as 250ms, 30s or 5m";
 const POSITIVE_DURATION_EXPECTED: &str = "a duration above zero, such as 250ms, 30s or 5m";
 const BOOL_EXPECTED: &str = "true or false (or 1/0, yes/no, on/off)";
 const PATH_EXPECTED: &str = "a URL path starting with / and without spaces, such as /up";
+const DURATION_OR_OFF_EXPECTED: &str = "a duration such as 250ms, 30s or 5m, or off";
+const SIZE_EXPECTED: &str = "a size of at least 1MB such as 512MB or 1.5GB, or auto";
+const MEMORY_AMOUNT_EXPECTED: &str = "a size of at least 1MB such as 230MB, \
+     a percentage of the budget from 1% to 100% such as 45%, or auto";
+
+/// Smallest memory size a setting takes. Sizes may be plain bytes, so without a floor
+/// `MOLT_WORKER_MEMORY=45`, meant as 45%, would be a 45-byte cap.
+const MIN_MEMORY_SIZE: u64 = 1 << 20;
+const SOCKET_EXPECTED: &str = "an absolute path of at most 107 bytes, such as /tmp/molt.sock";
+
+/// Longest Unix socket path Linux accepts: `sun_path` is 108 bytes with the closing NUL.
+const SOCKET_PATH_MAX: usize = 107;
 
 /// The signals a worker may be asked to stop with, by their names without `SIG`.
 const SIGNALS: &[(&str, Signal)] = &[
@@ -236,6 +364,31 @@ pub(crate) enum Kind {
     },
     /// One of the listed words, case-insensitive, each with what it sets.
     Choice(&'static [(&'static str, SetChoice)]),
+    /// `auto` (or empty), or a whole number from `min` to `max`; `auto` is `None`.
+    AutoCount {
+        min: u32,
+        max: u32,
+        set: fn(&mut Config, Option<u32>),
+    },
+    /// A duration, or `off` (or zero), which is `None`.
+    DurationOrOff {
+        set: fn(&mut Config, Option<Duration>),
+    },
+    /// A whole percentage from `min` to `max`, with or without `%`.
+    Percent {
+        min: u8,
+        max: u8,
+        set: fn(&mut Config, u8),
+    },
+    /// `auto` (or empty), or a size above zero (see [`parse_size`]); `auto` is `None`.
+    Size { set: fn(&mut Config, Option<u64>) },
+    /// `auto` (or empty), a size above zero, or a percentage of the budget.
+    Memory {
+        set: fn(&mut Config, Option<MemoryAmount>),
+    },
+    /// The absolute path of a Unix socket; empty is [`default_control_socket`] of the port
+    /// already loaded, so the row must come after `port` in [`SETTINGS`].
+    Socket { set: fn(&mut Config, PathBuf) },
 }
 
 /// Stores one choice of a [`Kind::Choice`] setting.
@@ -266,6 +419,18 @@ pub(crate) static SETTINGS: &[Setting] = &[
         },
         default: "1",
         doc: "Workers kept running.",
+    },
+    Setting {
+        key: "max_workers",
+        env: "MOLT_MAX_WORKERS",
+        flag: None,
+        kind: Kind::AutoCount {
+            min: 1,
+            max: 1024,
+            set: |c, n| c.max_workers = n.map(|n| n as usize),
+        },
+        default: "auto",
+        doc: "Most workers; auto derives it from the memory budget, the worker footprint and the CPUs.",
     },
     Setting {
         key: "worker_concurrency",
@@ -336,6 +501,103 @@ pub(crate) static SETTINGS: &[Setting] = &[
         doc: "With a path, a worker is ready when a GET returns a status below 500.",
     },
     Setting {
+        key: "idle_timeout",
+        env: "MOLT_IDLE_TIMEOUT",
+        flag: None,
+        kind: Kind::Duration {
+            allow_zero: false,
+            set: |c, d| c.idle_timeout = d,
+        },
+        default: "5m",
+        doc: "Idle time after which a worker above min_workers is stopped.",
+    },
+    Setting {
+        key: "request_timeout",
+        env: "MOLT_REQUEST_TIMEOUT",
+        flag: None,
+        kind: Kind::DurationOrOff {
+            set: |c, d| c.request_timeout = d,
+        },
+        default: "off",
+        doc: "A request running longer gets 504 and its worker is replaced; off or 0 disables.",
+    },
+    Setting {
+        key: "memory_limit",
+        env: "MOLT_MEMORY_LIMIT",
+        flag: None,
+        kind: Kind::Size {
+            set: |c, n| c.memory_limit = n,
+        },
+        default: "auto",
+        doc: "Memory budget; auto is the cgroup limit, else physical RAM.",
+    },
+    Setting {
+        key: "memory_target",
+        env: "MOLT_MEMORY_TARGET",
+        flag: None,
+        kind: Kind::Percent {
+            min: 1,
+            max: 100,
+            set: |c, p| c.memory_target = p,
+        },
+        default: "85%",
+        doc: "Share of the budget the pool may use, molt's own memory included.",
+    },
+    Setting {
+        key: "worker_memory",
+        env: "MOLT_WORKER_MEMORY",
+        flag: None,
+        kind: Kind::Memory {
+            set: |c, m| c.worker_memory = m,
+        },
+        default: "auto",
+        doc: "Soft cap per worker (a size, or a percentage of the budget); over it a worker is recycled gracefully.",
+    },
+    Setting {
+        key: "worker_memory_hard",
+        env: "MOLT_WORKER_MEMORY_HARD",
+        flag: None,
+        kind: Kind::Memory {
+            set: |c, m| c.worker_memory_hard = m,
+        },
+        default: "auto",
+        doc: "Hard cap per worker, above the soft cap; over it a worker is killed at once.",
+    },
+    Setting {
+        key: "max_requests",
+        env: "MOLT_MAX_REQUESTS",
+        flag: None,
+        kind: Kind::Count {
+            min: 0,
+            max: u32::MAX,
+            set: |c, n| c.max_requests = u64::from(n),
+        },
+        default: "0",
+        doc: "Requests after which a worker is recycled; 0 disables.",
+    },
+    Setting {
+        key: "max_lifetime",
+        env: "MOLT_MAX_LIFETIME",
+        flag: None,
+        kind: Kind::DurationOrOff {
+            set: |c, d| c.max_lifetime = d,
+        },
+        default: "off",
+        doc: "Age after which a worker is recycled; off or 0 disables.",
+    },
+    Setting {
+        key: "jitter",
+        env: "MOLT_JITTER",
+        flag: None,
+        kind: Kind::Percent {
+            min: 0,
+            max: 50,
+            set: |c, p| c.jitter = p,
+        },
+        default: "10%",
+        doc: "Random spread of max_requests and max_lifetime per worker, so workers do not recycle together.",
+    },
+    Setting {
         key: "shutdown_timeout",
         env: "MOLT_SHUTDOWN_TIMEOUT",
         flag: None,
@@ -389,6 +651,37 @@ pub(crate) static SETTINGS: &[Setting] = &[
         },
         default: "1",
         doc: "WEB_CONCURRENCY handed to each worker.",
+    },
+    Setting {
+        key: "sample_interval",
+        env: "MOLT_SAMPLE_INTERVAL",
+        flag: None,
+        kind: Kind::Duration {
+            allow_zero: false,
+            set: |c, d| c.sample_interval = d,
+        },
+        default: "2s",
+        doc: "Time between two memory samples of the pool.",
+    },
+    Setting {
+        key: "metrics_interval",
+        env: "MOLT_METRICS_INTERVAL",
+        flag: None,
+        kind: Kind::DurationOrOff {
+            set: |c, d| c.metrics_interval = d,
+        },
+        default: "60s",
+        doc: "Time between two l2met metrics lines; off or 0 disables.",
+    },
+    Setting {
+        key: "control_socket",
+        env: "MOLT_CONTROL_SOCKET",
+        flag: None,
+        kind: Kind::Socket {
+            set: |c, p| c.control_socket = p,
+        },
+        default: "",
+        doc: "Unix socket that molt status talks to; only molt's user can open it.",
     },
     Setting {
         key: "disable",
@@ -521,8 +814,129 @@ impl Kind {
                 set(config);
                 Ok((*name).to_owned())
             }
+            Kind::AutoCount { min, max, set } => {
+                let n = auto_count_from(raw, min, max)?;
+                set(config, n);
+                Ok(n.map_or_else(|| "auto".to_owned(), |n| n.to_string()))
+            }
+            Kind::DurationOrOff { set } => {
+                let duration = duration_or_off_from(raw)?;
+                set(config, duration);
+                Ok(duration.map_or_else(|| "off".to_owned(), format_duration))
+            }
+            Kind::Percent { min, max, set } => {
+                let percent = percent_from(raw)
+                    .filter(|p| (min..=max).contains(p))
+                    .ok_or_else(|| format!("a percentage from {min}% to {max}%"))?;
+                set(config, percent);
+                Ok(format!("{percent}%"))
+            }
+            Kind::Size { set } => {
+                let bytes = if is_auto(raw) {
+                    None
+                } else {
+                    Some(size_from(raw).ok_or_else(|| SIZE_EXPECTED.to_owned())?)
+                };
+                set(config, bytes);
+                Ok(bytes.map_or_else(|| "auto".to_owned(), format_size))
+            }
+            Kind::Memory { set } => {
+                let amount = memory_amount_from(raw)?;
+                set(config, amount);
+                Ok(amount.map_or_else(|| "auto".to_owned(), |a| a.to_string()))
+            }
+            Kind::Socket { set } => {
+                let path = socket_from(raw, config.port)?;
+                let shown = path.display().to_string();
+                set(config, path);
+                Ok(shown)
+            }
         }
     }
+}
+
+/// `auto` (or empty) as `None`, or a whole number within `min..=max`.
+fn auto_count_from(raw: Raw<'_>, min: u32, max: u32) -> Result<Option<u32>, String> {
+    if is_auto(raw) {
+        return Ok(None);
+    }
+    count_from(raw, min, max)
+        .map(Some)
+        .map_err(|_| format!("auto or a whole number from {min} to {max}"))
+}
+
+/// `off` or a zero duration as `None`, or a duration (see [`duration_from`]).
+fn duration_or_off_from(raw: Raw<'_>) -> Result<Option<Duration>, String> {
+    let duration = match raw {
+        Raw::Text(text) if text.eq_ignore_ascii_case("off") => Duration::ZERO,
+        _ => duration_from(raw).map_err(|_| DURATION_OR_OFF_EXPECTED.to_owned())?,
+    };
+    Ok(Some(duration).filter(|d| !d.is_zero()))
+}
+
+/// `auto` (or empty) as `None`, a size, or a percentage of the budget written with `%`.
+fn memory_amount_from(raw: Raw<'_>) -> Result<Option<MemoryAmount>, String> {
+    if is_auto(raw) {
+        return Ok(None);
+    }
+    let amount = match raw {
+        Raw::Text(text) if text.ends_with('%') => percent_from(raw)
+            .filter(|p| (1..=100).contains(p))
+            .map(MemoryAmount::Percent),
+        _ => size_from(raw).map(MemoryAmount::Bytes),
+    };
+    amount
+        .map(Some)
+        .ok_or_else(|| MEMORY_AMOUNT_EXPECTED.to_owned())
+}
+
+/// The control socket's path; empty is the default for `port`, the port already loaded.
+fn socket_from(raw: Raw<'_>, port: u16) -> Result<PathBuf, String> {
+    let text = raw.text().ok_or_else(|| SOCKET_EXPECTED.to_owned())?;
+    if text.is_empty() {
+        return Ok(default_control_socket(port));
+    }
+    // Absolute, so `molt status` finds it from any directory; short enough for `sun_path`.
+    let valid = text.starts_with('/')
+        && text.len() <= SOCKET_PATH_MAX
+        && !text.chars().any(char::is_control);
+    if !valid {
+        return Err(SOCKET_EXPECTED.to_owned());
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// `auto`, case-insensitive, or empty: the way to override a value set in `molt.toml`
+/// with the derived one.
+fn is_auto(raw: Raw<'_>) -> bool {
+    raw.text()
+        .is_some_and(|text| text.is_empty() || text.eq_ignore_ascii_case("auto"))
+}
+
+/// A whole percentage from `85%`, `85` or a TOML integer; the range is the caller's.
+fn percent_from(raw: Raw<'_>) -> Option<u8> {
+    match raw {
+        Raw::Text(text) => {
+            let digits = text.strip_suffix('%').unwrap_or(text);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.parse().ok()
+        }
+        Raw::Int(i) => u8::try_from(i).ok(),
+        _ => None,
+    }
+}
+
+/// A size of at least [`MIN_MEMORY_SIZE`] from text (see [`parse_size`]) or a TOML integer
+/// of bytes.
+fn size_from(raw: Raw<'_>) -> Option<u64> {
+    let bytes = match raw {
+        Raw::Text(text) => parse_size(text).ok(),
+        Raw::Int(i) => u64::try_from(i).ok(),
+        _ => None,
+    };
+    bytes.filter(|&b| b >= MIN_MEMORY_SIZE)
 }
 
 /// A whole number within `min..=max`, from digits or a TOML integer.
@@ -618,7 +1032,6 @@ pub(crate) fn format_duration(duration: Duration) -> String {
 /// Size units, lowercase, and their multipliers. Units are binary: `MB` is `MiB`, 1024 * 1024
 /// bytes, as Heroku's dyno sizes (512MB) and the JVM's `-Xmx512m` mean them, so a size
 /// copied from either means what it meant there.
-#[allow(dead_code, reason = "the memory settings arrive next issue")]
 const SIZE_UNITS: &[(&str, u64)] = &[
     ("", 1),
     ("b", 1),
@@ -637,14 +1050,12 @@ const SIZE_UNITS: &[(&str, u64)] = &[
 ];
 
 /// Most decimal places a size may have; more would be finer than a byte for any unit.
-#[allow(dead_code, reason = "the memory settings arrive next issue")]
 const SIZE_MAX_DECIMALS: usize = 12;
 
 /// Parses a size: `512MB`, `512M`, `512MiB`, `0.5GB`, `100kb`, `512 MB`, or plain bytes
 /// `1048576`. Units are case-insensitive and binary (see [`SIZE_UNITS`]); a fraction of a
 /// byte is rounded down. Negative, empty, unit-only, unknown units and sizes beyond `u64`
 /// are rejected, with the reason as the error.
-#[allow(dead_code, reason = "the memory settings arrive next issue")]
 pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let number_end = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -695,7 +1106,6 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
 
 /// A size for logs: the largest binary unit it reaches, with up to two decimals and none
 /// when exact, e.g. `512MB`, `1.5GB`, `900KB`, `12B`. [`parse_size`] reads it back.
-#[allow(dead_code, reason = "the memory settings arrive next issue")]
 pub(crate) fn format_size(bytes: u64) -> String {
     const UNITS: &[(&str, u64)] = &[
         ("TB", 1 << 40),
@@ -799,6 +1209,14 @@ pub(crate) enum ConfigError {
         line: usize,
         message: String,
     },
+    /// Two values, each valid alone, contradict each other: `setting` must be `expected`
+    /// relative to `other`, e.g. `max_workers` at least `min_workers`.
+    Conflict {
+        setting: Box<Effective>,
+        /// The relation, e.g. `at least`; followed by the other setting in the message.
+        expected: &'static str,
+        other: Box<Effective>,
+    },
     /// The TOML file has a key that is not a setting (only with [`Strictness::Build`]).
     UnknownFileKey {
         path: PathBuf,
@@ -827,6 +1245,15 @@ impl fmt::Display for ConfigError {
                 }
                 write!(f, ": expected {expected}")
             }
+            ConfigError::Conflict {
+                setting,
+                expected,
+                other,
+            } => write!(
+                f,
+                "invalid {} {} ({}): expected {expected} {} {} ({})",
+                setting.key, setting.value, setting.source, other.key, other.value, other.source
+            ),
             ConfigError::MissingConfigFile { path } => write!(
                 f,
                 "{CONFIG_ENV} names {}, which does not exist",
@@ -890,7 +1317,10 @@ fn suggest<'a>(
             )
         })
         .filter(|&(score, _)| score >= SUGGESTION_THRESHOLD)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
+        // The first of equally close names wins, so a tie goes to the earlier row of
+        // SETTINGS: `MOLT_WORKERS` suggests `MOLT_MIN_WORKERS` (what `--workers` sets),
+        // not `MOLT_MAX_WORKERS`. `min_by` keeps the first of equals; `max_by` the last.
+        .min_by(|a, b| b.0.total_cmp(&a.0))
         .map(|(_, name)| name)
 }
 
@@ -1067,11 +1497,48 @@ pub(crate) fn load_with(
         }
         sources.push(effective);
     }
+    check_relations(&config, &sources)?;
     Ok(Loaded {
         config,
         sources,
         warnings,
     })
+}
+
+/// Checks the settings that constrain each other, once every value is known. Only values
+/// comparable without the budget are checked here; a hard cap and a soft cap given one as a
+/// size and one as a percentage are reconciled by `budget::derive`, which says so.
+fn check_relations(config: &Config, sources: &[Effective]) -> Result<(), ConfigError> {
+    let effective = |key: &str| {
+        let effective = sources
+            .iter()
+            .find(|e| e.key == key)
+            .cloned()
+            .expect("sources has one entry per row of SETTINGS");
+        Box::new(effective)
+    };
+    if let Some(max) = config.max_workers {
+        if max < config.min_workers {
+            return Err(ConfigError::Conflict {
+                setting: effective("max_workers"),
+                expected: "at least",
+                other: effective("min_workers"),
+            });
+        }
+    }
+    let hard_not_above_soft = match (config.worker_memory, config.worker_memory_hard) {
+        (Some(MemoryAmount::Bytes(soft)), Some(MemoryAmount::Bytes(hard))) => hard <= soft,
+        (Some(MemoryAmount::Percent(soft)), Some(MemoryAmount::Percent(hard))) => hard <= soft,
+        _ => false,
+    };
+    if hard_not_above_soft {
+        return Err(ConfigError::Conflict {
+            setting: effective("worker_memory_hard"),
+            expected: "more than",
+            other: effective("worker_memory"),
+        });
+    }
+    Ok(())
 }
 
 /// Applies text from a flag or variable, naming `origin` if it is invalid.
@@ -1156,10 +1623,11 @@ pub(crate) fn settings_markdown() -> String {
     );
     for setting in SETTINGS {
         let flag = setting.flag.map_or_else(String::new, |f| format!("`{f}`"));
-        let default = if setting.default.is_empty() {
-            "none".to_owned()
-        } else {
-            format!("`{}`", setting.default)
+        let default = match (setting.default, setting.kind) {
+            // Derived from the port at run time; the README has no port.
+            ("", Kind::Socket { .. }) => format!("`{DEFAULT_CONTROL_SOCKET_SHOWN}`"),
+            ("", _) => "none".to_owned(),
+            (text, _) => format!("`{text}`"),
         };
         writeln!(
             out,
@@ -1270,6 +1738,18 @@ mod tests {
         assert_eq!(source_of(&loaded, "queue_timeout").value, "25s");
         assert_eq!(source_of(&loaded, "health_path").value, "none");
         assert_eq!(source_of(&loaded, "stop_signal").value, "TERM");
+        assert_eq!(source_of(&loaded, "max_workers").value, "auto");
+        assert_eq!(source_of(&loaded, "memory_limit").value, "auto");
+        assert_eq!(source_of(&loaded, "memory_target").value, "85%");
+        assert_eq!(source_of(&loaded, "worker_memory").value, "auto");
+        assert_eq!(source_of(&loaded, "idle_timeout").value, "5m");
+        assert_eq!(source_of(&loaded, "max_lifetime").value, "off");
+        assert_eq!(source_of(&loaded, "jitter").value, "10%");
+        assert_eq!(source_of(&loaded, "metrics_interval").value, "1m");
+        assert_eq!(
+            source_of(&loaded, "control_socket").value,
+            "/tmp/molt-5000.sock"
+        );
         assert_eq!(Config::default().port, 5000);
     }
 
@@ -1757,12 +2237,12 @@ mod tests {
 
     #[test]
     fn unknown_env_name_without_suggestion() {
-        let loaded = load_env(&[("MOLT_FOO", "1"), ("MOLT_MEMORY_LIMIT", "1GB")]).unwrap();
+        let loaded = load_env(&[("MOLT_FOO", "1"), ("MOLT_PRELOAD_APP", "1")]).unwrap();
         assert_eq!(
             loaded.warnings,
             [
                 "unknown setting MOLT_FOO; see molt plan for the known settings",
-                "unknown setting MOLT_MEMORY_LIMIT; see molt plan for the known settings",
+                "unknown setting MOLT_PRELOAD_APP; see molt plan for the known settings",
             ]
         );
     }
@@ -1852,16 +2332,31 @@ mod tests {
         assert!(!message.contains('\n'));
     }
 
+    /// The settings added after `test/fixtures/config/full.toml` was written, each away from
+    /// its default, appended to it so that the file again holds every setting.
+    const NEWER_SETTINGS: &str = "\
+max_workers = 6
+idle_timeout = \"10m\"
+request_timeout = 28               # plain seconds
+memory_limit = \"1GB\"
+memory_target = 90                 # a percentage may be an integer
+worker_memory = \"40%\"
+worker_memory_hard = 471859200     # plain bytes: 450MB
+max_requests = 5000
+max_lifetime = \"12h\"
+jitter = \"20%\"
+sample_interval = \"500ms\"
+metrics_interval = \"off\"
+control_socket = \"/run/molt.sock\"
+";
+
     #[test]
     fn fixture_with_every_setting_loads() {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("test/fixtures/config/full.toml");
         let dir = TempDir::new();
-        let loaded = load(
-            &[],
-            &env(&[("MOLT_CONFIG", fixture.to_str().unwrap())]),
-            &dir.0,
-        )
-        .unwrap();
+        let text = std::fs::read_to_string(fixture).unwrap();
+        dir.write("full.toml", &format!("{text}{NEWER_SETTINGS}"));
+        let loaded = load(&[], &env(&[("MOLT_CONFIG", "full.toml")]), &dir.0).unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         assert!(loaded
             .sources
@@ -1870,17 +2365,30 @@ mod tests {
         let expected = Config {
             port: 8080,
             min_workers: 3,
+            max_workers: Some(6),
             worker_concurrency: 0,
             max_queue: 50,
             queue_timeout: Duration::from_secs(10),
             boot_timeout: Duration::from_secs(90),
             max_boot_failures: 2,
             health_path: Some("/up".to_owned()),
+            idle_timeout: Duration::from_secs(600),
+            request_timeout: Some(Duration::from_secs(28)),
+            memory_limit: Some(1 << 30),
+            memory_target: 90,
+            worker_memory: Some(MemoryAmount::Percent(40)),
+            worker_memory_hard: Some(MemoryAmount::Bytes(450 << 20)),
+            max_requests: 5000,
+            max_lifetime: Some(Duration::from_secs(12 * 3600)),
+            jitter: 20,
             shutdown_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_millis(12_500),
             stop_signal: Signal::SIGQUIT,
             stop_timeout: Duration::from_secs(90),
             worker_processes: 2,
+            sample_interval: Duration::from_millis(500),
+            metrics_interval: None,
+            control_socket: PathBuf::from("/run/molt.sock"),
             disable: true,
             bind: BindMode::Ready,
             log_level: LogLevel::Debug,
@@ -1936,9 +2444,10 @@ mod tests {
         assert_eq!(row("boot_timeout"), "boot_timeout 1m30s molt.toml:3");
         assert_eq!(row("queue_timeout"), "queue_timeout 25s default");
         assert_eq!(row("health_path"), "health_path none default");
+        // The widest value is the default control socket, /tmp/molt-5000.sock.
         assert_eq!(
             lines[2],
-            format!("{:<18}  {:<5}  env MOLT_MIN_WORKERS", "min_workers", "2")
+            format!("{:<18}  {:<19}  env MOLT_MIN_WORKERS", "min_workers", "2")
         );
     }
 
@@ -1959,6 +2468,461 @@ mod tests {
             markdown.contains("| `MOLT_HEALTH_PATH` | `health_path` | `--health-path` | none |")
         );
         assert!(markdown.contains("| `MOLT_QUEUE_TIMEOUT` | `queue_timeout` |  | `25s` |"));
+    }
+
+    /// Text for a setting, and the value and display form it gives, or the accepted form.
+    type Case<T> = (&'static str, Result<(T, &'static str), &'static str>);
+
+    #[test]
+    fn max_workers_is_auto_or_a_count() {
+        let cases: &[Case<Option<usize>>] = &[
+            ("auto", Ok((None, "auto"))),
+            ("AUTO", Ok((None, "auto"))),
+            // Empty overrides a number in molt.toml with the derived value.
+            ("", Ok((None, "auto"))),
+            ("1", Ok((Some(1), "1"))),
+            ("1024", Ok((Some(1024), "1024"))),
+            ("0", Err("auto or a whole number from 1 to 1024")),
+            ("1025", Err("auto or a whole number from 1 to 1024")),
+            ("many", Err("auto or a whole number from 1 to 1024")),
+            ("-2", Err("auto or a whole number from 1 to 1024")),
+        ];
+        for &(text, expected) in cases {
+            let got = apply("max_workers", text).map(|(c, shown)| (c.max_workers, shown));
+            let expected = expected
+                .map(|(n, shown)| (n, shown.to_owned()))
+                .map_err(str::to_owned);
+            assert_eq!(got, expected, "{text:?}");
+        }
+        let dir = TempDir::with_toml("max_workers = 4\n");
+        let loaded = load(&[], &env(&[("MOLT_MAX_WORKERS", "6")]), &dir.0).unwrap();
+        assert_eq!(loaded.config.max_workers, Some(6));
+        assert_eq!(
+            source_of(&loaded, "max_workers").source,
+            Source::Env("MOLT_MAX_WORKERS".to_owned())
+        );
+        let loaded = load(&[], &env(&[("MOLT_MAX_WORKERS", "auto")]), &dir.0).unwrap();
+        assert_eq!(loaded.config.max_workers, None);
+        assert_eq!(load(&[], &[], &dir.0).unwrap().config.max_workers, Some(4));
+        assert_eq!(
+            toml_error("max_workers = 0\n"),
+            "invalid molt.toml:1 max_workers = 0: expected auto or a whole number from 1 to 1024"
+        );
+    }
+
+    #[test]
+    fn max_workers_below_min_workers_is_an_error_naming_both() {
+        let dir = TempDir::new();
+        let err = load(
+            &flags(&[("min_workers", "3")]),
+            &env(&[("MOLT_MAX_WORKERS", "2")]),
+            &dir.0,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid max_workers 2 (env MOLT_MAX_WORKERS): \
+             expected at least min_workers 3 (flag --workers)"
+        );
+        assert_eq!(
+            toml_error("min_workers = 4\nmax_workers = 2\n"),
+            "invalid max_workers 2 (molt.toml:2): expected at least min_workers 4 (molt.toml:1)"
+        );
+        // Equal is fine, and auto is never below the minimum.
+        let equal = load_env(&[("MOLT_MIN_WORKERS", "3"), ("MOLT_MAX_WORKERS", "3")]);
+        assert_eq!(equal.unwrap().config.max_workers, Some(3));
+        let auto = load_env(&[("MOLT_MIN_WORKERS", "1024")]);
+        assert_eq!(auto.unwrap().config.max_workers, None);
+    }
+
+    #[test]
+    fn memory_limit_is_a_size_or_auto() {
+        let cases: &[Case<Option<u64>>] = &[
+            ("512MB", Ok((Some(512 << 20), "512MB"))),
+            ("1.5GB", Ok((Some(1536 << 20), "1.5GB"))),
+            ("2560m", Ok((Some(2560 << 20), "2.5GB"))),
+            ("1048576", Ok((Some(1 << 20), "1MB"))),
+            ("auto", Ok((None, "auto"))),
+            ("Auto", Ok((None, "auto"))),
+            ("", Ok((None, "auto"))),
+            ("0", Err(SIZE_EXPECTED)),
+            ("0MB", Err(SIZE_EXPECTED)),
+            // Plain bytes below 1MB are a missing unit, not a budget.
+            ("512", Err(SIZE_EXPECTED)),
+            ("1023KB", Err(SIZE_EXPECTED)),
+            ("85%", Err(SIZE_EXPECTED)),
+            ("lots", Err(SIZE_EXPECTED)),
+            ("none", Err(SIZE_EXPECTED)),
+        ];
+        for &(text, expected) in cases {
+            let got = apply("memory_limit", text).map(|(c, shown)| (c.memory_limit, shown));
+            let expected = expected
+                .map(|(n, shown)| (n, shown.to_owned()))
+                .map_err(str::to_owned);
+            assert_eq!(got, expected, "{text:?}");
+        }
+        assert_eq!(
+            env_error(&[("MOLT_MEMORY_LIMIT", "lots")]),
+            "invalid MOLT_MEMORY_LIMIT=\"lots\": \
+             expected a size of at least 1MB such as 512MB or 1.5GB, or auto"
+        );
+        let dir = TempDir::with_toml("memory_limit = 1073741824\n");
+        let loaded = load(&[], &[], &dir.0).unwrap();
+        assert_eq!(loaded.config.memory_limit, Some(1 << 30));
+        assert_eq!(source_of(&loaded, "memory_limit").value, "1GB");
+        let loaded = load(&[], &env(&[("MOLT_MEMORY_LIMIT", "512MB")]), &dir.0).unwrap();
+        assert_eq!(loaded.config.memory_limit, Some(512 << 20));
+        assert_eq!(
+            toml_error("memory_limit = 1.5\n"),
+            format!("invalid molt.toml:1 memory_limit = 1.5: expected {SIZE_EXPECTED}")
+        );
+    }
+
+    #[test]
+    fn percentages_take_a_sign_or_not_within_their_range() {
+        let cases: &[(&str, &str, Result<&str, &str>)] = &[
+            ("memory_target", "85%", Ok("85%")),
+            ("memory_target", "85", Ok("85%")),
+            ("memory_target", "1%", Ok("1%")),
+            ("memory_target", "100%", Ok("100%")),
+            ("memory_target", "0%", Err("a percentage from 1% to 100%")),
+            ("memory_target", "101", Err("a percentage from 1% to 100%")),
+            ("memory_target", "300%", Err("a percentage from 1% to 100%")),
+            (
+                "memory_target",
+                "85.5%",
+                Err("a percentage from 1% to 100%"),
+            ),
+            ("memory_target", "%", Err("a percentage from 1% to 100%")),
+            ("memory_target", "", Err("a percentage from 1% to 100%")),
+            ("memory_target", " 85", Err("a percentage from 1% to 100%")),
+            ("memory_target", "85 %", Err("a percentage from 1% to 100%")),
+            ("jitter", "0", Ok("0%")),
+            ("jitter", "50%", Ok("50%")),
+            ("jitter", "51%", Err("a percentage from 0% to 50%")),
+            ("jitter", "-5%", Err("a percentage from 0% to 50%")),
+        ];
+        for &(key, text, expected) in cases {
+            let got = apply(key, text).map(|(_, shown)| shown);
+            assert_eq!(
+                got.as_deref(),
+                expected.map_err(str::to_owned).as_deref(),
+                "{key} {text:?}"
+            );
+        }
+        assert_eq!(apply("memory_target", "70%").unwrap().0.memory_target, 70);
+        assert_eq!(apply("jitter", "25").unwrap().0.jitter, 25);
+        let dir = TempDir::with_toml("memory_target = 70\njitter = \"5%\"\n");
+        let loaded = load(&[], &env(&[("MOLT_MEMORY_TARGET", "80%")]), &dir.0).unwrap();
+        assert_eq!((loaded.config.memory_target, loaded.config.jitter), (80, 5));
+        assert_eq!(
+            env_error(&[("MOLT_MEMORY_TARGET", "0")]),
+            "invalid MOLT_MEMORY_TARGET=\"0\": expected a percentage from 1% to 100%"
+        );
+        assert_eq!(
+            toml_error("\njitter = 0.1\n"),
+            "invalid molt.toml:2 jitter = 0.1: expected a percentage from 0% to 50%"
+        );
+    }
+
+    #[test]
+    fn worker_memory_is_a_size_a_percentage_or_auto() {
+        let cases: &[Case<Option<MemoryAmount>>] = &[
+            ("230MB", Ok((Some(MemoryAmount::Bytes(230 << 20)), "230MB"))),
+            ("0.5GB", Ok((Some(MemoryAmount::Bytes(512 << 20)), "512MB"))),
+            ("45%", Ok((Some(MemoryAmount::Percent(45)), "45%"))),
+            ("1%", Ok((Some(MemoryAmount::Percent(1)), "1%"))),
+            ("100%", Ok((Some(MemoryAmount::Percent(100)), "100%"))),
+            ("auto", Ok((None, "auto"))),
+            ("", Ok((None, "auto"))),
+            ("0%", Err(MEMORY_AMOUNT_EXPECTED)),
+            ("101%", Err(MEMORY_AMOUNT_EXPECTED)),
+            ("45.5%", Err(MEMORY_AMOUNT_EXPECTED)),
+            // Meant as 45%, read as 45 bytes: below the 1MB floor, so an error.
+            ("45", Err(MEMORY_AMOUNT_EXPECTED)),
+            ("0MB", Err(MEMORY_AMOUNT_EXPECTED)),
+            ("big", Err(MEMORY_AMOUNT_EXPECTED)),
+        ];
+        for key in ["worker_memory", "worker_memory_hard"] {
+            for &(text, expected) in cases {
+                let got = apply(key, text).map(|(c, shown)| {
+                    let amount = if key == "worker_memory" {
+                        c.worker_memory
+                    } else {
+                        c.worker_memory_hard
+                    };
+                    (amount, shown)
+                });
+                let expected = expected
+                    .map(|(n, shown)| (n, shown.to_owned()))
+                    .map_err(str::to_owned);
+                assert_eq!(got, expected, "{key} {text:?}");
+            }
+        }
+        assert_eq!(
+            env_error(&[("MOLT_WORKER_MEMORY", "45")]),
+            "invalid MOLT_WORKER_MEMORY=\"45\": expected a size of at least 1MB such as 230MB, \
+             a percentage of the budget from 1% to 100% such as 45%, or auto"
+        );
+        let dir = TempDir::with_toml("worker_memory = \"200MB\"\n");
+        let loaded = load(&[], &env(&[("MOLT_WORKER_MEMORY", "40%")]), &dir.0).unwrap();
+        assert_eq!(loaded.config.worker_memory, Some(MemoryAmount::Percent(40)));
+        assert_eq!(
+            load(&[], &[], &dir.0).unwrap().config.worker_memory,
+            Some(MemoryAmount::Bytes(200 << 20))
+        );
+        assert_eq!(
+            toml_error("worker_memory = 45\n"),
+            format!("invalid molt.toml:1 worker_memory = 45: expected {MEMORY_AMOUNT_EXPECTED}")
+        );
+    }
+
+    #[test]
+    fn memory_amount_resolves_against_the_budget() {
+        let dyno = 536_870_912;
+        assert_eq!(MemoryAmount::Bytes(230 << 20).resolve(dyno), 230 << 20);
+        // A size is a size whatever the budget, even above it.
+        assert_eq!(MemoryAmount::Bytes(1 << 30).resolve(dyno), 1 << 30);
+        // 45% of 512MB is 241591910.4 bytes, rounded down.
+        assert_eq!(MemoryAmount::Percent(45).resolve(dyno), 241_591_910);
+        assert_eq!(MemoryAmount::Percent(100).resolve(dyno), dyno);
+        assert_eq!(MemoryAmount::Percent(1).resolve(99), 0);
+        assert_eq!(MemoryAmount::Percent(100).resolve(u64::MAX), u64::MAX);
+        assert_eq!(MemoryAmount::Percent(50).resolve(u64::MAX), u64::MAX / 2);
+        assert_eq!(MemoryAmount::Percent(45).to_string(), "45%");
+        assert_eq!(MemoryAmount::Bytes(230 << 20).to_string(), "230MB");
+    }
+
+    #[test]
+    fn hard_cap_not_above_soft_cap_is_an_error_naming_both() {
+        assert_eq!(
+            env_error(&[
+                ("MOLT_WORKER_MEMORY", "230MB"),
+                ("MOLT_WORKER_MEMORY_HARD", "200MB")
+            ]),
+            "invalid worker_memory_hard 200MB (env MOLT_WORKER_MEMORY_HARD): \
+             expected more than worker_memory 230MB (env MOLT_WORKER_MEMORY)"
+        );
+        assert_eq!(
+            toml_error("worker_memory = \"40%\"\nworker_memory_hard = \"40%\"\n"),
+            "invalid worker_memory_hard 40% (molt.toml:2): \
+             expected more than worker_memory 40% (molt.toml:1)"
+        );
+        let dir = TempDir::with_toml("worker_memory_hard = \"300MB\"\n");
+        let err = load(&[], &env(&[("MOLT_WORKER_MEMORY", "0.3GB")]), &dir.0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid worker_memory_hard 300MB (molt.toml:1): \
+             expected more than worker_memory 307.2MB (env MOLT_WORKER_MEMORY)"
+        );
+        // Above is fine; a size against a percentage needs the budget, so derive checks it.
+        for (soft, hard) in [
+            ("230MB", "231MB"),
+            ("40%", "41%"),
+            ("230MB", "10%"),
+            ("90%", "1MB"),
+        ] {
+            let loaded = load_env(&[
+                ("MOLT_WORKER_MEMORY", soft),
+                ("MOLT_WORKER_MEMORY_HARD", hard),
+            ]);
+            assert!(loaded.is_ok(), "{soft} {hard}");
+        }
+    }
+
+    #[test]
+    fn durations_that_can_be_off() {
+        for key in ["request_timeout", "max_lifetime", "metrics_interval"] {
+            for text in ["off", "OFF", "Off", "0", "0s", "0ms"] {
+                assert_eq!(apply(key, text).unwrap().1, "off", "{key} {text:?}");
+            }
+            for text in ["", "never", "-1", "on"] {
+                assert_eq!(
+                    apply(key, text),
+                    Err(DURATION_OR_OFF_EXPECTED.to_owned()),
+                    "{key} {text:?}"
+                );
+            }
+        }
+        let (c, shown) = apply("request_timeout", "28s").unwrap();
+        assert_eq!(
+            (c.request_timeout, shown.as_str()),
+            (Some(Duration::from_secs(28)), "28s")
+        );
+        let (c, shown) = apply("max_lifetime", "12h").unwrap();
+        assert_eq!(
+            (c.max_lifetime, shown.as_str()),
+            (Some(Duration::from_secs(43_200)), "12h")
+        );
+        assert_eq!(
+            apply("metrics_interval", "0").unwrap().0.metrics_interval,
+            None
+        );
+        assert_eq!(
+            apply("metrics_interval", "10").unwrap().0.metrics_interval,
+            Some(Duration::from_secs(10))
+        );
+        let dir = TempDir::with_toml(
+            "request_timeout = 0\nmax_lifetime = \"off\"\nmetrics_interval = 30\n",
+        );
+        let c = load(&[], &[], &dir.0).unwrap().config;
+        assert_eq!(
+            (c.request_timeout, c.max_lifetime, c.metrics_interval),
+            (None, None, Some(Duration::from_secs(30)))
+        );
+        let c = load(&[], &env(&[("MOLT_METRICS_INTERVAL", "off")]), &dir.0)
+            .unwrap()
+            .config;
+        assert_eq!(c.metrics_interval, None);
+        assert_eq!(
+            env_error(&[("MOLT_REQUEST_TIMEOUT", "never")]),
+            "invalid MOLT_REQUEST_TIMEOUT=\"never\": \
+             expected a duration such as 250ms, 30s or 5m, or off"
+        );
+        assert_eq!(
+            toml_error("max_lifetime = true\n"),
+            format!("invalid molt.toml:1 max_lifetime = true: expected {DURATION_OR_OFF_EXPECTED}")
+        );
+    }
+
+    #[test]
+    fn idle_timeout_and_sample_interval_are_positive() {
+        for key in ["idle_timeout", "sample_interval"] {
+            assert_eq!(
+                apply(key, "0"),
+                Err(POSITIVE_DURATION_EXPECTED.to_owned()),
+                "{key}"
+            );
+            assert_eq!(
+                apply(key, "off"),
+                Err(DURATION_EXPECTED.to_owned()),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            apply("idle_timeout", "10m").unwrap().0.idle_timeout,
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            apply("sample_interval", "500ms").unwrap().0.sample_interval,
+            Duration::from_millis(500)
+        );
+        let dir = TempDir::with_toml("idle_timeout = 60\n");
+        let loaded = load(&[], &env(&[("MOLT_IDLE_TIMEOUT", "2m")]), &dir.0).unwrap();
+        assert_eq!(loaded.config.idle_timeout, Duration::from_secs(120));
+        assert_eq!(source_of(&loaded, "idle_timeout").value, "2m");
+        assert_eq!(
+            env_error(&[("MOLT_SAMPLE_INTERVAL", "0s")]),
+            "invalid MOLT_SAMPLE_INTERVAL=\"0s\": \
+             expected a duration above zero, such as 250ms, 30s or 5m"
+        );
+    }
+
+    #[test]
+    fn max_requests_is_a_count_with_zero_off() {
+        assert_eq!(apply("max_requests", "0").unwrap().0.max_requests, 0);
+        assert_eq!(apply("max_requests", "5000").unwrap().0.max_requests, 5000);
+        assert_eq!(
+            apply("max_requests", "4294967295").unwrap().0.max_requests,
+            4_294_967_295
+        );
+        assert_eq!(
+            env_error(&[("MOLT_MAX_REQUESTS", "-1")]),
+            "invalid MOLT_MAX_REQUESTS=\"-1\": expected a whole number, 0 or more"
+        );
+        let dir = TempDir::with_toml("max_requests = 1000\n");
+        assert_eq!(load(&[], &[], &dir.0).unwrap().config.max_requests, 1000);
+    }
+
+    #[test]
+    fn control_socket_defaults_to_one_per_port() {
+        // `molt status` run with the same PORT finds the socket of the molt serving it.
+        let loaded = load_env(&[("PORT", "6000")]).unwrap();
+        assert_eq!(
+            loaded.config.control_socket,
+            PathBuf::from("/tmp/molt-6000.sock")
+        );
+        let effective = source_of(&loaded, "control_socket");
+        assert_eq!(
+            (effective.value.as_str(), &effective.source),
+            ("/tmp/molt-6000.sock", &Source::Default)
+        );
+        let dir = TempDir::with_toml("port = 7000\n");
+        let from_flag = load(&flags(&[("port", "9000")]), &[], &dir.0).unwrap();
+        assert_eq!(
+            from_flag.config.control_socket,
+            PathBuf::from("/tmp/molt-9000.sock")
+        );
+        assert_eq!(
+            load(&[], &[], &dir.0).unwrap().config.control_socket,
+            PathBuf::from("/tmp/molt-7000.sock")
+        );
+        assert_eq!(
+            Config::default().control_socket,
+            PathBuf::from("/tmp/molt-5000.sock")
+        );
+        // The default is computed from the port, so the port's row must be loaded first.
+        let position = |key| SETTINGS.iter().position(|s| s.key == key).unwrap();
+        assert!(position("port") < position("control_socket"));
+    }
+
+    #[test]
+    fn control_socket_is_an_absolute_path_that_fits_a_socket_address() {
+        let dir = TempDir::with_toml("control_socket = \"/run/molt.sock\"\n");
+        let loaded = load(&[], &env(&[("PORT", "6000")]), &dir.0).unwrap();
+        assert_eq!(
+            loaded.config.control_socket,
+            PathBuf::from("/run/molt.sock")
+        );
+        // Empty in the environment brings back the default over the file's path.
+        let loaded = load(&[], &env(&[("MOLT_CONTROL_SOCKET", "")]), &dir.0).unwrap();
+        assert_eq!(
+            loaded.config.control_socket,
+            PathBuf::from("/tmp/molt-5000.sock")
+        );
+        let longest = format!("/{}", "s".repeat(106));
+        assert_eq!(apply("control_socket", &longest).unwrap().1, longest);
+        let too_long = format!("/{}", "s".repeat(107));
+        for text in ["molt.sock", "./molt.sock", "/tmp/a\nb", too_long.as_str()] {
+            assert_eq!(
+                apply("control_socket", text),
+                Err(SOCKET_EXPECTED.to_owned()),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            env_error(&[("MOLT_CONTROL_SOCKET", "molt.sock")]),
+            "invalid MOLT_CONTROL_SOCKET=\"molt.sock\": \
+             expected an absolute path of at most 107 bytes, such as /tmp/molt.sock"
+        );
+        assert_eq!(
+            toml_error("control_socket = 5\n"),
+            format!("invalid molt.toml:1 control_socket = 5: expected {SOCKET_EXPECTED}")
+        );
+    }
+
+    #[test]
+    fn settings_markdown_shows_derived_defaults() {
+        let markdown = settings_markdown();
+        assert!(markdown
+            .contains("| `MOLT_CONTROL_SOCKET` | `control_socket` |  | `/tmp/molt-$PORT.sock` |"));
+        assert!(markdown.contains("| `MOLT_MAX_WORKERS` | `max_workers` |  | `auto` |"));
+        assert!(markdown.contains("| `MOLT_MEMORY_TARGET` | `memory_target` |  | `85%` |"));
+        assert!(markdown.contains("| `MOLT_REQUEST_TIMEOUT` | `request_timeout` |  | `off` |"));
+    }
+
+    #[test]
+    fn suggestion_ties_go_to_the_earlier_setting() {
+        // MOLT_WORKERS is as close to MOLT_MAX_WORKERS as to MOLT_MIN_WORKERS; --workers
+        // sets the minimum, so that is the better guess.
+        let loaded = load_env(&[("MOLT_WORKERS", "2"), ("MOLT_MAX_WORKER", "2")]).unwrap();
+        assert_eq!(
+            loaded.warnings,
+            [
+                "unknown setting MOLT_MAX_WORKER; did you mean MOLT_MAX_WORKERS?",
+                "unknown setting MOLT_WORKERS; did you mean MOLT_MIN_WORKERS?",
+            ]
+        );
     }
 }
 

@@ -1,12 +1,16 @@
 //! molt: runs a web app as a supervised pool of workers behind a reverse proxy, and keeps
 //! the pool inside the container's memory budget.
 
+/// The memory budget, worker caps and max workers, derived from settings and facts.
+mod budget;
 /// Settings: flags, environment, `molt.toml`, defaults; validation.
 mod config;
 /// Event lines on stdout.
 mod observe;
 /// The runtime: listener, proxy, dispatch, supervisor, workers.
 mod run;
+/// Linux facts: memory of process trees, cgroup limits; pure parsers over text.
+mod sys;
 
 use std::process::ExitCode;
 
@@ -33,8 +37,22 @@ enum Command {
     /// One argument is a command line run with bash (as Heroku runs Procfile lines);
     /// several are exec'd directly with every literal $PORT replaced by the worker's port.
     Run(RunArgs),
-    /// Print every effective setting and where it came from; exit 2 if any is invalid.
+    /// Print every effective setting and where it came from, and the memory budget,
+    /// caps and worker counts derived from them; exit 2 if any setting is invalid.
     Plan(SettingFlags),
+    /// Show the running molt's pool: budget, caps, and a row per worker.
+    Status(StatusArgs),
+    /// Replace every worker of the running molt, one at a time (as SIGHUP does).
+    Restart(SettingFlags),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Print JSON for machines instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    settings: SettingFlags,
 }
 
 /// Flags that override `MOLT_*` variables and `molt.toml`.
@@ -96,6 +114,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Plan(flags) => plan(&flags),
+        Command::Status(args) => control(
+            &args.settings,
+            if args.json { "status json" } else { "status" },
+        ),
+        Command::Restart(flags) => control(&flags, "restart"),
     }
 }
 
@@ -141,8 +164,35 @@ fn plan(flags: &SettingFlags) -> ExitCode {
                 eprintln!("molt: warning: {warning}");
             }
             print!("{}", config::plan_text(&loaded));
+            let (facts, cgroup_warning) = sys::facts();
+            if let Some(warning) = cgroup_warning {
+                eprintln!("molt: warning: {warning}");
+            }
+            println!();
+            print!(
+                "{}",
+                budget::plan_text(&budget::derive(&loaded.config, &facts))
+            );
             ExitCode::SUCCESS
         }
         Err(code) => code,
+    }
+}
+
+/// Sends one command over the control socket of the molt this configuration describes.
+fn control(flags: &SettingFlags, command: &str) -> ExitCode {
+    let loaded = match flags.load() {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    match observe::control::request(&loaded.config.control_socket, command) {
+        Ok(reply) => {
+            print!("{reply}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("molt: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }

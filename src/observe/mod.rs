@@ -1,7 +1,10 @@
-//! What molt says about itself: logfmt event lines on stdout.
+//! What molt says about itself: logfmt event lines on stdout, and the control socket.
 //!
 //! Every line starts with `molt at=<event>` so that it stands out among the app's own
 //! output (which passes through untouched) and so that log drains can filter on it.
+
+/// The Unix socket `molt status` and `molt restart` talk to.
+pub(crate) mod control;
 
 use std::fmt::{self, Display, Write as _};
 use std::io::Write as _;

@@ -35,18 +35,26 @@ pub(crate) struct Slot {
     pub(crate) addr: SocketAddr,
     in_flight: AtomicUsize,
     served: AtomicU64,
+    /// Requests after which the worker takes no more (`MOLT_MAX_REQUESTS` with jitter).
+    request_limit: u64,
+    created: Instant,
+    /// When `in_flight` last dropped to zero, in milliseconds after `created`.
+    idle_since_ms: AtomicU64,
     /// Notified whenever `in_flight` drops to zero, so a drain can finish at once.
     idle: Notify,
     idle_upstreams: Mutex<Vec<(Upstream, Instant)>>,
 }
 
 impl Slot {
-    pub(crate) fn new(id: u64, addr: SocketAddr) -> Self {
+    pub(crate) fn new(id: u64, addr: SocketAddr, request_limit: Option<u64>) -> Self {
         Slot {
             id,
             addr,
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
+            request_limit: request_limit.unwrap_or(u64::MAX),
+            created: Instant::now(),
+            idle_since_ms: AtomicU64::new(0),
             idle: Notify::new(),
             idle_upstreams: Mutex::new(Vec::new()),
         }
@@ -54,6 +62,18 @@ impl Slot {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Since when the worker has held no request, or None while it holds one.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        (self.in_flight() == 0).then(|| {
+            self.created + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Whether the worker has been handed all the requests it may serve.
+    pub(crate) fn at_request_limit(&self) -> bool {
+        self.served() >= self.request_limit
     }
 
     /// Requests this worker has been handed so far.
@@ -126,9 +146,22 @@ struct State {
     queue: VecDeque<Waiter>,
 }
 
+/// Upper bounds, in milliseconds, of the queue-wait histogram's buckets.
+const WAIT_BUCKETS_MS: [u64; 14] = [
+    0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000,
+];
+
 /// Hands out workers to requests.
 pub(crate) struct Dispatcher {
     state: Mutex<State>,
+    /// Wakes the supervisor when the pool may need it: a request had to queue, or a
+    /// worker reached its request limit.
+    pub(crate) attention: Notify,
+    /// Requests handed to workers since the last [`Dispatcher::take_stats`].
+    handed: AtomicU64,
+    /// Queue waits since the last [`Dispatcher::take_stats`], by [`WAIT_BUCKETS_MS`],
+    /// with one more bucket for longer waits.
+    waits: [AtomicU64; WAIT_BUCKETS_MS.len() + 1],
     /// Requests one worker takes at once; 0 is unlimited.
     capacity: usize,
     max_queue: usize,
@@ -165,6 +198,8 @@ impl Drop for Lease {
 
 fn release(slot: &Slot) {
     if slot.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let ms = u64::try_from(slot.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        slot.idle_since_ms.store(ms, Ordering::Relaxed);
         slot.idle.notify_waiters();
     }
 }
@@ -189,7 +224,7 @@ pub(crate) fn choose(
     let mut fallback: Option<&Arc<Slot>> = None;
     for slot in pool {
         let busy = slot.in_flight();
-        if capacity != 0 && busy >= capacity {
+        if (capacity != 0 && busy >= capacity) || slot.at_request_limit() {
             continue;
         }
         let pick = if Some(slot.id) == avoid {
@@ -211,6 +246,9 @@ impl Dispatcher {
                 pool: Arc::from(Vec::new()),
                 queue: VecDeque::new(),
             }),
+            attention: Notify::new(),
+            handed: AtomicU64::new(0),
+            waits: std::array::from_fn(|_| AtomicU64::new(0)),
             capacity,
             max_queue,
             queue_timeout,
@@ -263,16 +301,62 @@ impl Dispatcher {
             state.queue.push_back(Waiter { tx, avoid });
             rx
         };
+        // The pool may need another worker.
+        self.attention.notify_one();
+        let queued_at = tokio::time::Instant::now();
         match tokio::time::timeout(self.queue_timeout, rx).await {
-            Ok(Ok(lease)) => Ok(lease),
+            Ok(Ok(lease)) => {
+                self.record_wait(queued_at.elapsed());
+                Ok(lease)
+            }
             // The sender is only dropped unsent when the dispatcher itself goes away.
             Ok(Err(_)) | Err(_) => Err(Overload::QueueTimeout),
         }
     }
 
+    fn record_wait(&self, wait: Duration) {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let bucket = WAIT_BUCKETS_MS
+            .iter()
+            .position(|&bound| ms <= bound)
+            .unwrap_or(WAIT_BUCKETS_MS.len());
+        self.waits[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests handed out, and the 95th percentile of queue waits (an upper bound, from
+    /// the histogram), since the previous call; requests that did not queue waited 0 ms.
+    pub(crate) fn take_stats(&self) -> (u64, Duration) {
+        let handed = self.handed.swap(0, Ordering::Relaxed);
+        let counts: Vec<u64> = self
+            .waits
+            .iter()
+            .map(|b| b.swap(0, Ordering::Relaxed))
+            .collect();
+        let queued: u64 = counts.iter().sum();
+        // Requests that never queued sit in the 0 ms bucket.
+        let mut below = handed.saturating_sub(queued);
+        let rank = handed - handed / 20;
+        let mut p95 = 0;
+        for (i, count) in counts.iter().enumerate() {
+            if below >= rank {
+                break;
+            }
+            below += count;
+            p95 = WAIT_BUCKETS_MS
+                .get(i)
+                .copied()
+                .unwrap_or(2 * WAIT_BUCKETS_MS[WAIT_BUCKETS_MS.len() - 1]);
+        }
+        (handed, Duration::from_millis(p95))
+    }
+
     fn lease(self: &Arc<Self>, slot: &Arc<Slot>) -> Lease {
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
-        slot.served.fetch_add(1, Ordering::Relaxed);
+        self.handed.fetch_add(1, Ordering::Relaxed);
+        if slot.served.fetch_add(1, Ordering::Relaxed) + 1 == slot.request_limit {
+            // The worker takes no more requests; the supervisor replaces it.
+            self.attention.notify_one();
+        }
         Lease {
             slot: Arc::clone(slot),
             dispatcher: Arc::clone(self),
@@ -307,7 +391,7 @@ mod tests {
     use super::*;
 
     fn slot(id: u64, busy: usize) -> Arc<Slot> {
-        let s = Slot::new(id, SocketAddr::from(([127, 0, 0, 1], 1)));
+        let s = Slot::new(id, SocketAddr::from(([127, 0, 0, 1], 1)), None);
         s.in_flight.store(busy, Ordering::Relaxed);
         Arc::new(s)
     }
@@ -393,5 +477,64 @@ mod tests {
         drop(lease);
         idle.await.expect("drain waiter finished");
         assert_eq!(s.served(), 1);
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_worker_at_its_request_limit_takes_no_more() {
+        let d = Dispatcher::new(0, 10, Duration::from_secs(5));
+        let limited = Arc::new(Slot::new(1, SocketAddr::from(([127, 0, 0, 1], 1)), Some(2)));
+        let other = Arc::new(Slot::new(2, SocketAddr::from(([127, 0, 0, 1], 2)), None));
+        d.publish(vec![Arc::clone(&limited), Arc::clone(&other)]);
+        for _ in 0..2 {
+            let lease = d.acquire(None).await.expect("free");
+            assert_eq!(lease.slot().id, 1);
+        }
+        assert!(limited.at_request_limit());
+        // The limit woke the supervisor.
+        tokio::time::timeout(Duration::from_secs(1), d.attention.notified())
+            .await
+            .expect("attention was notified");
+        assert_eq!(d.acquire(None).await.expect("free").slot().id, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_waits_give_a_p95() {
+        let d = Dispatcher::new(1, 10, Duration::from_secs(60));
+        let s = Arc::new(Slot::new(1, SocketAddr::from(([127, 0, 0, 1], 1)), None));
+        d.publish(vec![Arc::clone(&s)]);
+        // 19 requests that do not wait, then one that waits 300 ms.
+        for _ in 0..19 {
+            drop(d.acquire(None).await.expect("free"));
+        }
+        let held = d.acquire(None).await.expect("free");
+        let d2 = Arc::clone(&d);
+        let waiter = tokio::spawn(async move { d2.acquire(None).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(held);
+        waiter.await.expect("task").expect("served");
+        let (handed, p95) = d.take_stats();
+        assert_eq!(handed, 21);
+        assert_eq!(
+            p95,
+            Duration::ZERO,
+            "one wait in 21 is above the 95th percentile"
+        );
+        for _ in 0..3 {
+            let held = d.acquire(None).await.expect("free");
+            let d2 = Arc::clone(&d);
+            let waiter = tokio::spawn(async move { d2.acquire(None).await.map(|_| ()) });
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            drop(held);
+            waiter.await.expect("task").expect("served");
+        }
+        let (handed, p95) = d.take_stats();
+        assert_eq!(handed, 6);
+        assert_eq!(p95, Duration::from_millis(50));
+        assert_eq!(d.take_stats(), (0, Duration::ZERO));
     }
 }

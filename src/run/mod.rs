@@ -2,8 +2,12 @@
 
 /// Least-busy routing, the bounded request queue, and worker leases.
 mod dispatch;
+/// One worker's memory over its life: now, peak, growth after warm-up.
+mod memstats;
 /// The HTTP/1.1 reverse proxy on the public port.
 mod proxy;
+/// Pure autoscaling decision: how many workers to add or retire.
+mod scaler;
 /// The task that owns all worker state.
 mod supervisor;
 /// Starting, probing and signalling worker processes.
@@ -25,9 +29,9 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{BindMode, Config};
 use crate::observe::event;
 use dispatch::Dispatcher;
-use supervisor::{Event, Exit, Supervisor};
+use supervisor::{Exit, Supervisor};
 
-pub(crate) use supervisor::Outcome;
+pub(crate) use supervisor::{Event, Outcome, StatusReport};
 pub(crate) use worker::AppCommand;
 
 /// Connections the kernel holds for molt before it accepts them.
@@ -66,12 +70,24 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outco
         config.max_queue,
         config.queue_timeout,
     );
+    let (facts, cgroup_warning) = crate::sys::facts();
+    if let Some(warning) = cgroup_warning {
+        event!(Warn, "cgroup", error = warning);
+    }
+    // The control socket is bound before any worker is forked: its 0600 mode comes
+    // from a umask that briefly applies to the whole process.
+    let control = crate::observe::control::bind(&config.control_socket)?;
     let (supervisor, links) = Supervisor::new(
-        Arc::clone(&config),
+        &config,
         command,
         Arc::clone(&dispatcher),
         Box::new(worker::Os::new()),
+        facts,
     );
+    tokio::spawn(crate::observe::control::serve(
+        control,
+        links.events.clone(),
+    ));
 
     // Bind before any worker exists: Heroku's boot timeout (R10) needs only the bind,
     // and requests that arrive meanwhile wait in the queue.
@@ -81,15 +97,21 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outco
     };
     tokio::spawn(forward_signals(signals, links.events.clone()));
     tokio::spawn(reap(sigchld, links.events.clone()));
+    let proxy = Arc::new(proxy::Proxy {
+        dispatcher,
+        events: links.events.clone(),
+        request_timeout: config.request_timeout,
+    });
     tokio::spawn(serve_public(
         listener,
         config.port,
         links.first_ready,
-        dispatcher,
+        proxy,
         links.shutdown,
-        links.events,
     ));
-    Ok(supervisor.run().await)
+    let outcome = supervisor.run().await;
+    let _ = std::fs::remove_file(&config.control_socket);
+    Ok(outcome)
 }
 
 /// Runs the proxy on the public port, binding it first when that waits for a ready
@@ -98,9 +120,8 @@ async fn serve_public(
     listener: Option<std::net::TcpListener>,
     port: u16,
     mut first_ready: watch::Receiver<bool>,
-    dispatcher: Arc<Dispatcher>,
+    proxy: Arc<proxy::Proxy>,
     shutdown: watch::Receiver<bool>,
-    events: mpsc::UnboundedSender<Event>,
 ) {
     let listener = if let Some(listener) = listener {
         listener
@@ -111,15 +132,17 @@ async fn serve_public(
         match listen(port) {
             Ok(listener) => listener,
             Err(err) => {
-                let _ = events.send(Event::Fatal(format!("{err:#}")));
+                let _ = proxy.events.send(Event::Fatal(format!("{err:#}")));
                 return;
             }
         }
     };
     match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => proxy::serve(listener, dispatcher, shutdown, events).await,
+        Ok(listener) => proxy::serve(listener, Arc::clone(&proxy), shutdown).await,
         Err(err) => {
-            let _ = events.send(Event::Fatal(format!("cannot use the listener: {err}")));
+            let _ = proxy
+                .events
+                .send(Event::Fatal(format!("cannot use the listener: {err}")));
         }
     }
 }

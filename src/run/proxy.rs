@@ -37,13 +37,20 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Seconds a client is told to wait before retrying an overloaded molt.
 const RETRY_AFTER_SECS: &str = "1";
 
+/// What every request handler shares.
+pub(crate) struct Proxy {
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    /// Tells the supervisor about a worker that outlived `MOLT_REQUEST_TIMEOUT`.
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+    pub(crate) request_timeout: Option<Duration>,
+}
+
 /// Accepts connections until shutdown, then waits for the open ones to finish and tells
 /// the supervisor.
 pub(crate) async fn serve(
     listener: TcpListener,
-    dispatcher: Arc<Dispatcher>,
+    proxy: Arc<Proxy>,
     shutdown: watch::Receiver<bool>,
-    events: mpsc::UnboundedSender<Event>,
 ) {
     let mut stop = shutdown.clone();
     // Every connection task holds a clone of `open`; `recv` returns None once all are gone.
@@ -53,7 +60,7 @@ pub(crate) async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = serve_connection(stream, Arc::clone(&dispatcher), shutdown.clone());
+                    let conn = serve_connection(stream, Arc::clone(&proxy), shutdown.clone());
                     let open = open.clone();
                     tokio::spawn(async move {
                         conn.await;
@@ -74,7 +81,7 @@ pub(crate) async fn serve(
     drop(listener);
     drop(open);
     let _ = all_closed.recv().await;
-    let _ = events.send(Event::ProxyIdle);
+    let _ = proxy.events.send(Event::ProxyIdle);
 }
 
 /// Resolves once the flag is set (or its sender is gone, which also means stop).
@@ -84,10 +91,10 @@ async fn until_set(flag: &mut watch::Receiver<bool>) {
 
 async fn serve_connection(
     stream: TcpStream,
-    dispatcher: Arc<Dispatcher>,
+    proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |req| handle(req, Arc::clone(&dispatcher)));
+    let service = service_fn(move |req| handle(req, Arc::clone(&proxy)));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -105,13 +112,13 @@ async fn serve_connection(
 
 async fn handle(
     mut req: Request<Incoming>,
-    dispatcher: Arc<Dispatcher>,
+    proxy: Arc<Proxy>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let upgrade = wants_upgrade(req.headers());
     prepare_request(&mut req, upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let (lease, conn, mut response) = match exchange(&dispatcher, req).await {
+    let (lease, conn, mut response) = match exchange(&proxy, req).await {
         Ok(exchanged) => exchanged,
         Err(failure) => return Ok(failure),
     };
@@ -134,13 +141,17 @@ async fn handle(
 /// is final (502): the worker may have acted on it, and a request that crashes workers
 /// must not be handed to the next one.
 async fn exchange(
-    dispatcher: &Arc<Dispatcher>,
+    proxy: &Proxy,
     req: Request<Incoming>,
 ) -> Result<(Lease, Upstream, Response<Incoming>), Response<ProxyBody>> {
     let mut req = req;
     let mut refused_by = None;
     loop {
-        let lease = dispatcher.acquire(refused_by).await.map_err(overloaded)?;
+        let lease = proxy
+            .dispatcher
+            .acquire(refused_by)
+            .await
+            .map_err(overloaded)?;
         let worker = lease.slot().id;
         let mut conn = match connect(lease.slot()).await {
             Ok(conn) => conn,
@@ -153,7 +164,23 @@ async fn exchange(
                 continue;
             }
         };
-        match conn.try_send_request(req).await {
+        let sent = conn.try_send_request(req);
+        // With no request timeout, the wait is unbounded.
+        let limit = proxy.request_timeout.unwrap_or(Duration::MAX);
+        let Ok(sent) = tokio::time::timeout(limit, sent).await else {
+            // A stuck worker (as uWSGI's harakiri and Unicorn's timeout treat it): the
+            // client gets 504 and the supervisor kills and replaces the worker.
+            event!(
+                Warn,
+                "request_timeout",
+                worker = worker,
+                status = 504,
+                timeout_ms = limit.as_millis()
+            );
+            let _ = proxy.events.send(Event::Stuck { id: worker });
+            return Err(error_response(StatusCode::GATEWAY_TIMEOUT));
+        };
+        match sent {
             Ok(response) => return Ok((lease, conn, response)),
             Err(mut err) => match err.take_message() {
                 // The worker closed this kept-alive connection as it was taken; its other

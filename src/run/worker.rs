@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::run::supervisor::Event;
+use crate::sys::memory;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Private worker ports are taken from this range, below Linux's ephemeral range
@@ -100,6 +101,9 @@ pub(crate) trait Processes: Send {
     fn signal_group(&self, pid: Pid, signal: Signal);
     /// A private port for a new worker, not among `taken`.
     fn free_port(&self, taken: &[u16]) -> Option<u16>;
+    /// Measures each worker's process tree off the supervisor task; reports
+    /// [`Event::Sampled`].
+    fn measure(&self, workers: Vec<(u64, Pid)>, events: mpsc::UnboundedSender<Event>);
     /// Starts watching a booting worker; reports [`Event::Ready`] when it is ready.
     fn watch_ready(
         &self,
@@ -142,6 +146,20 @@ impl Processes for Os {
     fn free_port(&self, taken: &[u16]) -> Option<u16> {
         let hint = self.port_hint.fetch_add(1, Ordering::Relaxed);
         free_port(hint, taken)
+    }
+
+    fn measure(&self, workers: Vec<(u64, Pid)>, events: mpsc::UnboundedSender<Event>) {
+        // Reading /proc is blocking file I/O, a few files per process.
+        tokio::task::spawn_blocking(move || {
+            let proc = std::path::Path::new("/proc");
+            let page = memory::page_size();
+            let samples = workers
+                .into_iter()
+                .map(|(id, pid)| (id, memory::measure_tree(proc, pid.as_raw(), page)))
+                .collect();
+            let molt_rss = memory::self_rss(proc, page);
+            let _ = events.send(Event::Sampled { samples, molt_rss });
+        });
     }
 
     fn watch_ready(

@@ -4,6 +4,8 @@
 mod fixture_smoke;
 /// Worker and molt lifecycle: boot failures, signals, shutdown, restarts, PID 1.
 mod lifecycle;
+/// Memory governance, recycling, autoscaling, status and metrics.
+mod memory;
 /// The proxy: routing, bodies, streaming, upgrades, headers, queue limits.
 mod proxy;
 /// Configuration errors and `molt plan`.

@@ -40,7 +40,8 @@ fn hold_worker(port: u16, ms: u64) -> thread::JoinHandle<u16> {
 
 #[test]
 fn requests_spread_over_workers() {
-    let molt = pool(3, |b| b);
+    // A fixed pool: the scaler would otherwise add workers for the queued requests.
+    let molt = pool(3, |b| b.env("MOLT_MAX_WORKERS", "3"));
     let port = molt.port();
     let pids: Vec<String> = (0..6)
         .map(|_| thread::spawn(move || get(port, "/sleep?ms=400").expect("request completes")))

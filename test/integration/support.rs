@@ -300,6 +300,28 @@ fn copy_lines(
     })
 }
 
+/// A shareable view of a [`Molt`]'s log.
+pub(crate) struct LogHandle {
+    log: Arc<Mutex<String>>,
+    since: Instant,
+}
+
+impl LogHandle {
+    /// How many times `needle` occurs in the log so far.
+    pub(crate) fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .matches(needle)
+            .count()
+    }
+
+    /// Time since the handle was taken.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.since.elapsed()
+    }
+}
+
 /// A running `molt`. Dropping it kills molt and every process that carries its tag, so a
 /// failing test leaves nothing behind.
 pub(crate) struct Molt {
@@ -336,6 +358,15 @@ impl Molt {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// A handle on the log that other threads can hold, e.g. to stop a load loop once
+    /// the log shows enough events.
+    pub(crate) fn log_handle(&self) -> LogHandle {
+        LogHandle {
+            log: Arc::clone(&self.log),
+            since: Instant::now(),
+        }
     }
 
     /// Waits until the log contains `needle`.

@@ -3,7 +3,13 @@
 //! Signals, child exits, readiness, drains and timers arrive as [`Event`]s on one channel
 //! or as deadlines; after each, [`Supervisor::reconcile`] starts and stops processes to
 //! match the target, and the routable workers are published to the dispatcher as one
-//! immutable snapshot.
+//! immutable snapshot. Memory governance and recycling live in [`govern`]; the status
+//! report and metrics in [`report`].
+
+/// Memory samples, caps, the pool guard, recycling and the kill-loop guard.
+mod govern;
+/// The status report for `molt status` and the periodic l2met metrics line.
+mod report;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -17,10 +23,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::budget::{self, Budget, Facts};
 use crate::config::Config;
 use crate::observe::event;
 use crate::run::dispatch::{Dispatcher, Slot};
+use crate::run::memstats::MemStats;
 use crate::run::worker::{AppCommand, Processes, Spawn};
+use crate::sys::memory::TreeMemory;
+
+pub(crate) use govern::Reason;
+pub(crate) use report::StatusReport;
 
 /// First pause after a failed boot; it doubles with each consecutive failure.
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -45,6 +57,15 @@ pub(crate) enum Event {
     ProxyIdle,
     /// Something molt cannot run without failed (the public port cannot be bound).
     Fatal(String),
+    /// A request on this worker outlived `MOLT_REQUEST_TIMEOUT`: the worker is stuck.
+    Stuck { id: u64 },
+    /// Memory of each worker's process tree (None: it was gone), and molt's own RSS.
+    Sampled {
+        samples: Vec<(u64, Option<TreeMemory>)>,
+        molt_rss: Option<u64>,
+    },
+    /// `molt status` asks for the pool's state.
+    Status(tokio::sync::oneshot::Sender<StatusReport>),
 }
 
 /// How a process ended.
@@ -76,20 +97,6 @@ pub(crate) enum Outcome {
     Fatal(String),
 }
 
-/// Why a worker is being replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reason {
-    Restart,
-}
-
-impl Reason {
-    fn as_str(self) -> &'static str {
-        match self {
-            Reason::Restart => "restart",
-        }
-    }
-}
-
 /// A worker's lifecycle, with the data each stage needs.
 #[derive(Debug)]
 enum State {
@@ -111,6 +118,10 @@ struct Worker {
     pid: Pid,
     slot: Arc<Slot>,
     started: Instant,
+    ready_since: Option<Instant>,
+    /// When `MOLT_MAX_LIFETIME` (with jitter) recycles it.
+    lifetime_end: Option<Instant>,
+    mem: MemStats,
     state: State,
 }
 
@@ -164,10 +175,23 @@ pub(crate) struct Supervisor {
     ever_ready: bool,
     /// No new worker starts before this (boot failure backoff).
     spawn_after: Instant,
+    /// Workers wanted now: `min_workers`, raised by the scaler under load.
+    desired: usize,
     /// The worker being replaced now; at most one at a time so capacity never collapses.
-    recycling: Option<(u64, Reason)>,
-    /// Workers still to be replaced by a rolling restart.
-    restart_queue: VecDeque<u64>,
+    recycling: Option<govern::Recycle>,
+    /// Workers waiting for their turn to be replaced, with why.
+    pending: VecDeque<(u64, Reason)>,
+    /// Facts about the machine and the budget derived from them and the settings.
+    facts: Facts,
+    budget: Budget,
+    molt_rss: u64,
+    next_sample: Instant,
+    sampling: bool,
+    guard: govern::KillLoopGuard,
+    next_metrics: Option<Instant>,
+    counters: report::Counters,
+    /// Randomness for jitter: recycles of different workers must not line up.
+    rng: u64,
     /// Ids of the workers last published to the dispatcher.
     published: Vec<u64>,
     procs: Box<dyn Processes>,
@@ -183,10 +207,11 @@ pub(crate) struct Links {
 
 impl Supervisor {
     pub(crate) fn new(
-        config: Arc<Config>,
+        config: &Arc<Config>,
         command: AppCommand,
         dispatcher: Arc<Dispatcher>,
         procs: Box<dyn Processes>,
+        facts: Facts,
     ) -> (Self, Links) {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -197,7 +222,7 @@ impl Supervisor {
             first_ready: first_ready_rx,
         };
         let supervisor = Supervisor {
-            config,
+            config: Arc::clone(config),
             command,
             dispatcher,
             events,
@@ -210,8 +235,18 @@ impl Supervisor {
             boot_failures: 0,
             ever_ready: false,
             spawn_after: Instant::now(),
+            desired: config.min_workers,
             recycling: None,
-            restart_queue: VecDeque::new(),
+            pending: VecDeque::new(),
+            budget: budget::derive(config, &facts),
+            molt_rss: facts.molt_rss,
+            facts,
+            next_sample: Instant::now(),
+            sampling: false,
+            guard: govern::KillLoopGuard::default(),
+            next_metrics: config.metrics_interval.map(|every| Instant::now() + every),
+            counters: report::Counters::default(),
+            rng: govern::seed(),
             published: Vec::new(),
             procs,
             interrupted: false,
@@ -226,6 +261,7 @@ impl Supervisor {
                 return outcome;
             }
             let deadline = self.next_deadline(Instant::now());
+            let dispatcher = Arc::clone(&self.dispatcher);
             let outcome = tokio::select! {
                 event = self.events.recv() => {
                     // The supervisor holds a sender itself, so the channel never closes.
@@ -233,6 +269,8 @@ impl Supervisor {
                     self.handle(event, Instant::now())
                 }
                 () = sleep_until(deadline) => self.on_deadlines(Instant::now()),
+                // A request queued or a worker reached its request limit: reconcile.
+                () = dispatcher.attention.notified() => None,
             };
             if let Some(outcome) = outcome {
                 return outcome;
@@ -254,14 +292,22 @@ impl Supervisor {
             Event::Shutdown { signal } => return self.on_shutdown(signal, now),
             Event::RollingRestart => {
                 if self.phase == Phase::Running {
-                    self.restart_queue = self
+                    let ready: Vec<u64> = self
                         .workers
                         .iter()
                         .filter(|w| w.is_ready())
                         .map(|w| w.id)
                         .collect();
-                    event!(Info, "restart", workers = self.restart_queue.len());
+                    event!(Info, "restart", workers = ready.len());
+                    for id in ready {
+                        self.request_recycle(id, Reason::Restart, now);
+                    }
                 }
+            }
+            Event::Stuck { id } => self.kill(id, "request_timeout"),
+            Event::Sampled { samples, molt_rss } => self.on_sampled(samples, molt_rss, now),
+            Event::Status(reply) => {
+                let _ = reply.send(self.status_report(now));
             }
             Event::Fatal(reason) => {
                 for w in &self.workers {
@@ -284,6 +330,7 @@ impl Supervisor {
             return;
         }
         w.state = State::Ready;
+        w.ready_since = Some(now);
         let boot_ms = now.duration_since(w.started).as_millis();
         event!(Info, "ready", worker = id, pid = w.pid, boot_ms = boot_ms);
         self.ever_ready = true;
@@ -303,7 +350,7 @@ impl Supervisor {
         // dead worker lingers holding memory.
         self.procs.signal_group(w.pid, Signal::SIGKILL);
         w.slot.clear_upstreams();
-        if self.recycling.is_some_and(|(id, _)| id == w.id) {
+        if self.recycling.as_ref().is_some_and(|r| r.id == w.id) {
             self.recycling = None;
         }
         let state = match w.state {
@@ -358,7 +405,7 @@ impl Supervisor {
             self.phase = Phase::Draining {
                 deadline: now + timeout,
             };
-            self.restart_queue.clear();
+            self.pending.clear();
             self.shutdown.send_replace(true);
         }
         None
@@ -414,6 +461,12 @@ impl Supervisor {
             event!(Warn, "drain_timeout", worker = id);
             self.stop(id, now);
         }
+        if now >= self.next_sample {
+            self.start_sample(now);
+        }
+        if self.next_metrics.is_some_and(|at| now >= at) {
+            self.emit_metrics(now);
+        }
         if let Phase::Draining { deadline } = self.phase {
             if now >= deadline {
                 let queued = self.dispatcher.queued();
@@ -460,6 +513,10 @@ impl Supervisor {
     /// and publishes the routable workers. Returns an outcome when molt is done.
     fn reconcile(&mut self, now: Instant) -> Option<Outcome> {
         if self.phase == Phase::Running {
+            self.scale(now);
+            for id in self.workers_at_request_limit() {
+                self.request_recycle(id, Reason::Requests, now);
+            }
             // Choosing the worker to recycle first lets its replacement start at once.
             self.advance_recycle(now);
             if let Some(outcome) = self.spawn_missing(now) {
@@ -475,12 +532,18 @@ impl Supervisor {
     }
 
     fn spawn_missing(&mut self, now: Instant) -> Option<Outcome> {
-        let target = self.config.min_workers;
-        let recycling = self.recycling.map(|(id, _)| id);
+        let target = self.desired;
+        // A worker being recycled is replaced before it drains when memory allows;
+        // otherwise it still counts until it leaves.
+        let replaced = self
+            .recycling
+            .as_ref()
+            .filter(|r| r.replace_first)
+            .map(|r| r.id);
         let live = self
             .workers
             .iter()
-            .filter(|w| w.is_live() && Some(w.id) != recycling)
+            .filter(|w| w.is_live() && Some(w.id) != replaced)
             .count();
         for _ in live..target {
             if now < self.spawn_after {
@@ -518,50 +581,24 @@ impl Supervisor {
         let events = self.events_tx.clone();
         let health_path = self.config.health_path.clone();
         let probe = self.procs.watch_ready(id, addr, health_path, events);
+        let request_limit = (self.config.max_requests > 0).then(|| {
+            govern::with_jitter(self.config.max_requests, self.config.jitter, &mut self.rng)
+        });
+        let lifetime_end = self.config.max_lifetime.map(|life| {
+            let ms = u64::try_from(life.as_millis()).unwrap_or(u64::MAX);
+            now + Duration::from_millis(govern::with_jitter(ms, self.config.jitter, &mut self.rng))
+        });
         self.workers.push(Worker {
             id,
             pid,
-            slot: Arc::new(Slot::new(id, addr)),
+            slot: Arc::new(Slot::new(id, addr, request_limit)),
             started: now,
+            ready_since: None,
+            lifetime_end,
+            mem: MemStats::default(),
             state: State::Booting { probe },
         });
         Ok(())
-    }
-
-    /// One recycle at a time: pick the next worker to replace, and once its replacement
-    /// is ready (so capacity does not drop), drain it.
-    fn advance_recycle(&mut self, now: Instant) {
-        if self.recycling.is_none() {
-            while let Some(id) = self.restart_queue.pop_front() {
-                if self.worker_mut(id).is_some_and(|w| w.is_ready()) {
-                    self.recycling = Some((id, Reason::Restart));
-                    break;
-                }
-            }
-        }
-        let Some((id, reason)) = self.recycling else {
-            return;
-        };
-        let replacements_ready = self
-            .workers
-            .iter()
-            .filter(|w| w.is_ready() && w.id != id)
-            .count();
-        let Some(w) = self.workers.iter_mut().find(|w| w.id == id) else {
-            return;
-        };
-        if w.is_ready() && replacements_ready >= self.config.min_workers {
-            let served = w.slot.served();
-            event!(
-                Info,
-                "recycle",
-                worker = id,
-                pid = w.pid,
-                reason = reason.as_str(),
-                requests = served
-            );
-            self.drain(id, now);
-        }
     }
 
     /// Takes a worker out of routing and stops it once its in-flight requests finish.
@@ -637,10 +674,16 @@ impl Supervisor {
         };
         // A backoff deadline matters only while it is ahead and a worker is missing;
         // a past one would wake the loop at once, forever.
-        let missing = self.workers.iter().filter(|w| w.is_live()).count() < self.config.min_workers;
+        let missing = self.workers.iter().filter(|w| w.is_live()).count() < self.desired;
         let spawn = (self.phase == Phase::Running && missing && self.spawn_after > now)
             .then_some(self.spawn_after);
-        workers.chain(phase).chain(spawn).min()
+        let sample = (self.phase != Phase::Stopping && !self.sampling).then_some(self.next_sample);
+        workers
+            .chain(phase)
+            .chain(spawn)
+            .chain(sample)
+            .chain(self.next_metrics)
+            .min()
     }
 
     fn in_flight(&self) -> usize {
@@ -703,6 +746,10 @@ mod tests {
             Some(self.next_port.fetch_add(1, Ordering::Relaxed))
         }
 
+        fn measure(&self, _workers: Vec<(u64, Pid)>, _events: mpsc::UnboundedSender<Event>) {
+            // Tests deliver samples themselves.
+        }
+
         fn watch_ready(
             &self,
             _id: u64,
@@ -733,10 +780,15 @@ mod tests {
             };
             let dispatcher = Dispatcher::new(1, 10, Duration::from_secs(1));
             let (sup, links) = Supervisor::new(
-                Arc::new(config),
+                &Arc::new(config),
                 AppCommand::Argv(vec!["app".into()]),
                 Arc::clone(&dispatcher),
                 Box::new(fake),
+                Facts {
+                    physical: Some(8 << 30),
+                    cpus: 4,
+                    ..Facts::default()
+                },
             );
             Harness {
                 sup,
@@ -869,6 +921,9 @@ mod tests {
     async fn boot_timeout_kills_the_group_and_counts_a_failure() {
         let mut h = Harness::new(config(1));
         h.sup.reconcile(h.t0);
+        // The first memory sample is due at once; once it is under way, the boot
+        // timeout is the next deadline.
+        h.tick(0);
         assert_eq!(h.sup.next_deadline(h.t0), Some(h.at(5000)));
         assert_eq!(h.tick(4999), None);
         assert!(h.signals().is_empty());

@@ -1,0 +1,153 @@
+//! One worker's memory over its life: now, peak, and growth after warm-up, for recycling
+//! decisions, `molt status` and the recycle log line (leak diagnostics).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Requests a worker serves before its memory counts as warmed up: caches fill, lazy
+/// code loads, and the first requests grow memory without a leak.
+const WARM_UP_REQUESTS: u64 = 20;
+
+/// Or this long after it became ready, whichever comes first.
+const WARM_UP_TIME: Duration = Duration::from_secs(60);
+
+/// Where a worker was once warm: growth is measured from here.
+#[derive(Debug, Clone, Copy)]
+struct Baseline {
+    bytes: u64,
+    requests: u64,
+    at: Instant,
+}
+
+/// Memory samples of one worker.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MemStats {
+    /// Last sample, bytes (PSS + swap over the worker's process tree).
+    pub(crate) now: Option<u64>,
+    pub(crate) peak: u64,
+    /// CPU time of the tree in clock ticks at the last sample.
+    pub(crate) cpu_ticks: u64,
+    /// The most it held before serving any request: its boot footprint.
+    pub(crate) footprint: Option<u64>,
+    baseline: Option<Baseline>,
+    /// Growth per request and per hour at the last sample.
+    pub(crate) growth: Option<Growth>,
+}
+
+/// How fast a worker grows after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Growth {
+    pub(crate) per_request: f64,
+    pub(crate) per_hour: f64,
+}
+
+impl MemStats {
+    /// Records a sample taken at `at` from a worker that has served `requests` and has
+    /// been ready since `ready_since` (None while it boots).
+    pub(crate) fn record(
+        &mut self,
+        bytes: u64,
+        cpu_ticks: u64,
+        requests: u64,
+        ready_since: Option<Instant>,
+        at: Instant,
+    ) {
+        self.now = Some(bytes);
+        self.peak = self.peak.max(bytes);
+        self.cpu_ticks = cpu_ticks;
+        if requests == 0 {
+            self.footprint = Some(self.footprint.map_or(bytes, |f| f.max(bytes)));
+        }
+        let Some(ready_since) = ready_since else {
+            return;
+        };
+        match self.baseline {
+            None if requests >= WARM_UP_REQUESTS || at >= ready_since + WARM_UP_TIME => {
+                self.baseline = Some(Baseline {
+                    bytes,
+                    requests,
+                    at,
+                });
+            }
+            None => {}
+            Some(base) => {
+                #[allow(clippy::cast_precision_loss, reason = "a rate for people to read")]
+                let grown = bytes as f64 - base.bytes as f64;
+                let hours = at.duration_since(base.at).as_secs_f64() / 3600.0;
+                let served = requests.saturating_sub(base.requests);
+                #[allow(clippy::cast_precision_loss, reason = "a rate for people to read")]
+                let per_request = if served == 0 {
+                    0.0
+                } else {
+                    grown / served as f64
+                };
+                let per_hour = if hours > 0.0 { grown / hours } else { 0.0 };
+                self.growth = Some(Growth {
+                    per_request,
+                    per_hour,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "exact for these small test values"
+)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1024 * 1024;
+
+    #[test]
+    fn growth_is_measured_after_warm_up_only() {
+        let t0 = Instant::now();
+        let mut stats = MemStats::default();
+        stats.record(30 * MB, 5, 0, None, t0);
+        assert_eq!(
+            stats.footprint,
+            Some(30 * MB),
+            "what it holds while booting"
+        );
+        stats.record(40 * MB, 10, 0, Some(t0), t0 + Duration::from_secs(1));
+        assert_eq!(stats.footprint, Some(40 * MB), "ready, not yet serving");
+        // Warm-up growth (40 -> 60 MB over the first 20 requests) is not a leak.
+        stats.record(60 * MB, 20, 20, Some(t0), t0 + Duration::from_secs(10));
+        assert_eq!(stats.growth, None);
+        assert_eq!(stats.footprint, Some(40 * MB), "serving does not count");
+        // From here: 100 requests add 10 MB in half an hour.
+        stats.record(
+            70 * MB,
+            30,
+            120,
+            Some(t0),
+            t0 + Duration::from_secs(10 + 1800),
+        );
+        let growth = stats.growth.expect("measured after warm-up");
+        assert!((growth.per_request - (10 * MB) as f64 / 100.0).abs() < 1.0);
+        assert!((growth.per_hour - (20 * MB) as f64).abs() < 1.0);
+        assert_eq!(stats.peak, 70 * MB);
+        assert_eq!(stats.cpu_ticks, 30);
+    }
+
+    #[test]
+    fn a_quiet_worker_warms_up_by_time() {
+        let t0 = Instant::now();
+        let mut stats = MemStats::default();
+        stats.record(40 * MB, 0, 0, Some(t0), t0);
+        stats.record(41 * MB, 0, 1, Some(t0), t0 + WARM_UP_TIME);
+        stats.record(
+            41 * MB,
+            0,
+            1,
+            Some(t0),
+            t0 + WARM_UP_TIME + Duration::from_secs(60),
+        );
+        let growth = stats.growth.expect("warm by time");
+        assert!(growth.per_request.abs() < f64::EPSILON);
+        assert!(growth.per_hour.abs() < f64::EPSILON);
+    }
+}

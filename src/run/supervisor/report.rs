@@ -1,0 +1,172 @@
+//! What the supervisor tells the outside: the `molt status` report and, every
+//! `MOLT_METRICS_INTERVAL`, one l2met line that Heroku log-drain tools (Librato and
+//! others) chart without setup.
+
+use std::fmt::Write as _;
+
+use tokio::time::Instant;
+
+use super::{Reason, State, Supervisor};
+use crate::observe::emit;
+
+/// Events counted between two metrics lines.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) kills: u64,
+    recycles: [u64; 6],
+}
+
+impl Counters {
+    pub(crate) fn count_recycle(&mut self, reason: Reason) {
+        self.recycles[reason_index(reason)] += 1;
+    }
+}
+
+const REASONS: [Reason; 6] = [
+    Reason::Restart,
+    Reason::Memory,
+    Reason::Pool,
+    Reason::Requests,
+    Reason::Lifetime,
+    Reason::Idle,
+];
+
+fn reason_index(reason: Reason) -> usize {
+    REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .expect("REASONS lists every reason")
+}
+
+/// The pool as `molt status` shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusReport {
+    pub(crate) pid: u32,
+    pub(crate) budget: u64,
+    pub(crate) budget_source: String,
+    pub(crate) usable: u64,
+    pub(crate) soft_cap: u64,
+    pub(crate) hard_cap: u64,
+    pub(crate) min_workers: usize,
+    pub(crate) max_workers: usize,
+    pub(crate) desired: usize,
+    pub(crate) queue: usize,
+    pub(crate) pool_memory: u64,
+    pub(crate) molt_rss: u64,
+    pub(crate) memory_guard_paused_s: Option<u64>,
+    pub(crate) workers: Vec<WorkerRow>,
+}
+
+/// One worker in [`StatusReport`].
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerRow {
+    pub(crate) id: u64,
+    pub(crate) pid: i32,
+    pub(crate) state: &'static str,
+    pub(crate) age_s: u64,
+    pub(crate) requests: u64,
+    pub(crate) in_flight: usize,
+    pub(crate) memory: Option<u64>,
+    pub(crate) peak: u64,
+    pub(crate) growth_per_request: Option<f64>,
+    pub(crate) growth_per_hour: Option<f64>,
+    /// CPU time of the worker's tree, seconds.
+    pub(crate) cpu_s: f64,
+}
+
+impl Supervisor {
+    pub(super) fn status_report(&self, now: Instant) -> StatusReport {
+        let ticks = crate::sys::memory::clock_ticks_per_second();
+        #[allow(clippy::cast_precision_loss, reason = "seconds for people to read")]
+        let workers = self
+            .workers
+            .iter()
+            .map(|w| WorkerRow {
+                id: w.id,
+                pid: w.pid.as_raw(),
+                state: match w.state {
+                    State::Booting { .. } => "booting",
+                    State::Ready if self.recycling.as_ref().is_some_and(|r| r.id == w.id) => {
+                        "recycling"
+                    }
+                    State::Ready => "ready",
+                    State::Draining { .. } => "draining",
+                    State::Stopping { .. } => "stopping",
+                },
+                age_s: now.duration_since(w.started).as_secs(),
+                requests: w.slot.served(),
+                in_flight: w.slot.in_flight(),
+                memory: w.mem.now,
+                peak: w.mem.peak,
+                growth_per_request: w.mem.growth.map(|g| g.per_request),
+                growth_per_hour: w.mem.growth.map(|g| g.per_hour),
+                cpu_s: w.mem.cpu_ticks as f64 / ticks as f64,
+            })
+            .collect();
+        StatusReport {
+            pid: std::process::id(),
+            budget: self.budget.total,
+            budget_source: self
+                .budget
+                .derivation
+                .iter()
+                .find(|(item, _)| *item == "budget")
+                .map(|(_, why)| why.clone())
+                .unwrap_or_default(),
+            usable: self.budget.usable,
+            soft_cap: self.budget.soft_cap,
+            hard_cap: self.budget.hard_cap,
+            min_workers: self.config.min_workers,
+            max_workers: self.budget.max_workers,
+            desired: self.desired,
+            queue: self.dispatcher.queued(),
+            pool_memory: self.pool_memory(),
+            molt_rss: self.molt_rss,
+            memory_guard_paused_s: self
+                .guard
+                .paused_until
+                .filter(|until| *until > now)
+                .map(|until| until.duration_since(now).as_secs()),
+            workers,
+        }
+    }
+
+    /// Writes one l2met line and resets the counters it reports.
+    pub(super) fn emit_metrics(&mut self, now: Instant) {
+        let Some(every) = self.config.metrics_interval else {
+            return;
+        };
+        self.next_metrics = Some(now + every);
+        let (requests, queue_p95) = self.dispatcher.take_stats();
+        let ready = self.workers.iter().filter(|w| w.is_ready()).count();
+        let mut line = format!(
+            "molt at=metrics sample#molt.workers={} sample#molt.workers.ready={ready} \
+             sample#molt.memory.pool={} sample#molt.memory.molt={} sample#molt.memory.usable={} \
+             sample#molt.memory.limit={} sample#molt.queue={} count#molt.requests={requests} \
+             measure#molt.queue_wait.p95={}ms count#molt.kills={}",
+            self.workers.len(),
+            mb(self.pool_memory()),
+            mb(self.molt_rss),
+            mb(self.budget.usable),
+            mb(self.budget.total),
+            self.dispatcher.queued(),
+            queue_p95.as_millis(),
+            self.counters.kills,
+        );
+        for reason in REASONS {
+            let count = self.counters.recycles[reason_index(reason)];
+            let _ = write!(line, " count#molt.recycles.{reason}={count}");
+        }
+        if let Some(largest) = self.workers.iter().filter_map(|w| w.mem.now).max() {
+            let _ = write!(line, " sample#molt.memory.worker.max={}", mb(largest));
+        }
+        emit(&line);
+        self.counters = Counters::default();
+    }
+}
+
+/// Megabytes with one decimal: one unit per metric, as l2met consumers expect.
+fn mb(bytes: u64) -> String {
+    let tenths = bytes * 10 / (1024 * 1024);
+    format!("{}.{}MB", tenths / 10, tenths % 10)
+}
