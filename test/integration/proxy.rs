@@ -269,7 +269,10 @@ fn hop_by_hop_headers_are_dropped_and_request_start_added() {
 
 #[test]
 fn full_queue_gives_503_with_retry_after() {
-    let molt = pool(1, |b| b.env("MOLT_MAX_QUEUE", "1"));
+    // One worker only: the scaler would otherwise start another for the queue.
+    let molt = pool(1, |b| {
+        b.env("MOLT_MAX_QUEUE", "1").env("MOLT_MAX_WORKERS", "1")
+    });
     let port = molt.port();
     let held = hold_worker(port, 2000);
     let waiting: Vec<_> = (0..2)
@@ -297,7 +300,10 @@ fn full_queue_gives_503_with_retry_after() {
 
 #[test]
 fn queue_wait_past_the_timeout_gives_503() {
-    let molt = pool(1, |b| b.env("MOLT_QUEUE_TIMEOUT", "300ms"));
+    let molt = pool(1, |b| {
+        b.env("MOLT_QUEUE_TIMEOUT", "300ms")
+            .env("MOLT_MAX_WORKERS", "1")
+    });
     let held = hold_worker(molt.port(), 3000);
     let response = get(molt.port(), "/").expect("answered");
     assert_eq!(response.status, 503);

@@ -437,18 +437,7 @@ impl Supervisor {
             }
         }
         for id in timed_out {
-            if let Some(w) = self.workers.iter_mut().find(|w| w.id == id) {
-                w.abort_task();
-                event!(
-                    Warn,
-                    "kill",
-                    worker = id,
-                    pid = w.pid,
-                    reason = "boot_timeout"
-                );
-                self.procs.signal_group(w.pid, Signal::SIGKILL);
-                w.state = State::Stopping { deadline: None };
-            }
+            self.kill(id, "boot_timeout");
             if self.phase == Phase::Running {
                 let reason = format!(
                     "the command did not accept connections on its PORT within {} (MOLT_BOOT_TIMEOUT); check that it listens on $PORT",
