@@ -192,7 +192,14 @@ impl Supervisor {
     /// a freshly booted worker (which sets the automatic maximum).
     fn refresh_budget(&mut self) {
         self.facts.molt_rss = self.molt_rss;
-        self.facts.worker_footprint = self.workers.iter().filter_map(|w| w.mem.footprint).max();
+        // Only workers that finished booting: early samples of a booting one show a shell
+        // or an interpreter half loaded.
+        self.facts.worker_footprint = self
+            .workers
+            .iter()
+            .filter(|w| w.ready_since.is_some())
+            .filter_map(|w| w.mem.footprint)
+            .max();
         let budget = budget::derive(&self.config, &self.facts);
         if budget.max_workers != self.budget.max_workers {
             event!(
