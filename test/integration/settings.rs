@@ -103,6 +103,39 @@ fn plan_shows_each_value_with_its_source() {
     assert_eq!(row("boot_timeout"), "1m30s molt.toml:1");
     assert_eq!(row("port"), "6000 env PORT");
     assert_eq!(row("max_queue"), "100 default");
+
+    // Then the derived numbers, each with how it was reached.
+    let dir = app_dir(None);
+    let out = molt(
+        &["plan"],
+        &[
+            ("MOLT_MEMORY_LIMIT", "1GB"),
+            ("MOLT_WORKER_MEMORY", "200MB"),
+        ],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let derived = |key: &str| {
+        text.lines()
+            .rev()
+            .find(|line| line.split_whitespace().next() == Some(key))
+            .map(|line| {
+                line.split_whitespace()
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(derived("budget"), "1GB MOLT_MEMORY_LIMIT", "{text}");
+    assert!(derived("usable").contains("85% of 1GB - molt"), "{text}");
+    assert_eq!(derived("soft_cap"), "200MB MOLT_WORKER_MEMORY", "{text}");
+    assert_eq!(derived("hard_cap"), "300MB soft_cap x 1.5", "{text}");
+    assert!(
+        derived("max_workers").contains("/ 200MB soft cap)"),
+        "{text}"
+    );
 }
 
 #[test]

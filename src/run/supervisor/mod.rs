@@ -529,10 +529,16 @@ impl Supervisor {
             .as_ref()
             .filter(|r| r.replace_first)
             .map(|r| r.id);
+        // Draining first, the worker keeps its place until it has exited.
+        let draining_first = self
+            .recycling
+            .as_ref()
+            .filter(|r| !r.replace_first)
+            .map(|r| r.id);
         let live = self
             .workers
             .iter()
-            .filter(|w| w.is_live() && Some(w.id) != replaced)
+            .filter(|w| (w.is_live() && Some(w.id) != replaced) || Some(w.id) == draining_first)
             .count();
         for _ in live..target {
             if now < self.spawn_after {
@@ -1049,5 +1055,117 @@ mod tests {
         assert_eq!(h.step(orphan, 10), None);
         assert_eq!(h.spawned().len(), 1);
         assert_eq!(h.sup.boot_failures, 0);
+    }
+
+    const MB: u64 = 1024 * 1024;
+
+    fn sampled(memory: &[(u64, u64)]) -> Event {
+        Event::Sampled {
+            samples: memory
+                .iter()
+                .map(|&(id, bytes)| {
+                    let tree = TreeMemory {
+                        bytes,
+                        processes: 1,
+                        cpu_ticks: 0,
+                        exact: true,
+                    };
+                    (id, Some(tree))
+                })
+                .collect(),
+            molt_rss: Some(5 * MB),
+        }
+    }
+
+    fn capped(workers: usize, limit: u64) -> Config {
+        use crate::config::MemoryAmount;
+        Config {
+            memory_limit: Some(limit),
+            worker_memory: Some(MemoryAmount::Bytes(100 * MB)),
+            worker_memory_hard: Some(MemoryAmount::Bytes(150 * MB)),
+            max_workers: Some(workers),
+            ..config(workers)
+        }
+    }
+
+    /// A harness with `workers` ready workers.
+    fn ready(config: Config, workers: u64) -> Harness {
+        let mut h = Harness::new(config);
+        h.sup.reconcile(h.t0);
+        for id in 1..=workers {
+            h.step(Event::Ready { id }, 0);
+        }
+        h
+    }
+
+    #[tokio::test]
+    async fn worker_over_its_hard_cap_is_killed_at_once() {
+        let mut h = ready(capped(2, 1024 * MB), 2);
+        h.step(sampled(&[(1, 200 * MB), (2, 40 * MB)]), 100);
+        assert_eq!(h.signals(), [(h.pid(1), Signal::SIGKILL)]);
+        assert_eq!(h.dispatcher.routable(), [2]);
+        h.exit(1, 110);
+        assert_eq!(h.spawned().len(), 3, "the killed worker is replaced");
+    }
+
+    #[tokio::test]
+    async fn worker_over_its_soft_cap_is_replaced_first_then_drained() {
+        let mut h = ready(capped(2, 1024 * MB), 2);
+        h.step(sampled(&[(1, 120 * MB), (2, 40 * MB)]), 100);
+        // Memory allows an extra worker: the replacement starts while 1 still serves.
+        assert_eq!(h.spawned().len(), 3);
+        assert_eq!(h.dispatcher.routable(), [1, 2]);
+        assert!(h.signals().is_empty(), "no signal before the drain");
+        h.step(Event::Ready { id: 3 }, 200);
+        assert_eq!(h.dispatcher.routable(), [2, 3]);
+        h.step(Event::Drained { id: 1 }, 210);
+        assert_eq!(h.signals(), [(h.pid(1), Signal::SIGTERM)]);
+    }
+
+    #[tokio::test]
+    async fn without_room_for_an_extra_worker_the_old_one_drains_first() {
+        // 300MB x 85% - 5MB = 250MB usable; 120 + 90 + a 90MB replacement do not fit.
+        let mut h = ready(capped(2, 300 * MB), 0);
+        let pid = h.pid(1);
+        // Booting samples (no request yet) set the boot footprint at 90MB.
+        h.step(sampled(&[(1, 90 * MB), (2, 90 * MB)]), 50);
+        h.step(Event::Ready { id: 1 }, 60);
+        h.step(Event::Ready { id: 2 }, 60);
+        h.step(sampled(&[(1, 120 * MB), (2, 90 * MB)]), 100);
+        assert_eq!(h.dispatcher.routable(), [2], "drains at once");
+        assert_eq!(h.spawned().len(), 2, "no replacement until it is gone");
+        h.step(Event::Drained { id: 1 }, 110);
+        assert_eq!(h.signals(), [(pid, Signal::SIGTERM)]);
+        h.exit(1, 120);
+        assert_eq!(h.spawned().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn cap_below_the_boot_footprint_pauses_memory_recycling() {
+        let mut config = capped(1, 1024 * MB);
+        config.worker_memory = Some(crate::config::MemoryAmount::Bytes(10 * MB));
+        let mut h = Harness::new(config);
+        h.sup.reconcile(h.t0);
+        let mut ms = 0;
+        for id in 1..=2 {
+            // Over the cap already while booting, before any request.
+            h.step(sampled(&[(id, 50 * MB)]), ms);
+            h.step(Event::Ready { id }, ms + 1);
+            h.step(sampled(&[(id, 50 * MB)]), ms + 2);
+            // Replacement first: the next worker boots, then this one drains and exits.
+            assert_eq!(h.spawned().len(), usize::try_from(id).expect("small") + 1);
+            h.step(Event::Ready { id: id + 1 }, ms + 3);
+            h.step(Event::Drained { id }, ms + 4);
+            h.exit(id, ms + 5);
+            ms += 10;
+        }
+        assert!(h.sup.guard.paused_until.is_none());
+        // The third worker over its cap at boot trips the guard instead of a recycle.
+        h.step(sampled(&[(3, 50 * MB)]), ms);
+        assert!(h.sup.guard.paused_until.is_some());
+        assert_eq!(h.spawned().len(), 3, "no replacement started");
+        assert_eq!(h.dispatcher.routable(), [3]);
+        h.step(sampled(&[(3, 60 * MB)]), ms + 100);
+        assert_eq!(h.spawned().len(), 3, "still paused");
     }
 }
