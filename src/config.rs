@@ -34,6 +34,16 @@ pub(crate) enum BindMode {
     Ready,
 }
 
+/// Whether a request body is read whole before a worker is leased (slow-client protection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BufferMode {
+    /// On when workers take one request at a time (Unicorn, gunicorn sync), where a slow
+    /// upload would hold a whole worker.
+    Auto,
+    On,
+    Off,
+}
+
 /// How much molt says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum LogLevel {
@@ -138,6 +148,10 @@ pub(crate) struct Config {
     pub bind: BindMode,
     /// Log verbosity.
     pub log_level: LogLevel,
+    /// Whether request bodies are read whole before a worker is leased.
+    pub buffer_requests: BufferMode,
+    /// Largest request body accepted, bytes; larger ones get 413.
+    pub max_body: u64,
 }
 
 /// Port when neither `--port` nor `$PORT` names one: Foreman's and `heroku local`'s default.
@@ -204,6 +218,10 @@ pub(crate) const DEFAULT_CONTROL_SOCKET_SHOWN: &str = "/tmp/molt-$PORT.sock";
 pub(crate) const DEFAULT_DISABLE: bool = false;
 /// Binding at once keeps slow-booting apps from failing Heroku's R10 boot timeout.
 pub(crate) const DEFAULT_BIND: BindMode = BindMode::Now;
+/// Buffer request bodies when workers take one request at a time.
+pub(crate) const DEFAULT_BUFFER_REQUESTS: BufferMode = BufferMode::Auto;
+/// 100 MB: large uploads pass (they spill to a temporary file), runaway ones do not.
+pub(crate) const DEFAULT_MAX_BODY: u64 = 100 * 1024 * 1024;
 /// Lifecycle events and problems, not every request.
 pub(crate) const DEFAULT_LOG_LEVEL: LogLevel = LogLevel::Info;
 
@@ -246,6 +264,8 @@ impl Default for Config {
             control_socket: default_control_socket(DEFAULT_PORT),
             disable: DEFAULT_DISABLE,
             bind: DEFAULT_BIND,
+            buffer_requests: DEFAULT_BUFFER_REQUESTS,
+            max_body: DEFAULT_MAX_BODY,
             log_level: DEFAULT_LOG_LEVEL,
         }
     }
@@ -715,6 +735,28 @@ pub(crate) static SETTINGS: &[Setting] = &[
         ]),
         default: "info",
         doc: "How much molt logs: debug, info or warn.",
+    },
+    Setting {
+        key: "buffer_requests",
+        env: "MOLT_BUFFER_REQUESTS",
+        flag: None,
+        kind: Kind::Choice(&[
+            ("auto", |c| c.buffer_requests = BufferMode::Auto),
+            ("on", |c| c.buffer_requests = BufferMode::On),
+            ("off", |c| c.buffer_requests = BufferMode::Off),
+        ]),
+        default: "auto",
+        doc: "Read request bodies whole before a worker is leased (auto: when worker concurrency is 1).",
+    },
+    Setting {
+        key: "max_body",
+        env: "MOLT_MAX_BODY",
+        flag: None,
+        kind: Kind::Size {
+            set: |c, n| c.max_body = n.unwrap_or(DEFAULT_MAX_BODY),
+        },
+        default: "100MB",
+        doc: "Largest request body accepted; larger ones get 413.",
     },
 ];
 
@@ -2334,28 +2376,13 @@ mod tests {
 
     /// The settings added after `test/fixtures/config/full.toml` was written, each away from
     /// its default, appended to it so that the file again holds every setting.
-    const NEWER_SETTINGS: &str = "\
-max_workers = 6
-idle_timeout = \"10m\"
-request_timeout = 28               # plain seconds
-memory_limit = \"1GB\"
-memory_target = 90                 # a percentage may be an integer
-worker_memory = \"40%\"
-worker_memory_hard = 471859200     # plain bytes: 450MB
-max_requests = 5000
-max_lifetime = \"12h\"
-jitter = \"20%\"
-sample_interval = \"500ms\"
-metrics_interval = \"off\"
-control_socket = \"/run/molt.sock\"
-";
 
     #[test]
     fn fixture_with_every_setting_loads() {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("test/fixtures/config/full.toml");
         let dir = TempDir::new();
         let text = std::fs::read_to_string(fixture).unwrap();
-        dir.write("full.toml", &format!("{text}{NEWER_SETTINGS}"));
+        dir.write("full.toml", &text);
         let loaded = load(&[], &env(&[("MOLT_CONFIG", "full.toml")]), &dir.0).unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         assert!(loaded
@@ -2392,6 +2419,8 @@ control_socket = \"/run/molt.sock\"
             disable: true,
             bind: BindMode::Ready,
             log_level: LogLevel::Debug,
+            buffer_requests: BufferMode::Off,
+            max_body: 10 << 20,
         };
         assert_eq!(loaded.config, expected);
     }

@@ -12,12 +12,19 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{oneshot, Notify};
 
+use crate::run::spool::Spooled;
+
+/// What a request sent to a worker carries: the client's body as it arrives, or the
+/// whole body read first (see [`crate::run::spool`]).
+pub(crate) type UpstreamBody = Either<Incoming, Spooled>;
+
 /// A keep-alive connection to a worker.
-pub(crate) type Upstream = SendRequest<Incoming>;
+pub(crate) type Upstream = SendRequest<UpstreamBody>;
 
 /// Most idle keep-alive connections kept per worker.
 const MAX_IDLE_UPSTREAMS: usize = 64;

@@ -8,6 +8,8 @@ mod memstats;
 mod proxy;
 /// Pure autoscaling decision: how many workers to add or retire.
 mod scaler;
+/// Request bodies read whole before a worker is leased: memory, then a temporary file.
+mod spool;
 /// The task that owns all worker state.
 mod supervisor;
 /// Starting, probing and signalling worker processes.
@@ -26,7 +28,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{BindMode, Config};
+use crate::config::{BindMode, BufferMode, Config};
 use crate::observe::event;
 use dispatch::Dispatcher;
 use supervisor::{Exit, Supervisor};
@@ -101,6 +103,12 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outco
         dispatcher,
         events: links.events.clone(),
         request_timeout: config.request_timeout,
+        buffer_requests: match config.buffer_requests {
+            BufferMode::On => true,
+            BufferMode::Off => false,
+            BufferMode::Auto => config.worker_concurrency == 1,
+        },
+        max_body: config.max_body,
     });
     tokio::spawn(serve_public(
         listener,

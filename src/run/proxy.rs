@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::{Request, Response, StatusCode, Version};
@@ -23,7 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::observe::event;
-use crate::run::dispatch::{Dispatcher, Lease, Overload, Slot, Upstream};
+use crate::run::dispatch::{Dispatcher, Lease, Overload, Slot, Upstream, UpstreamBody};
+use crate::run::spool::{SpoolError, Spooled};
 use crate::run::supervisor::Event;
 
 /// Request headers must arrive within this time, or the connection gets 408 and closes
@@ -43,6 +45,10 @@ pub(crate) struct Proxy {
     /// Tells the supervisor about a worker that outlived `MOLT_REQUEST_TIMEOUT`.
     pub(crate) events: mpsc::UnboundedSender<Event>,
     pub(crate) request_timeout: Option<Duration>,
+    /// Read request bodies whole before leasing a worker (`MOLT_BUFFER_REQUESTS`).
+    pub(crate) buffer_requests: bool,
+    /// `MOLT_MAX_BODY`: larger request bodies get 413.
+    pub(crate) max_body: u64,
 }
 
 /// Accepts connections until shutdown, then waits for the open ones to finish and tells
@@ -117,6 +123,32 @@ async fn handle(
     let upgrade = wants_upgrade(req.headers());
     prepare_request(&mut req, upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    if content_length(req.headers()).is_some_and(|len| len > proxy.max_body) {
+        return Ok(error_response(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    let req = if proxy.buffer_requests && !req.body().is_end_stream() {
+        let (head, body) = req.into_parts();
+        match Spooled::read(body, proxy.max_body).await {
+            Ok(body) => Request::from_parts(head, Either::Right(body)),
+            Err(SpoolError::TooLarge) => return Ok(error_response(StatusCode::PAYLOAD_TOO_LARGE)),
+            // The client is gone or sent a broken body: nothing to forward.
+            Err(SpoolError::Client(err)) => {
+                event!(Debug, "client_error", error = err);
+                return Ok(error_response(StatusCode::BAD_REQUEST));
+            }
+            Err(SpoolError::CannotSpool { path, source }) => {
+                event!(Warn, "spool_error", path = path.display(), error = source);
+                let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE);
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+                return Ok(response);
+            }
+        }
+    } else {
+        req.map(Either::Left)
+    };
 
     let (lease, conn, mut response) = match exchange(&proxy, req).await {
         Ok(exchanged) => exchanged,
@@ -142,7 +174,7 @@ async fn handle(
 /// must not be handed to the next one.
 async fn exchange(
     proxy: &Proxy,
-    req: Request<Incoming>,
+    req: Request<UpstreamBody>,
 ) -> Result<(Lease, Upstream, Response<Incoming>), Response<ProxyBody>> {
     let mut req = req;
     let mut refused_by = None;
@@ -345,6 +377,14 @@ fn error_response(status: StatusCode) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The request's declared body length, when it declares one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Whether the client asks to switch protocols (WebSocket).

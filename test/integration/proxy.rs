@@ -374,3 +374,84 @@ fn refused_connection_is_retried_on_another_worker() {
     }
     assert!(molt.wait_for_log("at=connect_error worker=1", Duration::from_secs(5)));
 }
+
+#[test]
+fn slow_upload_does_not_hold_the_only_worker() {
+    // One worker of concurrency 1: request buffering is on by default.
+    let molt = pool(1, |b| b.env("MOLT_MAX_WORKERS", "1"));
+    let mut upload = Conn::open(molt.port()).expect("connect");
+    let body = noise(100_000);
+    upload
+        .stream()
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .expect("send head");
+    upload
+        .stream()
+        .write_all(&body[..1000])
+        .expect("send a little");
+    // The upload trickles; the worker stays free for others.
+    for _ in 0..3 {
+        assert_eq!(get(molt.port(), "/pid").expect("served").status, 200);
+    }
+    upload
+        .stream()
+        .write_all(&body[1000..])
+        .expect("send the rest");
+    let echoed = upload.read_response("POST").expect("echo");
+    assert_eq!(echoed.status, 200);
+    assert!(echoed.body == body, "the buffered body changed");
+}
+
+/// Sends `head` then `body` from another thread, ignoring write errors (molt may answer
+/// and close before the body is all sent), and reads the response.
+fn send_while_reading(port: u16, head: String, body: Vec<u8>) -> crate::support::Response {
+    let mut conn = Conn::open(port).expect("connect");
+    let mut writer = conn.stream().try_clone().expect("clone the socket");
+    let sender = thread::spawn(move || {
+        let _ = writer.write_all(head.as_bytes());
+        let _ = writer.write_all(&body);
+    });
+    let response = conn.read_response("POST").expect("a response");
+    let _ = sender.join();
+    response
+}
+
+#[test]
+fn bodies_over_max_body_get_413() {
+    let molt = pool(1, |b| b.env("MOLT_MAX_BODY", "1MB"));
+    let big = noise(2 * 1024 * 1024);
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    let declared = send_while_reading(molt.port(), head, big.clone());
+    assert_eq!(declared.status, 413);
+    assert_eq!(declared.text(), "Payload Too Large\n");
+    // Without a Content-Length the limit holds as the body arrives.
+    let mut chunked = Vec::new();
+    for piece in big.chunks(64 * 1024) {
+        chunked.extend(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend(piece);
+        chunked.extend(b"\r\n");
+    }
+    chunked.extend(b"0\r\n\r\n");
+    let head = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned();
+    let streamed = send_while_reading(molt.port(), head, chunked);
+    assert_eq!(streamed.status, 413);
+    let fits = request(molt.port(), "POST", "/echo", &[], &big[..1024 * 1024]).expect("answered");
+    assert_eq!(fits.status, 200);
+    assert!(fits.body == big[..1024 * 1024]);
+}
+
+#[test]
+fn spool_directory_unusable_gives_503_not_a_crash() {
+    let molt = pool(1, |b| b.env("TMPDIR", "/nonexistent/molt-spool"));
+    // Past the in-memory part, the body would go to a temporary file.
+    let response =
+        request(molt.port(), "POST", "/echo", &[], &noise(1024 * 1024)).expect("answered");
+    assert_eq!(response.status, 503);
+    assert!(molt.wait_for_log("at=spool_error", Duration::from_secs(5)));
+    assert_eq!(get(molt.port(), "/").expect("served").status, 200);
+    let small = request(molt.port(), "POST", "/echo", &[], b"fits in memory").expect("answered");
+    assert_eq!(small.text(), "fits in memory");
+}
