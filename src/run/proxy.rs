@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::Either;
+use http_body_util::{BodyExt as _, Either};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::{Request, Response, StatusCode, Version};
@@ -21,7 +21,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::observe::event;
 use crate::run::dispatch::{Dispatcher, Lease, Overload, Slot, Upstream, UpstreamBody};
@@ -162,7 +162,7 @@ async fn handle(
         }
     }
     strip_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(|body| ProxyBody::upstream(body, conn, lease)))
+    Ok(response.map(|body| ProxyBody::relayed(body, conn, lease)))
 }
 
 /// Sends the request to a worker and returns the response head with what it holds.
@@ -449,18 +449,26 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// A response body: molt's own, or a worker's streamed through with its lease.
+/// Bytes of a response molt reads from a worker ahead of the client. A response that
+/// fits is read whole as fast as the worker writes it, and the worker is free for the
+/// next request while a slow client is still reading; larger ones hold the worker only
+/// for their last part.
+const RESPONSE_BUFFER: usize = 1024 * 1024;
+
+/// A response body: molt's own, or a worker's, relayed from [`relay`].
 pub(crate) struct ProxyBody {
     kind: Kind,
 }
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream {
-        body: Incoming,
+    Relayed {
+        frames: mpsc::UnboundedReceiver<Result<Frame<Bytes>, hyper::Error>>,
+        /// Bytes [`relay`] may read ahead; given back as the client takes them.
+        budget: Arc<Semaphore>,
+        /// What is left of a body of known length.
+        remaining: Option<u64>,
         done: bool,
-        conn: Option<Upstream>,
-        lease: Option<Lease>,
     },
 }
 
@@ -477,32 +485,64 @@ impl ProxyBody {
         }
     }
 
-    fn upstream(body: Incoming, conn: Upstream, lease: Lease) -> Self {
+    /// Starts relaying a worker's response body; the lease and the connection go back as
+    /// soon as the worker has written all of it.
+    fn relayed(body: Incoming, conn: Upstream, lease: Lease) -> Self {
+        let (tx, frames) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(RESPONSE_BUFFER));
+        let remaining = body.size_hint().exact();
+        tokio::spawn(relay(body, conn, lease, tx, Arc::clone(&budget)));
         ProxyBody {
-            kind: Kind::Upstream {
-                body,
+            kind: Kind::Relayed {
+                frames,
+                budget,
+                remaining,
                 done: false,
-                conn: Some(conn),
-                lease: Some(lease),
             },
         }
     }
 }
 
-impl Kind {
-    /// The worker finished this response: its connection can be reused and the worker
-    /// can take another request. The connection goes back first, so that the request
-    /// the lease is handed to finds it.
-    fn finish(&mut self) {
-        if let Kind::Upstream {
-            done, conn, lease, ..
-        } = self
-        {
-            *done = true;
-            if let (Some(conn), Some(lease)) = (conn.take(), lease.as_ref()) {
+/// Reads a worker's response body as fast as the worker writes it, up to
+/// [`RESPONSE_BUFFER`] bytes ahead of the client. Streams (server-sent events, chunked
+/// responses) still go out frame by frame as they come.
+async fn relay(
+    mut body: Incoming,
+    conn: Upstream,
+    lease: Lease,
+    frames: mpsc::UnboundedSender<Result<Frame<Bytes>, hyper::Error>>,
+    budget: Arc<Semaphore>,
+) {
+    loop {
+        match body.frame().await {
+            None => {
+                // The connection goes back before the lease, so that the request the
+                // worker is handed next finds it.
                 lease.slot().put_upstream(conn);
+                drop(lease);
+                return;
             }
-            *lease = None;
+            Some(Err(err)) => {
+                // The worker broke off mid-response: the connection is not reusable.
+                drop(conn);
+                drop(lease);
+                let _ = frames.send(Err(err));
+                return;
+            }
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, Bytes::len).min(RESPONSE_BUFFER);
+                let permits = u32::try_from(len).expect("RESPONSE_BUFFER fits in u32");
+                if permits > 0 {
+                    // Closed when the client is gone.
+                    let Ok(taken) = budget.acquire_many(permits).await else {
+                        return;
+                    };
+                    taken.forget();
+                }
+                if frames.send(Ok(frame)).is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -515,23 +555,30 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let kind = &mut self.kind;
-        match kind {
+        match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream {
-                body, conn, lease, ..
-            } => match Pin::new(body).poll_frame(cx) {
+            Kind::Relayed {
+                frames,
+                budget,
+                remaining,
+                done,
+            } => match frames.poll_recv(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(Some(Err(err))) => {
-                    // The worker broke off mid-response: never reuse that connection.
-                    *conn = None;
-                    *lease = None;
-                    Poll::Ready(Some(Err(err)))
-                }
                 Poll::Ready(None) => {
-                    kind.finish();
+                    *done = true;
                     Poll::Ready(None)
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, Bytes::len);
+                    budget.add_permits(len.min(RESPONSE_BUFFER));
+                    if let Some(left) = remaining {
+                        *left = left.saturating_sub(len as u64);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    *done = true;
+                    Poll::Ready(Some(Err(err)))
                 }
             },
         }
@@ -540,7 +587,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream { body, done, .. } => *done || body.is_end_stream(),
+            Kind::Relayed { done, .. } => *done,
         }
     }
 
@@ -548,19 +595,19 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Relayed { remaining, .. } => {
+                remaining.map_or_else(SizeHint::default, SizeHint::with_exact)
+            }
         }
     }
 }
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        // Bodies the server never polls (HEAD, 204, 304) end here; a body dropped part
-        // way (the client went away) drops its connection, as it is mid-message.
-        if let Kind::Upstream { body, done, .. } = &self.kind {
-            if !*done && body.is_end_stream() {
-                self.kind.finish();
-            }
+        // The client is gone (or never wanted the body, as for HEAD): a relay waiting for
+        // buffer room stops, dropping the worker's connection if it was mid-message.
+        if let Kind::Relayed { budget, .. } = &self.kind {
+            budget.close();
         }
     }
 }
