@@ -233,7 +233,10 @@ fn listen_dual_stack(port: u16) -> Result<std::net::TcpListener, Errno> {
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     let addr = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
     socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
-    socket::listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?;
+    // nix refuses a backlog above the C library's SOMAXCONN, which is 128 on musl (the
+    // static release build) and 4096 on glibc; the kernel caps it at its own somaxconn.
+    let backlog = Backlog::new(LISTEN_BACKLOG).unwrap_or(Backlog::MAXCONN);
+    socket::listen(&fd, backlog)?;
     Ok(std::net::TcpListener::from(fd))
 }
 
