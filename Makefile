@@ -1,7 +1,7 @@
 # The two set-up commands in README.md are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: build test lint demo
+.PHONY: build test lint demo package
 
 build:
 	$(CARGO) build --release --locked
@@ -16,3 +16,40 @@ lint:
 
 demo: build
 	bash test/demo/run.sh target/release/molt
+
+# The buildpack as it is released, under dist/, for each target in PACKAGE_TARGETS:
+#   molt-VERSION-TARGET.tar.gz            the release archive (`molt` at its top level) that
+#                                         bin/compile downloads when a buildpack has no bin/molt
+#   molt-buildpack-VERSION-TARGET/        the buildpack with bin/molt inside: run
+#                                         `pack buildpack package` there (package.toml)
+#   molt-buildpack-VERSION-TARGET.tgz     the same as a tarball, for `heroku buildpacks:add URL`
+# and checksums.txt (sha256 of the release archives) is rewritten, here and in each
+# buildpack. The binaries are static musl executables, so one file runs on every stack.
+# aarch64 links with rust-lld, which works because every dependency is pure Rust (no C).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+PACKAGE_TARGETS ?= x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER = rust-lld
+
+package:
+	rm -rf dist && mkdir -p dist
+	set -e; for target in $(PACKAGE_TARGETS); do \
+	  rustup target add $$target; \
+	  $(CARGO) build --release --locked --target $$target; \
+	  bin=target/$$target/release/molt; \
+	  file $$bin; ldd $$bin || true; \
+	  tmp=$$(mktemp -d); cp $$bin $$tmp/molt; \
+	  tar -czf dist/molt-$(VERSION)-$$target.tar.gz -C $$tmp molt; rm -rf $$tmp; \
+	done
+	# The binary for this machine must serve: `molt run` in front of python3's http.server.
+	PORT=$$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') \
+	  sh test/package-smoke.sh target/$$(uname -m)-unknown-linux-musl/release/molt
+	{ sed -n '/^#/p' checksums.txt; cd dist && sha256sum molt-$(VERSION)-*.tar.gz; } > dist/checksums.txt
+	cp dist/checksums.txt checksums.txt
+	set -e; for target in $(PACKAGE_TARGETS); do \
+	  dir=dist/molt-buildpack-$(VERSION)-$$target; \
+	  mkdir -p $$dir; \
+	  cp -R bin buildpack.toml package.toml checksums.txt README.md $$dir/; \
+	  cp target/$$target/release/molt $$dir/bin/molt; \
+	  tar -czf $$dir.tgz -C $$dir .; \
+	done
+	cd dist && sha256sum *.tgz *.tar.gz

@@ -2970,3 +2970,321 @@ mod readme {
         );
     }
 }
+
+/// Property tests of the parsers of user input: sizes, durations, every setting's text
+/// form, and `molt.toml` read through [`load`]. Arbitrary input never panics, every error
+/// is one line, and valid generated input reads back as the value it was made from.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod properties {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Case counts: the pure parsers take ~1000 cases in well under a second; the ones
+    /// that write a `molt.toml` per case take fewer.
+    const PURE_CASES: u32 = 1000;
+    const FILE_CASES: u32 = 256;
+
+    /// A fresh directory per case, removed on drop.
+    struct AppDir(PathBuf);
+
+    impl AppDir {
+        fn with_toml(text: &str) -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "molt-config-prop-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join(DEFAULT_FILE), text).unwrap();
+            AppDir(path)
+        }
+    }
+
+    impl Drop for AppDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Text that looks like a size or a duration: digits, dots, signs, spaces and unit
+    /// letters in any order, which reaches the parsers' deeper branches more often than
+    /// arbitrary text does.
+    fn number_like() -> impl Strategy<Value = String> {
+        "[-+0-9. ]{0,24}[a-zA-Z ]{0,6}[0-9]{0,3}"
+    }
+
+    /// A size unit as a user might write it, in any case.
+    fn unit() -> impl Strategy<Value = (&'static str, u64, bool)> {
+        (prop::sample::select(SIZE_UNITS), any::<bool>())
+            .prop_map(|((name, multiplier), upper)| (name, multiplier, upper))
+    }
+
+    /// A TOML value as text, of every type TOML has and of the forms settings take.
+    fn toml_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|i| i.to_string()),
+            any::<f64>().prop_map(|f| toml_edit::Value::from(f).to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<String>().prop_map(|s| toml_edit::Value::from(s).to_string()),
+            number_like().prop_map(|s| toml_edit::Value::from(s).to_string()),
+            Just("[1, 2]".to_owned()),
+            Just("{ a = 1 }".to_owned()),
+            Just("1979-05-27T07:32:00Z".to_owned()),
+            Just("\"auto\"".to_owned()),
+            Just("\"off\"".to_owned()),
+        ]
+    }
+
+    /// A `molt.toml` of `key = value` lines: keys of real settings, near misses and
+    /// nonsense; values of any TOML type.
+    fn molt_toml() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            prop::sample::select(SETTINGS).prop_map(|s| s.toml_key().to_owned()),
+            "[a-z_]{1,20}",
+            Just("[table]".to_owned()),
+        ];
+        prop::collection::vec((key, toml_value()), 0..8).prop_map(|lines| {
+            lines
+                .iter()
+                .map(|(key, value)| {
+                    if key.starts_with('[') {
+                        format!("{key}\n")
+                    } else {
+                        format!("{key} = {value}\n")
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn assert_one_line(message: &str) {
+        assert!(
+            !message.is_empty() && !message.contains('\n'),
+            "{message:?}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(PURE_CASES))]
+
+        #[test]
+        fn parse_size_never_panics(text in any::<String>()) {
+            if let Err(message) = parse_size(&text) {
+                assert_one_line(&message);
+            }
+        }
+
+        #[test]
+        fn parse_size_never_panics_on_number_like_text(text in number_like()) {
+            if let Err(message) = parse_size(&text) {
+                assert_one_line(&message);
+            }
+        }
+
+        #[test]
+        fn plain_bytes_read_back(bytes in any::<u64>()) {
+            prop_assert_eq!(parse_size(&bytes.to_string()), Ok(bytes));
+        }
+
+        #[test]
+        fn whole_sizes_in_any_unit_read_back(
+            n in 0u64..(1 << 23),
+            (name, multiplier, upper) in unit(),
+            space in any::<bool>(),
+        ) {
+            let name = if upper { name.to_ascii_uppercase() } else { name.to_owned() };
+            let space = if space && !name.is_empty() { " " } else { "" };
+            prop_assert_eq!(parse_size(&format!("{n}{space}{name}")), Ok(n * multiplier));
+        }
+
+        #[test]
+        fn fractional_sizes_round_down_to_a_byte(
+            whole in 0u64..1024,
+            thousandths in 0u64..1000,
+            (name, multiplier, _) in unit().prop_filter("a fraction of a byte is an error", |u| u.1 > 1),
+        ) {
+            let expected = whole * multiplier + thousandths * multiplier / 1000;
+            prop_assert_eq!(parse_size(&format!("{whole}.{thousandths:03}{name}")), Ok(expected));
+        }
+
+        #[test]
+        fn sizes_beyond_u64_are_errors(n in (u128::from(u64::MAX) + 1)..u128::MAX) {
+            let in_kib = format!("{}KB", n >> 10);
+            prop_assert!(parse_size(&n.to_string()).is_err());
+            prop_assert!(parse_size(&in_kib).is_err());
+        }
+
+        #[test]
+        fn negative_sizes_are_errors(n in 1u64.., (name, _, _) in unit()) {
+            let text = format!("-{n}{name}");
+            prop_assert!(parse_size(&text).is_err());
+        }
+
+        #[test]
+        fn format_size_reads_back_within_its_rounding(bytes in any::<u64>()) {
+            let shown = format_size(bytes);
+            let back = parse_size(&shown).unwrap();
+            // Two decimals of the unit shown: off by at most half a hundredth of it.
+            let unit = [1u64 << 40, 1 << 30, 1 << 20, 1 << 10]
+                .into_iter()
+                .find(|&unit| bytes >= unit)
+                .unwrap_or(1);
+            let tolerance = if unit == 1 { 0 } else { unit / 200 + 1 };
+            prop_assert!(back.abs_diff(bytes) <= tolerance, "{bytes} -> {shown} -> {back}");
+        }
+
+        #[test]
+        fn parse_duration_never_panics(text in any::<String>()) {
+            if let Err(message) = parse_duration(&text) {
+                assert_one_line(&message);
+            }
+        }
+
+        #[test]
+        fn parse_duration_never_panics_on_number_like_text(text in number_like()) {
+            if let Err(message) = parse_duration(&text) {
+                assert_one_line(&message);
+            }
+        }
+
+        #[test]
+        fn plain_seconds_read_back(seconds in 0u64..(1 << 40)) {
+            prop_assert_eq!(parse_duration(&seconds.to_string()), Ok(Duration::from_secs(seconds)));
+        }
+
+        #[test]
+        fn durations_with_a_unit_read_back(n in 0u64..(1 << 30), unit in 0usize..4) {
+            let (suffix, expected) = [
+                ("ms", Duration::from_millis(n)),
+                ("s", Duration::from_secs(n)),
+                ("m", Duration::from_secs(n * 60)),
+                ("h", Duration::from_secs(n * 3600)),
+            ][unit];
+            prop_assert_eq!(parse_duration(&format!("{n}{suffix}")), Ok(expected));
+        }
+
+        #[test]
+        fn format_duration_reads_back(millis in 0u64..(1 << 42)) {
+            let duration = Duration::from_millis(millis);
+            prop_assert_eq!(parse_duration(&format_duration(duration)), Ok(duration));
+        }
+
+        #[test]
+        fn negative_durations_are_errors(n in 1u64..(1 << 40), unit in prop::sample::select(&["", "s", "ms", "m"])) {
+            let text = format!("-{n}{unit}");
+            prop_assert!(parse_duration(&text).is_err());
+        }
+
+        /// Every setting's text form, as a flag or variable gives it: no panic, and an
+        /// error is the accepted form in one line.
+        #[test]
+        fn every_setting_takes_any_text_without_panicking(
+            setting in prop::sample::select(SETTINGS),
+            text in prop_oneof![any::<String>(), number_like()],
+        ) {
+            let mut config = Config::default();
+            match setting.kind.apply(Raw::Text(&text), &mut config) {
+                Ok(shown) => prop_assert!(!shown.contains('\n'), "{shown:?}"),
+                Err(expected) => assert_one_line(&expected),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(FILE_CASES))]
+
+        /// Any text as `molt.toml`: loading never panics, and an error is one line that
+        /// names the file.
+        #[test]
+        fn any_text_as_molt_toml_loads_or_fails_in_one_line(text in any::<String>()) {
+            let dir = AppDir::with_toml(&text);
+            if let Err(err) = load(&[], &[], &dir.0) {
+                let message = err.to_string();
+                assert_one_line(&message);
+                prop_assert!(message.contains(DEFAULT_FILE), "{message}");
+            }
+        }
+
+        /// TOML of settings with values of every type: never a panic; an error names the
+        /// file (or, for two settings that contradict each other, both settings).
+        #[test]
+        fn generated_molt_toml_loads_or_fails_in_one_line(text in molt_toml()) {
+            let dir = AppDir::with_toml(&text);
+            match load(&[], &[], &dir.0) {
+                Ok(loaded) => {
+                    for effective in &loaded.sources {
+                        prop_assert!(!effective.value.contains('\n'), "{effective:?}");
+                    }
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    assert_one_line(&message);
+                    prop_assert!(message.contains(DEFAULT_FILE), "{message}");
+                }
+            }
+        }
+
+        /// Valid values written to `molt.toml` come back as the values they were made from,
+        /// each with the line it was on as its source.
+        #[test]
+        fn valid_molt_toml_reads_back(
+            min_workers in 1u32..=64,
+            extra_workers in 0u32..=64,
+            queue_timeout_ms in 1u64..(1 << 30),
+            idle_timeout_s in 1u64..(1 << 20),
+            memory_limit_mb in 1u64..(1 << 20),
+            max_requests in 0u32..u32::MAX,
+            as_strings in any::<bool>(),
+        ) {
+            let max_workers = min_workers + extra_workers;
+            let quote = |text: String| if as_strings { format!("\"{text}\"") } else { text };
+            let text = format!(
+                "min_workers = {}\nmax_workers = {}\nqueue_timeout = \"{queue_timeout_ms}ms\"\n\
+                 idle_timeout = {}\nmemory_limit = \"{memory_limit_mb}MB\"\nmax_requests = {}\n",
+                quote(min_workers.to_string()),
+                quote(max_workers.to_string()),
+                quote(idle_timeout_s.to_string()),
+                quote(max_requests.to_string()),
+            );
+            let dir = AppDir::with_toml(&text);
+            let loaded = load(&[], &[], &dir.0).unwrap();
+            let config = &loaded.config;
+            prop_assert_eq!(config.min_workers, min_workers as usize);
+            prop_assert_eq!(config.max_workers, Some(max_workers as usize));
+            prop_assert_eq!(config.queue_timeout, Duration::from_millis(queue_timeout_ms));
+            prop_assert_eq!(config.idle_timeout, Duration::from_secs(idle_timeout_s));
+            prop_assert_eq!(config.memory_limit, Some(memory_limit_mb << 20));
+            prop_assert_eq!(config.max_requests, u64::from(max_requests));
+            for (line, key) in ["min_workers", "max_workers", "queue_timeout", "idle_timeout", "memory_limit", "max_requests"]
+                .into_iter()
+                .enumerate()
+            {
+                let source = &loaded.sources.iter().find(|e| e.key == key).unwrap().source;
+                prop_assert_eq!(
+                    source,
+                    &Source::File { path: PathBuf::from(DEFAULT_FILE), line: line + 1 }
+                );
+            }
+        }
+
+        /// Any `MOLT_*` value: loading never panics, and an error names the variable.
+        #[test]
+        fn any_environment_value_loads_or_fails_naming_the_variable(
+            setting in prop::sample::select(SETTINGS),
+            value in prop_oneof![any::<String>(), number_like()],
+        ) {
+            let dir = AppDir::with_toml("");
+            let env = vec![(setting.env.to_owned(), value)];
+            if let Err(err) = load(&[], &env, &dir.0) {
+                let message = err.to_string();
+                assert_one_line(&message);
+                prop_assert!(message.contains(setting.env), "{message}");
+            }
+        }
+    }
+}

@@ -3,6 +3,8 @@
 
 /// The memory budget, worker caps and max workers, derived from settings and facts.
 mod budget;
+/// The buildpack: classic Heroku and Cloud Native phases.
+mod buildpack;
 /// Settings: flags, environment, `molt.toml`, defaults; validation.
 mod config;
 /// Event lines on stdout.
@@ -12,9 +14,16 @@ mod run;
 /// Linux facts: memory of process trees, cgroup limits; pure parsers over text.
 mod sys;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+/// With `--features mimalloc`, mimalloc replaces the C library's allocator: musl's
+/// allocator, in the static release build, is slow under many threads (test/bench/alloc.py).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit status for an invalid configuration or command line (clap uses it too).
 const EXIT_CONFIG: u8 = 2;
@@ -44,6 +53,36 @@ enum Command {
     Status(StatusArgs),
     /// Replace every worker of the running molt, one at a time (as SIGHUP does).
     Restart(SettingFlags),
+    /// The buildpack's phases, run by the scripts in the buildpack's bin/ with the
+    /// platform's arguments.
+    #[command(subcommand)]
+    Buildpack(BuildpackPhase),
+}
+
+// The doc comments below are the phases' help text, where backticks would show.
+#[allow(clippy::doc_markdown)]
+#[derive(Subcommand)]
+enum BuildpackPhase {
+    /// Heroku: detect BUILD_DIR. Cloud Native (CNB_BUILDPACK_DIR set): detect PLATFORM
+    /// PLAN, in the app directory. Passes when the Procfile has a web process.
+    Detect {
+        #[arg(required = true, num_args = 1..=2, value_name = "ARG")]
+        args: Vec<PathBuf>,
+    },
+    /// Heroku: install molt into BUILD_DIR and run the Procfile's web process under it.
+    Compile {
+        build_dir: PathBuf,
+        cache_dir: PathBuf,
+        env_dir: Option<PathBuf>,
+    },
+    /// Heroku: print the release YAML.
+    Release { build_dir: PathBuf },
+    /// Cloud Native, in the app directory: write the molt launch layer and the web process.
+    Build {
+        layers_dir: PathBuf,
+        platform_dir: PathBuf,
+        plan_path: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -119,6 +158,18 @@ fn main() -> ExitCode {
             if args.json { "status json" } else { "status" },
         ),
         Command::Restart(flags) => control(&flags, "restart"),
+        Command::Buildpack(phase) => match phase {
+            BuildpackPhase::Detect { args } => buildpack::detect(&args),
+            BuildpackPhase::Compile {
+                build_dir, env_dir, ..
+            } => buildpack::compile(&build_dir, env_dir.as_deref()),
+            BuildpackPhase::Release { .. } => buildpack::release(),
+            BuildpackPhase::Build {
+                layers_dir,
+                platform_dir,
+                ..
+            } => buildpack::build(&layers_dir, &platform_dir),
+        },
     }
 }
 

@@ -32,6 +32,9 @@ use crate::run::supervisor::Event;
 /// (slowloris protection).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A request head larger than this gets 431, as nginx's and most servers' limits do.
+const MAX_HEADER_SIZE: usize = 64 * 1024;
+
 /// Pause after an accept error such as EMFILE, so that running out of descriptors does
 /// not become a busy loop; service resumes once connections close.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -104,6 +107,10 @@ async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        .max_header_size(MAX_HEADER_SIZE)
+        // A client that shuts down its sending side after a whole request still reads
+        // the response.
+        .half_close(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -120,6 +127,9 @@ async fn handle(
     mut req: Request<Incoming>,
     proxy: Arc<Proxy>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if let Some(status) = refusal(&req) {
+        return Ok(error_response(status));
+    }
     let upgrade = wants_upgrade(req.headers());
     prepare_request(&mut req, upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -286,7 +296,8 @@ impl QuickAck {
                 nix::libc::IPPROTO_TCP,
                 nix::libc::TCP_QUICKACK,
                 std::ptr::from_ref(&one).cast(),
-                std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+                nix::libc::socklen_t::try_from(std::mem::size_of::<nix::libc::c_int>())
+                    .expect("an int's size fits socklen_t"),
             );
         }
     }
@@ -398,8 +409,81 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Why a request must not reach a worker, when hyper let it through: RFC 9112 asks a
+/// server to refuse these, and a worker behind a proxy might read them differently from
+/// molt, which is what request smuggling is made of.
+fn refusal<B>(req: &Request<B>) -> Option<StatusCode> {
+    let headers = req.headers();
+    // hyper decodes a body whose last coding is chunked; any other coding (gzip,
+    // chunked) or chunked twice would reach the worker altered.
+    let codings: Vec<String> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+        .collect();
+    if !codings.is_empty() && codings != ["chunked"] {
+        return Some(if codings.iter().filter(|c| *c == "chunked").count() > 1 {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::NOT_IMPLEMENTED
+        });
+    }
+    let uri = req.uri();
+    let method = req.method();
+    // Authority form is for CONNECT only, asterisk form for OPTIONS only.
+    if uri.scheme().is_none() && uri.authority().is_some() && method != hyper::Method::CONNECT {
+        return Some(StatusCode::BAD_REQUEST);
+    }
+    if uri.path() == "*" && method != hyper::Method::OPTIONS {
+        return Some(StatusCode::BAD_REQUEST);
+    }
+    // HTTP/1.1 requires exactly one valid Host (RFC 9112 section 3.2).
+    if req.version() == Version::HTTP_11 {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let (Some(host), None) = (hosts.next(), hosts.next()) else {
+            return Some(StatusCode::BAD_REQUEST);
+        };
+        let valid = host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+            .is_some_and(|a| !a.as_str().contains('@') && valid_port(a.as_str()));
+        if !valid {
+            return Some(StatusCode::BAD_REQUEST);
+        }
+    }
+    None
+}
+
+/// Whether the port of a `host[:port]` (or `[v6]:port`), if any, is a number.
+fn valid_port(authority: &str) -> bool {
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    after_host
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.is_empty() || port.parse::<u16>().is_ok())
+}
+
 /// Makes the client's request fit to send to a worker.
 fn prepare_request(req: &mut Request<Incoming>, upgrade: bool) {
+    // An absolute-form target names the host itself, which then replaces Host (RFC 9112
+    // section 3.2.2); the worker gets the usual origin form.
+    if let (Some(_), Some(authority)) = (req.uri().scheme(), req.uri().authority()) {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        let origin = req
+            .uri()
+            .path_and_query()
+            .map_or("/", hyper::http::uri::PathAndQuery::as_str)
+            .to_owned();
+        if let Ok(origin) = origin.parse() {
+            *req.uri_mut() = origin;
+        }
+    }
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
@@ -427,7 +511,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        if !(upgrade && name == header::UPGRADE) {
+        // A client cannot make molt drop Host: the worker needs it, and an HTTP/1.1
+        // request without it is invalid.
+        if !(upgrade && name == header::UPGRADE) && name != header::HOST {
             headers.remove(name);
         }
     }

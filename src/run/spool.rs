@@ -33,6 +33,7 @@ pub(crate) enum SpoolError {
 }
 
 /// A request body held by molt.
+#[derive(Debug)]
 pub(crate) struct Spooled {
     memory: VecDeque<Bytes>,
     file: Option<tokio::fs::File>,
@@ -155,14 +156,5 @@ impl Body for Spooled {
     fn size_hint(&self) -> SizeHint {
         let in_memory: u64 = self.memory.iter().map(|b| b.len() as u64).sum();
         SizeHint::with_exact(in_memory + self.left)
-    }
-}
-
-impl std::fmt::Debug for Spooled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spooled")
-            .field("len", &self.len)
-            .field("on_disk", &self.file.is_some())
-            .finish()
     }
 }

@@ -79,7 +79,9 @@ pub(crate) struct Mounts {
 pub(crate) fn parse_mountinfo(text: &str) -> Mounts {
     let mut mounts = Mounts::default();
     for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
+        // Fields are separated by single spaces; the kernel escapes only space, tab,
+        // newline and backslash inside them, so other whitespace belongs to a field.
+        let fields: Vec<&str> = line.split(' ').filter(|f| !f.is_empty()).collect();
         // Six fields come before the optional ones, so the separator is never earlier.
         let Some(separator) = fields.iter().skip(6).position(|&field| field == "-") else {
             continue;
@@ -702,5 +704,241 @@ mod tests {
     fn live_system_reads_without_error() {
         let memory = read_cgroup_memory(Path::new("/proc"), Path::new("/"));
         assert!(memory.is_ok(), "{memory:?}");
+    }
+}
+
+/// Property tests of the cgroup parsers: arbitrary text never panics, and text written
+/// the way the kernel writes it reads back as the values it was made from.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod properties {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Pure parsers: 512 cases of generated text take about a second in a debug build.
+    const CASES: u32 = 512;
+    /// Cases that write a cgroup tree to a temp dir.
+    const FILE_CASES: u32 = 128;
+
+    /// Text made of the characters these files use.
+    fn cgroup_like() -> impl Strategy<Value = String> {
+        r"[a-z0-9:/,._=\\ \t\n-]{0,300}"
+    }
+
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), cgroup_like()]
+    }
+
+    /// A path as it may appear in mountinfo before escaping: any characters but NUL,
+    /// including the space, tab, newline and backslash the kernel escapes, but no other
+    /// whitespace (see `mount_point_with_other_whitespace_reads_back`).
+    fn raw_path() -> impl Strategy<Value = String> {
+        "/[^\u{0}]{0,40}".prop_map(|path| {
+            path.chars()
+                .filter(|&c| !c.is_whitespace() || matches!(c, ' ' | '\t' | '\n'))
+                .collect()
+        })
+    }
+
+    /// Escapes a path as the kernel writes it in mountinfo.
+    fn escape(path: &str) -> String {
+        let mut out = String::new();
+        for c in path.chars() {
+            match c {
+                ' ' => out.push_str("\\040"),
+                '\t' => out.push_str("\\011"),
+                '\n' => out.push_str("\\012"),
+                '\\' => out.push_str("\\134"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// A mountinfo line for a mount of `fstype` with `optional` optional fields.
+    fn mount_line(root: &str, point: &str, optional: usize, fstype: &str, options: &str) -> String {
+        let tags: Vec<String> = (0..optional).map(|i| format!("shared:{i}")).collect();
+        let tags = if tags.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", tags.join(" "))
+        };
+        format!(
+            "35 24 0:30 {} {} rw,nosuid,nodev,noexec,relatime{tags} - {fstype} {fstype} {options}\n",
+            escape(root),
+            escape(point)
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn parsers_never_panic_on_any_text(text in any_text()) {
+            let _ = parse_proc_cgroup(&text);
+            let _ = parse_mountinfo(&text);
+            let _ = parse_limit(&text);
+            let _ = parse_usage(&text);
+            let _ = unescape(&text);
+        }
+
+        /// A cgroup path relative to a mount root never steps outside the mount.
+        #[test]
+        fn relative_cgroup_dir_stays_inside_the_mount(root in any_text(), path in any_text()) {
+            if let Some(relative) = relative_cgroup_dir(&root, &path) {
+                prop_assert!(relative.components().all(|c| matches!(c, Component::Normal(_))));
+            }
+        }
+
+        #[test]
+        fn limits_read_back(bytes in 1u64..UNLIMITED_THRESHOLD, space in "[ \t]{0,2}", newline in any::<bool>()) {
+            let text = format!("{space}{bytes}{}", if newline { "\n" } else { "" });
+            prop_assert_eq!(parse_limit(&text), Limit::Bytes(bytes));
+        }
+
+        #[test]
+        fn huge_limits_mean_none(bytes in UNLIMITED_THRESHOLD..=u64::MAX) {
+            prop_assert_eq!(parse_limit(&format!("{bytes}\n")), Limit::Unlimited(NoLimit::Huge(bytes)));
+        }
+
+        #[test]
+        fn non_numeric_limits_mean_none(text in any_text()) {
+            let limit = parse_limit(&text);
+            if text.trim().parse::<u64>().is_err() {
+                prop_assert!(limit.bytes().is_none(), "{text:?} gave {limit:?}");
+            }
+        }
+
+        #[test]
+        fn usage_reads_back(bytes in any::<u64>()) {
+            prop_assert_eq!(parse_usage(&format!("{bytes}\n")), Some(bytes));
+        }
+
+        /// The v2 line and the v1 memory line are found among other controllers' lines;
+        /// the path keeps any colons it has.
+        #[test]
+        fn proc_cgroup_reads_back(
+            v2 in "/[a-z0-9:._-]{0,30}",
+            v1 in "/[a-z0-9:._-]{0,30}",
+            others in prop::collection::vec(("[1-9][0-9]?", prop::sample::select(&["cpu,cpuacct", "pids", "blkio", "net_cls,net_prio"]), "/[a-z0-9]{0,10}"), 0..6),
+            memory_first in any::<bool>(),
+        ) {
+            let mut lines: Vec<String> = others
+                .iter()
+                .map(|(id, controllers, path)| format!("{id}:{controllers}:{path}"))
+                .collect();
+            let memory = if memory_first { "memory,hugetlb" } else { "hugetlb,memory" };
+            lines.insert(lines.len() / 2, format!("9:{memory}:{v1}"));
+            lines.push(format!("0::{v2}"));
+            let paths = parse_proc_cgroup(&(lines.join("\n") + "\n"));
+            prop_assert_eq!(paths, CgroupPaths { v2: Some(v2), v1_memory: Some(v1) });
+        }
+
+        /// Mount points and roots with escaped characters read back unescaped, with any
+        /// number of optional fields before the separator.
+        #[test]
+        fn mountinfo_reads_back(
+            v2_point in raw_path(),
+            v2_root in raw_path(),
+            v1_point in raw_path(),
+            v1_root in raw_path(),
+            optional in 0usize..4,
+        ) {
+            let text = [
+                mount_line("/", "/proc", optional, "proc", "rw"),
+                mount_line(&v1_root, &v1_point, optional, "cgroup", "rw,memory"),
+                mount_line("/", "/sys/fs/cgroup/cpu", optional, "cgroup", "rw,cpu,cpuacct"),
+                mount_line(&v2_root, &v2_point, optional, "cgroup2", "rw,nsdelegate"),
+            ]
+            .concat();
+            let mounts = parse_mountinfo(&text);
+            prop_assert_eq!(
+                mounts,
+                Mounts {
+                    v2: Some(CgroupMount { point: PathBuf::from(v2_point), root: v2_root }),
+                    v1_memory: Some(CgroupMount { point: PathBuf::from(v1_point), root: v1_root }),
+                }
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        /// The kernel escapes only space, tab, newline and backslash in mountinfo paths,
+        /// and separates fields with single spaces: any other whitespace (a vertical tab,
+        /// a carriage return, a no-break space) is part of the path.
+        #[test]
+        fn mount_point_with_other_whitespace_reads_back(
+            before in "/[a-z]{0,10}",
+            space in prop::sample::select(&['\u{b}', '\u{c}', '\r', '\u{85}', '\u{a0}', '\u{2028}', '\u{3000}']),
+            after in "[a-z]{0,10}",
+        ) {
+            let point = format!("{before}{space}{after}");
+            let text = mount_line("/", &point, 1, "cgroup2", "rw");
+            let mounts = parse_mountinfo(&text);
+            prop_assert_eq!(mounts.v2.map(|m| m.point), Some(PathBuf::from(point)));
+        }
+    }
+
+    /// A temp dir, removed on drop.
+    struct Root(PathBuf);
+
+    impl Root {
+        fn new() -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "molt-cgroup-prop-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&path).unwrap();
+            Root(path)
+        }
+    }
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(FILE_CASES))]
+
+        /// A v2 cgroup nested under slices, each with `memory.max` a number or `max`:
+        /// the limit read is the tightest number on the way up to the mount.
+        #[test]
+        fn nested_v2_limit_is_the_tightest(
+            limits in prop::collection::vec(prop::option::of(1u64..(1 << 40)), 1..5),
+            usage in any::<u64>(),
+        ) {
+            let root = Root::new();
+            let proc_dir = root.0.join("proc/self");
+            fs::create_dir_all(&proc_dir).unwrap();
+            let names: Vec<String> = (0..limits.len()).map(|i| format!("level{i}.slice")).collect();
+            let cgroup_path = format!("/{}", names.join("/"));
+            fs::write(proc_dir.join("cgroup"), format!("0::{cgroup_path}\n")).unwrap();
+            fs::write(
+                proc_dir.join("mountinfo"),
+                mount_line("/", "/sys/fs/cgroup", 1, "cgroup2", "rw,nsdelegate"),
+            )
+            .unwrap();
+            let mut dir = root.0.join("sys/fs/cgroup");
+            for (name, limit) in names.iter().zip(&limits) {
+                dir = dir.join(name);
+                fs::create_dir_all(&dir).unwrap();
+                let text = limit.map_or_else(|| "max\n".to_owned(), |n| format!("{n}\n"));
+                fs::write(dir.join("memory.max"), text).unwrap();
+            }
+            fs::write(dir.join("memory.current"), format!("{usage}\n")).unwrap();
+            let memory = read_cgroup_memory(&root.0.join("proc"), &root.0).unwrap().unwrap();
+            prop_assert_eq!(memory.version, CgroupVersion::V2);
+            prop_assert_eq!(memory.limit.bytes(), limits.iter().flatten().min().copied());
+            prop_assert_eq!(memory.usage, Some(usage));
+        }
     }
 }

@@ -293,8 +293,10 @@ pub(crate) fn clock_ticks_per_second() -> u64 {
 
 /// Reads and parses `<proc_root>/<pid>/stat`; `None` when the process is gone.
 pub(crate) fn read_stat(proc_root: &Path, pid: i32) -> Option<ProcStat> {
-    let text = fs::read_to_string(process_dir(proc_root, pid).join("stat")).ok()?;
-    parse_stat(&text).ok()
+    // The kernel cuts the command name at 15 bytes, possibly inside a UTF-8 character:
+    // read bytes, not a string, or such a process would look gone.
+    let bytes = fs::read(process_dir(proc_root, pid).join("stat")).ok()?;
+    parse_stat(&String::from_utf8_lossy(&bytes)).ok()
 }
 
 /// Reads and parses `<proc_root>/<pid>/smaps_rollup`; `None` when it cannot be read
@@ -1019,5 +1021,275 @@ Locked:                0 kB
         let page = page_size();
         assert!(page >= 4096 && page.is_power_of_two(), "{page}");
         assert!(clock_ticks_per_second() > 0);
+    }
+}
+
+/// Property tests of the `/proc` parsers: arbitrary text never panics, and text written
+/// the way the kernel writes it reads back as the values it was made from.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Pure parsers: 512 cases of generated text take about a second in a debug build.
+    const CASES: u32 = 512;
+
+    /// A kernel-sized amount of memory in KiB (below 2^40 KiB, 1 PiB).
+    fn kib() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..4096, 0u64..(1 << 40)]
+    }
+
+    /// Text made of the characters `/proc` files use, which reaches the parsers' inner
+    /// branches more often than arbitrary text does.
+    fn proc_like() -> impl Strategy<Value = String> {
+        "[A-Za-z_()0-9:. \t\n-]{0,300}"
+    }
+
+    /// Any text: arbitrary Unicode or `/proc`-like.
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), proc_like()]
+    }
+
+    /// A `smaps_rollup` field line as the kernel pads it.
+    fn kib_line(name: &str, kib: u64) -> String {
+        format!("{:<16}{kib:>8} kB\n", format!("{name}:"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn parsers_never_panic_on_any_text(text in any_text(), page in 1u64..(1 << 20)) {
+            let _ = parse_smaps_rollup(&text);
+            let _ = parse_statm(&text, page);
+            let _ = parse_stat(&text);
+            let _ = parse_children(&text);
+            let _ = parse_meminfo_total(&text);
+            let _ = parse_status_rss(&text);
+        }
+
+        #[test]
+        fn parse_auxv_never_panics_on_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_auxv(&bytes);
+        }
+
+        /// Fields in any order, with unknown ones among them and the `[rollup]` header
+        /// first, read back in bytes.
+        #[test]
+        fn smaps_rollup_reads_back(
+            values in prop::collection::vec(kib(), 11),
+            unknown in prop::collection::vec(("[A-Z][a-z_]{1,12}", kib()), 0..6),
+            order in Just((0..11).collect::<Vec<usize>>()).prop_shuffle(),
+        ) {
+            const NAMES: [&str; 11] = [
+                "Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Private_Clean",
+                "Private_Dirty", "Shared_Clean", "Shared_Dirty", "Swap", "SwapPss",
+            ];
+            let mut text =
+                "5606ce517000-7ffdbb855000 ---p 00000000 00:00 0                          [rollup]\n"
+                    .to_owned();
+            for (i, &field) in order.iter().enumerate() {
+                text.push_str(&kib_line(NAMES[field], values[field]));
+                if let Some((name, kib)) = unknown.get(i) {
+                    if !NAMES.contains(&name.as_str()) {
+                        text.push_str(&kib_line(name, *kib));
+                    }
+                }
+            }
+            let rollup = parse_smaps_rollup(&text).unwrap();
+            let got = [
+                rollup.rss, rollup.pss, rollup.pss_anon, rollup.pss_file, rollup.pss_shmem,
+                rollup.private_clean, rollup.private_dirty, rollup.shared_clean,
+                rollup.shared_dirty, rollup.swap, rollup.swap_pss,
+            ];
+            let expected: Vec<u64> = values.iter().map(|kib| kib * 1024).collect();
+            prop_assert_eq!(got.to_vec(), expected);
+        }
+
+        /// Without `Rss` or `Pss` the text is not a rollup: an error, never zeros.
+        #[test]
+        fn smaps_rollup_without_rss_or_pss_is_an_error(
+            rss in kib(),
+            pss in kib(),
+            drop_rss in any::<bool>(),
+        ) {
+            let text = if drop_rss {
+                kib_line("Pss", pss)
+            } else {
+                kib_line("Rss", rss)
+            };
+            prop_assert!(parse_smaps_rollup(&text).is_err());
+        }
+
+        #[test]
+        fn statm_reads_back(
+            fields in prop::collection::vec(0u64..(1 << 40), 7),
+            page in prop::sample::select(&[4096u64, 16384, 65536]),
+        ) {
+            let text = fields.iter().map(u64::to_string).collect::<Vec<_>>().join(" ") + "\n";
+            prop_assert_eq!(parse_statm(&text, page), Ok(fields[1] * page));
+        }
+
+        #[test]
+        fn statm_overflow_is_an_error(resident in (u64::MAX / 4096 + 1)..u64::MAX) {
+            let text = format!("1 {resident} 0 0 0 0 0\n");
+            prop_assert!(parse_statm(&text, 4096).is_err());
+        }
+
+        /// A command name may hold spaces and parentheses; the fields after it read back.
+        #[test]
+        fn stat_reads_back(
+            pid in 1i32..=i32::MAX,
+            comm in "[ -~]{0,15}",
+            state in prop::sample::select(&['R', 'S', 'D', 'Z', 'T', 't', 'X', 'I', 'W', 'P']),
+            ppid in 0i32..=i32::MAX,
+            pgrp in 0i32..=i32::MAX,
+            utime in any::<u64>(),
+            stime in any::<u64>(),
+            starttime in any::<u64>(),
+            rss_pages in any::<u64>(),
+        ) {
+            // Fields 3 to 52 of proc(5); the ones molt reads are set, the rest are numbers.
+            let mut fields: Vec<String> = (3..=52).map(|n| (n * 7).to_string()).collect();
+            fields[0] = state.to_string();
+            fields[1] = ppid.to_string();
+            fields[2] = pgrp.to_string();
+            fields[14 - 3] = utime.to_string();
+            fields[15 - 3] = stime.to_string();
+            fields[22 - 3] = starttime.to_string();
+            fields[24 - 3] = rss_pages.to_string();
+            let text = format!("{pid} ({comm}) {}\n", fields.join(" "));
+            let stat = parse_stat(&text).unwrap();
+            prop_assert_eq!(stat, ProcStat { pid, comm, state, ppid, pgrp, utime, stime, starttime, rss_pages });
+        }
+
+        #[test]
+        fn children_read_back(pids in prop::collection::vec(1i32..=i32::MAX, 0..64)) {
+            let text: String = pids.iter().map(|pid| pid.to_string() + " ").collect();
+            prop_assert_eq!(parse_children(&text), pids);
+        }
+
+        /// `MemTotal` and `VmRSS` among other `Name: value` lines.
+        #[test]
+        fn kib_lines_read_back(
+            kib in kib(),
+            before in prop::collection::vec(("[A-Z][A-Za-z]{1,12}", kib()), 0..8),
+            after in prop::collection::vec(("[A-Z][A-Za-z]{1,12}", kib()), 0..8),
+        ) {
+            let lines = |fields: &[(String, u64)], skip: &str| -> String {
+                fields
+                    .iter()
+                    .filter(|(name, _)| name != skip)
+                    .map(|(name, kib)| format!("{name}:\t{kib:>8} kB\n"))
+                    .collect::<Vec<_>>()
+                    .concat()
+            };
+            let meminfo = format!(
+                "{}MemTotal:       {kib:>8} kB\n{}",
+                lines(&before, "MemTotal"),
+                lines(&after, "MemTotal")
+            );
+            prop_assert_eq!(parse_meminfo_total(&meminfo), Ok(kib * 1024));
+            let status = format!(
+                "Name:\tpython3\n{}VmRSS:\t{kib:>8} kB\n{}",
+                lines(&before, "VmRSS"),
+                lines(&after, "VmRSS")
+            );
+            prop_assert_eq!(parse_status_rss(&status), Ok(kib * 1024));
+        }
+
+        /// Pairs of native words up to `AT_NULL`: the page size and clock ticks read back
+        /// wherever they sit among other keys; anything after `AT_NULL` is ignored.
+        #[test]
+        fn auxv_reads_back(
+            others in prop::collection::vec((18usize..64, any::<usize>()), 0..16),
+            page_at in 0usize..16,
+            ticks_at in 0usize..16,
+            page in 1usize..(1 << 30),
+            ticks in 1usize..10_000,
+            trailing in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            const AT_PAGESZ: usize = 6;
+            const AT_CLKTCK: usize = 17;
+            let mut pairs = others;
+            pairs.insert(page_at.min(pairs.len()), (AT_PAGESZ, page));
+            pairs.insert(ticks_at.min(pairs.len()), (AT_CLKTCK, ticks));
+            pairs.push((0, 0));
+            let mut bytes: Vec<u8> = pairs
+                .iter()
+                .flat_map(|(key, value)| [key.to_ne_bytes(), value.to_ne_bytes()].concat())
+                .collect();
+            bytes.extend_from_slice(&trailing);
+            let auxv = parse_auxv(&bytes);
+            prop_assert_eq!(auxv.page_size, Some(page as u64));
+            prop_assert_eq!(auxv.clock_ticks, Some(ticks as u64));
+        }
+    }
+}
+
+/// Property tests of the `/proc` readers: what they read from a file matches what the
+/// parser makes of the same bytes.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod reader_properties {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Cases that write a file each.
+    const FILE_CASES: u32 = 256;
+
+    /// A temp dir standing for `/proc`, removed on drop.
+    struct ProcRoot(PathBuf);
+
+    impl ProcRoot {
+        fn new() -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "molt-proc-prop-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&path).unwrap();
+            ProcRoot(path)
+        }
+    }
+
+    impl Drop for ProcRoot {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(FILE_CASES))]
+
+        /// A process names itself with any bytes but NUL (`prctl(PR_SET_NAME)`), and the
+        /// kernel cuts the name at 15 bytes, mid-character for a UTF-8 name: its `stat`
+        /// must still be read, or its memory goes uncounted.
+        #[test]
+        fn stat_of_a_process_with_any_name_is_read(
+            comm in prop::collection::vec(1u8..=255, 0..=15),
+            pid in 1i32..=i32::MAX,
+            rss_pages in any::<u64>(),
+        ) {
+            let root = ProcRoot::new();
+            let dir = root.0.join(pid.to_string());
+            fs::create_dir_all(&dir).unwrap();
+            let mut text = format!("{pid} (").into_bytes();
+            text.extend_from_slice(&comm);
+            let rest: Vec<String> = (3..=52)
+                .map(|n| if n == 24 { rss_pages.to_string() } else if n == 3 { "S".to_owned() } else { n.to_string() })
+                .collect();
+            text.extend_from_slice(format!(") {}\n", rest.join(" ")).as_bytes());
+            fs::write(dir.join("stat"), &text).unwrap();
+            let stat = read_stat(&root.0, pid);
+            prop_assert!(stat.is_some(), "{:?}", String::from_utf8_lossy(&text));
+            prop_assert_eq!(stat.unwrap().rss_pages, rss_pages);
+        }
     }
 }

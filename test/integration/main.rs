@@ -1,7 +1,16 @@
 //! Integration tests: run the `molt` binary against the fixture apps in `test/fixtures/`.
 
+/// The Heroku classic buildpack end to end: detect, compile, release, then a dyno's boot;
+/// obtaining the binary (packaged, cached, downloaded, built); every failure message.
+mod buildpack;
+/// The Cloud Native Buildpack as the lifecycle runs it: descriptors parsed with
+/// `libcnb-data`, detect, build, and the web process started as the launcher starts it.
+mod cnb;
 /// Checks of the Python fixture app itself, run directly without molt.
 mod fixture_smoke;
+/// Hostile and malformed HTTP on raw sockets, a table-driven corpus, and what molt exposes
+/// to other users and on the public port.
+mod hostile;
 /// Worker and molt lifecycle: boot failures, signals, shutdown, restarts, PID 1.
 mod lifecycle;
 /// Memory governance, recycling, autoscaling, status and metrics.
