@@ -193,13 +193,16 @@ impl Supervisor {
     fn refresh_budget(&mut self) {
         self.facts.molt_rss = self.molt_rss;
         // Only workers that finished booting: early samples of a booting one show a shell
-        // or an interpreter half loaded.
-        self.facts.worker_footprint = self
+        // or an interpreter half loaded. A worker under load from its first moment may
+        // never be sampled idle; the footprint measured before then still holds, so the
+        // caps do not jump back to their unmeasured values after a recycle.
+        let measured = self
             .workers
             .iter()
             .filter(|w| w.ready_since.is_some())
             .filter_map(|w| w.mem.footprint)
             .max();
+        self.facts.worker_footprint = measured.or(self.facts.worker_footprint);
         let budget = budget::derive(&self.config, &self.facts);
         if budget.max_workers != self.budget.max_workers {
             event!(

@@ -1168,4 +1168,19 @@ mod tests {
         h.step(sampled(&[(3, 60 * MB)]), ms + 100);
         assert_eq!(h.spawned().len(), 3, "still paused");
     }
+
+    #[tokio::test]
+    async fn the_measured_footprint_outlives_the_worker_it_came_from() {
+        let mut h = ready(capped(1, 1024 * MB), 0);
+        h.step(sampled(&[(1, 60 * MB)]), 10);
+        h.step(Event::Ready { id: 1 }, 20);
+        h.step(sampled(&[(1, 60 * MB)]), 30);
+        assert_eq!(h.sup.facts.worker_footprint, Some(60 * MB));
+        h.exit(1, 40);
+        h.step(Event::Ready { id: 2 }, 50);
+        // Under load from its first moment: never sampled idle.
+        let _lease = h.dispatcher.acquire(None).await.expect("worker 2 is free");
+        h.step(sampled(&[(2, 80 * MB)]), 60);
+        assert_eq!(h.sup.facts.worker_footprint, Some(60 * MB));
+    }
 }
