@@ -1,7 +1,7 @@
 # The two set-up commands in README.md are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: build test lint demo package
+.PHONY: build test lint demo package bench bench-smoke
 
 build:
 	$(CARGO) build --release --locked
@@ -14,8 +14,21 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
+# The leak story: the leaking app in test/demo/app built with the buildpack and run with a
+# 512MB budget beside the same app without molt, under the same load for a minute; prints a
+# table and plots memory over time to target/demo/memory.svg and .png.
 demo: build
 	bash test/demo/run.sh target/release/molt
+
+# Every benchmark in test/bench/ (proxy overhead against nginx and the bare upstream,
+# footprint, recycling under load, start-up and scale-up latency, the musl allocator);
+# tables on stdout and in target/bench/results.md, one CSV each under target/bench/.
+bench: build
+	bash test/bench/all.sh
+
+# The same benchmarks for a few seconds each: they run and write their tables; no speed is judged.
+bench-smoke: build
+	bash test/bench/all.sh --smoke
 
 # The buildpack as it is released, under dist/, for each target in PACKAGE_TARGETS:
 #   molt-VERSION-TARGET.tar.gz            the release archive (`molt` at its top level) that

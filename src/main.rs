@@ -19,8 +19,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-/// With `--features mimalloc`, mimalloc replaces the C library's allocator: musl's
-/// allocator, in the static release build, is slow under many threads (test/bench/alloc.py).
+/// With `--features mimalloc`, mimalloc replaces the C library's allocator. Off by default:
+/// on the proxy benchmark (test/bench/alloc.py) it did not beat musl's beyond the noise,
+/// and it costs about 1 MB of RSS and a C dependency.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

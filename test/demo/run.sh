@@ -1,52 +1,69 @@
 #!/usr/bin/env bash
-# A short tour of `molt run`: boots the fixture app as a pool of 3 workers behind one
-# port, shows requests spreading over them, a worker crash failing only its own request
-# and being replaced, a rolling restart on SIGHUP, and a graceful SIGTERM.
+# `make demo`: the leak story in one command.
+#
+# 1. Builds the leaking app in test/demo/app with the buildpack, exactly as Heroku's build
+#    runs a buildpack (and as test/integration/buildpack.rs emulates it): a copy of the app
+#    as BUILD_DIR, then bin/detect, bin/compile BUILD_DIR CACHE_DIR ENV_DIR, bin/release,
+#    with the buildpack packaged around the molt binary under test.
+# 2. Hands over to demo.py, which boots the built app as a dyno does (HOME at the app,
+#    .profile.d/*.sh sourced, the Procfile's web line run with bash -c and a PORT) with a
+#    fixed memory budget, and beside it the same app without molt (`python3 app.py` on a
+#    port of its own); drives the same load at both for about a minute; prints a table
+#    and draws memory over time (target/demo/memory.svg and .png).
+#
+# Usage: test/demo/run.sh [MOLT_BINARY]   (default target/release/molt)
+# Knobs: DEMO_BUDGET (512MB), DEMO_SECONDS (60), DEMO_RATE (64 requests/s to each side),
+#        DEMO_PAGE_KB (256 KiB kept per request), DEMO_OUT (target/demo).
 set -euo pipefail
-molt=${1:-target/release/molt}
-here=$(cd "$(dirname "$0")/../.." && pwd)
-port=${PORT:-5000}
-log=$(mktemp)
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+molt=$(cd "$(dirname "${1:-$root/target/release/molt}")" && pwd)/$(basename "${1:-molt}")
+budget=${DEMO_BUDGET:-512MB}
+
+if [ ! -x "$molt" ]; then
+  echo "demo: no molt binary at $molt; run \`make build\` first" >&2
+  exit 1
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/molt-demo.XXXXXX")
+cleanup() { rm -rf "$work"; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "molt run --workers 3 -- 'python3 app.py'  (port $port)"
-PORT=$port "$molt" run --workers 3 -- "python3 $here/test/fixtures/apps/pyapp/app.py" >"$log" 2>&1 &
-molt_pid=$!
-trap 'kill -KILL $molt_pid 2>/dev/null || true; rm -f "$log" "$log.pids"' EXIT
-
-for _ in $(seq 1 200); do
-  [ "$(grep -c 'at=ready' "$log")" -ge 3 ] && break
-  sleep 0.05
+# The buildpack as `make package` lays it out: its scripts and descriptors, and bin/molt.
+buildpack=$work/buildpack
+mkdir -p "$buildpack"
+cp -R "$root/bin" "$buildpack/bin"
+for f in buildpack.toml package.toml checksums.txt Cargo.toml; do
+  if [ -f "$root/$f" ]; then cp "$root/$f" "$buildpack/$f"; fi
 done
-grep 'molt at=' "$log"
+cp "$molt" "$buildpack/bin/molt"
 
-step "6 concurrent requests to /sleep?ms=300: requests answered per worker pid"
-for _ in 1 2 3 4 5 6; do
-  curl -s -w '\n' "localhost:$port/sleep?ms=300" &
-done > "$log.pids"
-wait_jobs() { for job in $(jobs -p); do [ "$job" = "$molt_pid" ] || wait "$job"; done; }
-wait_jobs
-sort "$log.pids" | uniq -c
+app=$work/app cache=$work/cache env_dir=$work/env
+cp -R "$root/test/demo/app" "$app"
+mkdir -p "$cache" "$env_dir"
+# A config var, as `heroku config:set MOLT_MEMORY_LIMIT=512MB` writes it into ENV_DIR.
+printf '%s' "$budget" >"$env_dir/MOLT_MEMORY_LIMIT"
 
-step "a request that crashes its worker gets 502; the others are untouched"
-printf 'crash:  %s\n' "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/crash")"
-printf 'next:   %s\n' "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$port/")"
-sleep 1
+step "Building test/demo/app with the buildpack, as Heroku does"
+echo "\$ bin/detect BUILD_DIR"
+"$buildpack/bin/detect" "$app"
+echo "\$ bin/compile BUILD_DIR CACHE_DIR ENV_DIR"
+"$buildpack/bin/compile" "$app" "$cache" "$env_dir"
+echo "\$ bin/release BUILD_DIR"
+"$buildpack/bin/release" "$app"
+echo "Procfile after compile:"
+sed 's/^/    /' "$app/Procfile"
 
-step "SIGHUP: rolling restart, one worker at a time"
-kill -HUP $molt_pid
-for _ in $(seq 1 200); do
-  [ "$(grep -c 'at=recycle' "$log")" -ge 3 ] && [ "$(grep -c 'at=ready' "$log")" -ge 7 ] && break
-  sleep 0.05
+# A missing tool is named before the minute-long run, not after it.
+for tool in python3 bash; do
+  command -v "$tool" >/dev/null || { echo "demo: $tool is missing (bash .ci/run installs it)" >&2; exit 1; }
 done
 
-step "SIGTERM: in-flight requests finish, workers stop, molt exits 0"
-curl -s "localhost:$port/sleep?ms=800" -o /dev/null -w 'in-flight request: %{http_code}\n' &
-curl_pid=$!
-sleep 0.3
-kill -TERM $molt_pid
-wait $curl_pid
-wait $molt_pid && echo "molt exited with status 0"
-step "molt's log"
-grep 'molt at=' "$log"
+step "Running the built app with and without molt, budget $budget"
+status=0
+python3 "$root/test/demo/demo.py" --app "$app" --budget "$budget" || status=$?
+exit "$status"
