@@ -28,7 +28,7 @@ pub(crate) struct MemStats {
     pub(crate) peak: u64,
     /// CPU time of the tree in clock ticks at the last sample.
     pub(crate) cpu_ticks: u64,
-    /// The most it held before serving any request: its boot footprint.
+    /// The most it held once ready and before serving any request: its boot footprint.
     pub(crate) footprint: Option<u64>,
     baseline: Option<Baseline>,
     /// Growth per request and per hour at the last sample.
@@ -56,7 +56,8 @@ impl MemStats {
         self.now = Some(bytes);
         self.peak = self.peak.max(bytes);
         self.cpu_ticks = cpu_ticks;
-        if requests == 0 {
+        // Only once ready: a booting worker may still be the shell that starts the app.
+        if requests == 0 && ready_since.is_some() {
             self.footprint = Some(self.footprint.map_or(bytes, |f| f.max(bytes)));
         }
         let Some(ready_since) = ready_since else {
@@ -107,11 +108,9 @@ mod tests {
         let t0 = Instant::now();
         let mut stats = MemStats::default();
         stats.record(30 * MB, 5, 0, None, t0);
-        assert_eq!(
-            stats.footprint,
-            Some(30 * MB),
-            "what it holds while booting"
-        );
+        // Regression: a booting worker may be the shell that starts the app, far smaller
+        // than the app; counting it made the derived caps tiny.
+        assert_eq!(stats.footprint, None, "not while booting");
         stats.record(40 * MB, 10, 0, Some(t0), t0 + Duration::from_secs(1));
         assert_eq!(stats.footprint, Some(40 * MB), "ready, not yet serving");
         // Warm-up growth (40 -> 60 MB over the first 20 requests) is not a leak.

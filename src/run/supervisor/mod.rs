@@ -1127,10 +1127,10 @@ mod tests {
         // 300MB x 85% - 5MB = 250MB usable; 120 + 90 + a 90MB replacement do not fit.
         let mut h = ready(capped(2, 300 * MB), 0);
         let pid = h.pid(1);
-        // Booting samples (no request yet) set the boot footprint at 90MB.
-        h.step(sampled(&[(1, 90 * MB), (2, 90 * MB)]), 50);
+        // Samples once ready, before any request, set the boot footprint at 90MB.
         h.step(Event::Ready { id: 1 }, 60);
         h.step(Event::Ready { id: 2 }, 60);
+        h.step(sampled(&[(1, 90 * MB), (2, 90 * MB)]), 70);
         h.step(sampled(&[(1, 120 * MB), (2, 90 * MB)]), 100);
         assert_eq!(h.dispatcher.routable(), [2], "drains at once");
         assert_eq!(h.spawned().len(), 2, "no replacement until it is gone");
