@@ -6,12 +6,16 @@ mod dispatch;
 mod memstats;
 /// The HTTP/1.1 reverse proxy on the public port.
 mod proxy;
+/// Response bodies from a worker to a client, read ahead of a slow client.
+mod relay;
 /// Pure autoscaling decision: how many workers to add or retire.
 mod scaler;
 /// Request bodies read whole before a worker is leased: memory, then a temporary file.
 mod spool;
 /// The task that owns all worker state.
 mod supervisor;
+/// Connections from molt to its workers.
+mod upstream;
 /// Starting, probing and signalling worker processes.
 mod worker;
 

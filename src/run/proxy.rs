@@ -7,26 +7,25 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Either};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http_body_util::Either;
+use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::{Request, Response, StatusCode, Version};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 
 use crate::observe::event;
-use crate::run::dispatch::{Dispatcher, Lease, Overload, Slot, Upstream, UpstreamBody};
+use crate::run::dispatch::{Dispatcher, Lease, Overload, Upstream, UpstreamBody};
+use crate::run::relay::ProxyBody;
 use crate::run::spool::{SpoolError, Spooled};
 use crate::run::supervisor::Event;
+use crate::run::upstream::connect;
 
 /// Request headers must arrive within this time, or the connection gets 408 and closes
 /// (slowloris protection).
@@ -252,98 +251,6 @@ async fn tunnel(
     drop(lease);
 }
 
-/// A ready connection to the worker: an idle kept-alive one, else a new one.
-async fn connect(slot: &Slot) -> io::Result<Upstream> {
-    while let Some(mut conn) = slot.take_upstream() {
-        if conn.ready().await.is_ok() {
-            return Ok(conn);
-        }
-    }
-    open(slot).await
-}
-
-async fn open(slot: &Slot) -> io::Result<Upstream> {
-    let stream = TcpStream::connect(slot.addr).await?;
-    let _ = stream.set_nodelay(true);
-    let (send, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(QuickAck(stream)))
-        .await
-        .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        // Errors surface on the request that was using the connection.
-        let _ = conn.with_upgrades().await;
-    });
-    Ok(send)
-}
-
-/// A connection to a worker that acknowledges what it receives at once.
-///
-/// Servers that leave Nagle's algorithm on (Python's `http.server` does) write a response
-/// head and body as two small segments and hold the second until the first is
-/// acknowledged; on a kept-alive connection Linux delays that acknowledgement by up to
-/// 40 ms. Every response would then wait 40 ms. Quick-ack mode is not sticky, so it is
-/// asked for again before every read (one cheap system call).
-struct QuickAck(TcpStream);
-
-impl QuickAck {
-    fn quick_ack(&self) {
-        let one: nix::libc::c_int = 1;
-        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a pointer to a live
-        // c_int, on a descriptor this stream owns for as long as `self` lives.
-        unsafe {
-            nix::libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&self.0),
-                nix::libc::IPPROTO_TCP,
-                nix::libc::TCP_QUICKACK,
-                std::ptr::from_ref(&one).cast(),
-                nix::libc::socklen_t::try_from(std::mem::size_of::<nix::libc::c_int>())
-                    .expect("an int's size fits socklen_t"),
-            );
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for QuickAck {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.quick_ack();
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for QuickAck {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 fn upstream_failed(worker: u64, err: &hyper::Error) -> Response<ProxyBody> {
     event!(
         Warn,
@@ -532,169 +439,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-/// Bytes of a response molt reads from a worker ahead of the client. A response that
-/// fits is read whole as fast as the worker writes it, and the worker is free for the
-/// next request while a slow client is still reading; larger ones hold the worker only
-/// for their last part.
-const RESPONSE_BUFFER: usize = 1024 * 1024;
-
-/// A response body: molt's own, or a worker's, relayed from [`relay`].
-pub(crate) struct ProxyBody {
-    kind: Kind,
-}
-
-enum Kind {
-    Full(Option<Bytes>),
-    Relayed {
-        frames: mpsc::UnboundedReceiver<Result<Frame<Bytes>, hyper::Error>>,
-        /// Bytes [`relay`] may read ahead; given back as the client takes them.
-        budget: Arc<Semaphore>,
-        /// What is left of a body of known length.
-        remaining: Option<u64>,
-        done: bool,
-    },
-}
-
-impl ProxyBody {
-    fn empty() -> Self {
-        ProxyBody {
-            kind: Kind::Full(None),
-        }
-    }
-
-    fn full(text: String) -> Self {
-        ProxyBody {
-            kind: Kind::Full(Some(Bytes::from(text))),
-        }
-    }
-
-    /// Starts relaying a worker's response body; the lease and the connection go back as
-    /// soon as the worker has written all of it.
-    fn relayed(body: Incoming, conn: Upstream, lease: Lease) -> Self {
-        let (tx, frames) = mpsc::unbounded_channel();
-        let budget = Arc::new(Semaphore::new(RESPONSE_BUFFER));
-        let remaining = body.size_hint().exact();
-        tokio::spawn(relay(body, conn, lease, tx, Arc::clone(&budget)));
-        ProxyBody {
-            kind: Kind::Relayed {
-                frames,
-                budget,
-                remaining,
-                done: false,
-            },
-        }
-    }
-}
-
-/// Reads a worker's response body as fast as the worker writes it, up to
-/// [`RESPONSE_BUFFER`] bytes ahead of the client. Streams (server-sent events, chunked
-/// responses) still go out frame by frame as they come.
-async fn relay(
-    mut body: Incoming,
-    conn: Upstream,
-    lease: Lease,
-    frames: mpsc::UnboundedSender<Result<Frame<Bytes>, hyper::Error>>,
-    budget: Arc<Semaphore>,
-) {
-    loop {
-        match body.frame().await {
-            None => {
-                // The connection goes back before the lease, so that the request the
-                // worker is handed next finds it.
-                lease.slot().put_upstream(conn);
-                drop(lease);
-                return;
-            }
-            Some(Err(err)) => {
-                // The worker broke off mid-response: the connection is not reusable.
-                drop(conn);
-                drop(lease);
-                let _ = frames.send(Err(err));
-                return;
-            }
-            Some(Ok(frame)) => {
-                let len = frame.data_ref().map_or(0, Bytes::len).min(RESPONSE_BUFFER);
-                let permits = u32::try_from(len).expect("RESPONSE_BUFFER fits in u32");
-                if permits > 0 {
-                    // Closed when the client is gone.
-                    let Ok(taken) = budget.acquire_many(permits).await else {
-                        return;
-                    };
-                    taken.forget();
-                }
-                if frames.send(Ok(frame)).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.kind {
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Relayed {
-                frames,
-                budget,
-                remaining,
-                done,
-            } => match frames.poll_recv(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(None) => {
-                    *done = true;
-                    Poll::Ready(None)
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    let len = frame.data_ref().map_or(0, Bytes::len);
-                    budget.add_permits(len.min(RESPONSE_BUFFER));
-                    if let Some(left) = remaining {
-                        *left = left.saturating_sub(len as u64);
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(err))) => {
-                    *done = true;
-                    Poll::Ready(Some(Err(err)))
-                }
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(bytes) => bytes.is_none(),
-            Kind::Relayed { done, .. } => *done,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Relayed { remaining, .. } => {
-                remaining.map_or_else(SizeHint::default, SizeHint::with_exact)
-            }
-        }
-    }
-}
-
-impl Drop for ProxyBody {
-    fn drop(&mut self) {
-        // The client is gone (or never wanted the body, as for HEAD): a relay waiting for
-        // buffer room stops, dropping the worker's connection if it was mid-message.
-        if let Kind::Relayed { budget, .. } = &self.kind {
-            budget.close();
-        }
     }
 }
 
