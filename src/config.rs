@@ -152,6 +152,10 @@ pub(crate) struct Config {
     pub buffer_requests: BufferMode,
     /// Largest request body accepted, bytes; larger ones get 413.
     pub max_body: u64,
+    /// Longest a client may take to send a request head; then it gets 408.
+    pub header_timeout: Duration,
+    /// Longest a client connection may stay open with no request on it.
+    pub keepalive_timeout: Duration,
 }
 
 /// Port when neither `--port` nor `$PORT` names one: Foreman's and `heroku local`'s default.
@@ -179,6 +183,12 @@ pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Off: a request the app means to serve slowly (an export, a report) must not be killed by
 /// a default. Heroku's router gives up at 30 s (H12) whatever molt does.
 pub(crate) const DEFAULT_REQUEST_TIMEOUT: Option<Duration> = None;
+/// nginx's `client_header_timeout` is 60 s; half that, as Heroku's router gives a whole
+/// request 30 s, still lets a slow mobile link through while a slowloris is cut short.
+pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// nginx's `keepalive_timeout` (75 s), longer than the idle timeouts of common load
+/// balancers and clients, so that the client, not molt, closes an idle connection.
+pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Detected: the cgroup limit (the dyno's quota), else physical RAM.
 pub(crate) const DEFAULT_MEMORY_LIMIT: Option<u64> = None;
 /// The pool's share of the budget. The rest covers what a 2 s sample cannot see (a worker
@@ -266,6 +276,8 @@ impl Default for Config {
             bind: DEFAULT_BIND,
             buffer_requests: DEFAULT_BUFFER_REQUESTS,
             max_body: DEFAULT_MAX_BODY,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             log_level: DEFAULT_LOG_LEVEL,
         }
     }
@@ -757,6 +769,28 @@ pub(crate) static SETTINGS: &[Setting] = &[
         },
         default: "100MB",
         doc: "Largest request body accepted; larger ones get 413.",
+    },
+    Setting {
+        key: "header_timeout",
+        env: "MOLT_HEADER_TIMEOUT",
+        flag: None,
+        kind: Kind::Duration {
+            allow_zero: false,
+            set: |c, d| c.header_timeout = d,
+        },
+        default: "30s",
+        doc: "Longest a client may take to send a request's headers; then it gets 408.",
+    },
+    Setting {
+        key: "keepalive_timeout",
+        env: "MOLT_KEEPALIVE_TIMEOUT",
+        flag: None,
+        kind: Kind::Duration {
+            allow_zero: false,
+            set: |c, d| c.keepalive_timeout = d,
+        },
+        default: "75s",
+        doc: "Longest a client connection may stay open with no request on it.",
     },
 ];
 
@@ -2421,6 +2455,8 @@ mod tests {
             log_level: LogLevel::Debug,
             buffer_requests: BufferMode::Off,
             max_body: 10 << 20,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
         };
         assert_eq!(loaded.config, expected);
     }

@@ -1,5 +1,7 @@
 //! `molt run`: the public listener, the proxy, and the supervised worker pool.
 
+/// The client's socket under hyper: request framing, header and keep-alive timeouts.
+mod conn;
 /// Least-busy routing, the bounded request queue, and worker leases.
 mod dispatch;
 /// One worker's memory over its life: now, peak, growth after warm-up.
@@ -113,6 +115,10 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outco
             BufferMode::Auto => config.worker_concurrency == 1,
         },
         max_body: config.max_body,
+        timeouts: conn::Timeouts {
+            header: config.header_timeout,
+            keepalive: config.keepalive_timeout,
+        },
     });
     tokio::spawn(serve_public(
         listener,

@@ -7,11 +7,13 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Either;
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::{Request, Response, StatusCode, Version};
 use hyper::server::conn::http1;
@@ -21,15 +23,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::observe::event;
+use crate::run::conn::{ClientIo, Finished, Shared, Timeouts};
 use crate::run::dispatch::{Dispatcher, Lease, Overload, Upstream, UpstreamBody};
 use crate::run::relay::ProxyBody;
 use crate::run::spool::{SpoolError, Spooled};
 use crate::run::supervisor::Event;
 use crate::run::upstream::connect;
-
-/// Request headers must arrive within this time, or the connection gets 408 and closes
-/// (slowloris protection).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A request head larger than this gets 431, as nginx's and most servers' limits do.
 const MAX_HEADER_SIZE: usize = 64 * 1024;
@@ -51,6 +50,8 @@ pub(crate) struct Proxy {
     pub(crate) buffer_requests: bool,
     /// `MOLT_MAX_BODY`: larger request bodies get 413.
     pub(crate) max_body: u64,
+    /// `MOLT_HEADER_TIMEOUT` and `MOLT_KEEPALIVE_TIMEOUT`.
+    pub(crate) timeouts: Timeouts,
 }
 
 /// Accepts connections until shutdown, then waits for the open ones to finish and tells
@@ -102,15 +103,46 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |req| handle(req, Arc::clone(&proxy)));
+    let shared = Shared::new();
+    let io = ClientIo::new(stream, Arc::clone(&shared), proxy.timeouts);
+    let service = service_fn(move |req| {
+        let (smuggled, finished) = shared.dispatch();
+        let shared = Arc::clone(&shared);
+        let proxy = Arc::clone(&proxy);
+        async move {
+            let response = if smuggled {
+                // RFC 9112 section 6.3: a server MAY reject such a request, and a worker
+                // behind a proxy might frame it by its length.
+                event!(
+                    Info,
+                    "bad_request",
+                    status = 400,
+                    reason = "length_and_chunked"
+                );
+                let mut response = error_response(StatusCode::BAD_REQUEST);
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            } else {
+                handle(req, proxy).await
+            };
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                shared.upgraded();
+            }
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body,
+                _finished: finished,
+            }))
+        }
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
         .max_header_size(MAX_HEADER_SIZE)
         // A client that shuts down its sending side after a whole request still reads
         // the response.
         .half_close(true)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -122,28 +154,52 @@ async fn serve_connection(
     let _ = conn.await;
 }
 
-async fn handle(
-    mut req: Request<Incoming>,
-    proxy: Arc<Proxy>,
-) -> Result<Response<ProxyBody>, Infallible> {
+/// A response body that marks its request finished when hyper is done with it.
+struct Tracked {
+    body: ProxyBody,
+    /// Dropped with the body.
+    _finished: Finished,
+}
+
+impl Body for Tracked {
+    type Data = <ProxyBody as Body>::Data;
+    type Error = <ProxyBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+async fn handle(mut req: Request<Incoming>, proxy: Arc<Proxy>) -> Response<ProxyBody> {
     if let Some(status) = refusal(&req) {
-        return Ok(error_response(status));
+        return error_response(status);
     }
     let upgrade = wants_upgrade(req.headers());
     prepare_request(&mut req, upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     if content_length(req.headers()).is_some_and(|len| len > proxy.max_body) {
-        return Ok(error_response(StatusCode::PAYLOAD_TOO_LARGE));
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE);
     }
     let req = if proxy.buffer_requests && !req.body().is_end_stream() {
         let (head, body) = req.into_parts();
         match Spooled::read(body, proxy.max_body).await {
             Ok(body) => Request::from_parts(head, Either::Right(body)),
-            Err(SpoolError::TooLarge) => return Ok(error_response(StatusCode::PAYLOAD_TOO_LARGE)),
+            Err(SpoolError::TooLarge) => return error_response(StatusCode::PAYLOAD_TOO_LARGE),
             // The client is gone or sent a broken body: nothing to forward.
             Err(SpoolError::Client(err)) => {
                 event!(Debug, "client_error", error = err);
-                return Ok(error_response(StatusCode::BAD_REQUEST));
+                return error_response(StatusCode::BAD_REQUEST);
             }
             Err(SpoolError::CannotSpool { path, source }) => {
                 event!(Warn, "spool_error", path = path.display(), error = source);
@@ -152,7 +208,7 @@ async fn handle(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),
                 );
-                return Ok(response);
+                return response;
             }
         }
     } else {
@@ -161,17 +217,17 @@ async fn handle(
 
     let (lease, conn, mut response) = match exchange(&proxy, req).await {
         Ok(exchanged) => exchanged,
-        Err(failure) => return Ok(failure),
+        Err(failure) => return failure,
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease));
-            return Ok(response.map(|_| ProxyBody::empty()));
+            return response.map(|_| ProxyBody::empty());
         }
     }
     strip_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(|body| ProxyBody::relayed(body, conn, lease)))
+    response.map(|body| ProxyBody::relayed(body, conn, lease))
 }
 
 /// Sends the request to a worker and returns the response head with what it holds.
