@@ -199,12 +199,10 @@ impl AsyncRead for ClientIo {
                         Ordering::Acquire,
                     );
                 }
-                let now = Instant::now();
                 if this.framer.in_head() && (!was_in_head || this.framer.heads != index) {
-                    this.head_since = now;
-                }
-                if this.framer.is_lost() {
-                    this.idle_since = now;
+                    this.head_since = Instant::now();
+                } else if this.framer.is_lost() {
+                    this.idle_since = Instant::now();
                 }
                 Poll::Ready(Ok(()))
             }

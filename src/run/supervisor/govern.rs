@@ -226,6 +226,16 @@ impl Supervisor {
         self.workers.iter().filter_map(|w| w.mem.now).sum()
     }
 
+    /// Memory of the workers not already sent SIGKILL, whose memory the kernel is
+    /// taking back: counting it would kill a second worker for the first one's size.
+    fn live_memory(&self) -> u64 {
+        self.workers
+            .iter()
+            .filter(|w| !matches!(w.state, State::Stopping { deadline: None }))
+            .filter_map(|w| w.mem.now)
+            .sum()
+    }
+
     fn govern(&mut self, now: Instant) {
         let (soft, hard) = (self.budget.soft_cap, self.budget.hard_cap);
         let paused = self.guard.paused(now);
@@ -245,7 +255,7 @@ impl Supervisor {
         // Halfway from the usable budget to the whole of it: act before the platform does.
         let usable = self.budget.usable;
         let critical = usable + (self.budget.total.saturating_sub(usable)) / 2;
-        if self.pool_memory() + self.molt_rss > critical {
+        if self.live_memory() + self.molt_rss > critical {
             if let Some(id) = self.largest(|w| !matches!(w.state, State::Stopping { .. })) {
                 self.kill(id, "memory_pool");
             }
@@ -262,7 +272,7 @@ impl Supervisor {
         for id in over_soft {
             self.request_recycle(id, Reason::Memory, now);
         }
-        if self.pool_memory() > usable && self.recycling.is_none() {
+        if self.live_memory() > usable && self.recycling.is_none() {
             if let Some(id) = self.largest(super::Worker::is_ready) {
                 self.request_recycle(id, Reason::Pool, now);
             }

@@ -1109,6 +1109,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hard_kill_does_not_count_toward_the_pool_guard() {
+        // 1024MB: the pool guard kills at about 947MB; worker 1 alone puts the pool there.
+        let mut h = ready(capped(2, 1024 * MB), 2);
+        h.step(sampled(&[(1, 960 * MB), (2, 40 * MB)]), 100);
+        assert_eq!(
+            h.signals(),
+            [(h.pid(1), Signal::SIGKILL)],
+            "worker 2 is spared"
+        );
+        assert_eq!(h.dispatcher.routable(), [2]);
+    }
+
+    #[tokio::test]
     async fn worker_over_its_soft_cap_is_replaced_first_then_drained() {
         let mut h = ready(capped(2, 1024 * MB), 2);
         h.step(sampled(&[(1, 120 * MB), (2, 40 * MB)]), 100);
