@@ -29,8 +29,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use nix::errno::Errno;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::{self as nix_signal, SigHandler};
 use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
@@ -45,12 +47,16 @@ pub(crate) use worker::AppCommand;
 /// Connections the kernel holds for molt before it accepts them.
 const LISTEN_BACKLOG: i32 = 1024;
 
+/// Longest molt waits at exit to reap the processes it killed in [`kill_leftovers`].
+const LEFTOVER_REAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs the app under molt until a signal stops it or the app cannot boot.
 pub(crate) fn run(config: Config, command: &AppCommand) -> anyhow::Result<Outcome> {
     if config.disable {
         return Err(exec_directly(&config, command));
     }
     raise_fd_limit();
+    ignore_file_size_signal();
     // Orphans of the app (daemonized helpers, grandchildren of a dead worker) are
     // reparented to molt rather than to init, so molt reaps them and they cannot pile up
     // as zombies; as PID 1 molt is their parent anyway.
@@ -61,7 +67,67 @@ pub(crate) fn run(config: Config, command: &AppCommand) -> anyhow::Result<Outcom
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(Arc::new(config), command.clone()))
+    let outcome = runtime.block_on(serve(Arc::new(config), command.clone()));
+    kill_leftovers();
+    outcome
+}
+
+/// A write past `RLIMIT_FSIZE` (a spooled body on a file-size-limited dyno or CI runner)
+/// raises SIGXFSZ, whose default action ends the process: molt would die with every
+/// connection it holds. Ignored, the write fails with EFBIG instead and only that request
+/// gets an error. Workers get the default action back before exec (see `worker::spawn`).
+fn ignore_file_size_signal() {
+    // SAFETY: installing SIG_IGN runs no code of ours in signal context, and no other
+    // thread exists yet to race with the change of disposition.
+    if let Err(err) = unsafe { nix_signal::signal(nix_signal::Signal::SIGXFSZ, SigHandler::SigIgn) }
+    {
+        event!(
+            Warn,
+            "signal_failed",
+            signal = nix_signal::Signal::SIGXFSZ,
+            error = err
+        );
+    }
+}
+
+/// Kills whatever of the app is still running once every worker has exited: a process
+/// that left its worker's process group (a daemon that called `setsid`) escapes the
+/// group signal, and, adopted by molt as the subreaper, would outlive molt under init.
+fn kill_leftovers() {
+    let Ok(me) = i32::try_from(std::process::id()) else {
+        return;
+    };
+    let proc = std::path::Path::new("/proc");
+    // Zombies have exited already and only wait for the reaping below.
+    let left: Vec<i32> = crate::sys::memory::tree_pids(proc, me)
+        .into_iter()
+        .filter(|&pid| {
+            pid != me
+                && crate::sys::memory::read_stat(proc, pid).is_some_and(|stat| !stat.is_zombie())
+        })
+        .collect();
+    if left.is_empty() {
+        return;
+    }
+    event!(Warn, "kill_leftovers", processes = left.len());
+    for &pid in &left {
+        let _ = nix_signal::kill(Pid::from_raw(pid), nix_signal::Signal::SIGKILL);
+    }
+    // Reap them, so none is left a zombie; SIGKILL takes effect at once, but a process in
+    // uninterruptible sleep may take a moment, which is not worth holding the exit for.
+    let deadline = std::time::Instant::now() + LEFTOVER_REAP_TIMEOUT;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                if std::time::Instant::now() >= deadline {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outcome> {

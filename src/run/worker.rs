@@ -195,7 +195,7 @@ fn spawn(spec: &Spawn<'_>) -> std::io::Result<Pid> {
         .process_group(0);
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls (prctl, getppid, _exit); it allocates nothing and takes no locks.
+    // system calls (prctl, sigaction, getppid, _exit); it allocates nothing and takes no locks.
     unsafe {
         cmd.pre_exec(move || {
             // The worker dies with molt even if molt is SIGKILLed. The death signal is tied
@@ -206,6 +206,9 @@ fn spawn(spec: &Spawn<'_>) -> std::io::Result<Pid> {
             if nix::unistd::getppid() != parent {
                 nix::libc::_exit(1);
             }
+            // molt ignores SIGXFSZ (see `run::ignore_file_size_signal`), and an ignored
+            // signal stays ignored across exec: give the app the default action back.
+            nix::sys::signal::signal(Signal::SIGXFSZ, nix::sys::signal::SigHandler::SigDfl)?;
             Ok(())
         });
     }

@@ -6,6 +6,8 @@ mod buildpack;
 /// The Cloud Native Buildpack as the lifecycle runs it: descriptors parsed with
 /// `libcnb-data`, detect, build, and the web process started as the launcher starts it.
 mod cnb;
+/// Faults injected on real processes: kills, stops, resets, a full spool, few descriptors.
+mod faults;
 /// Checks of the Python fixture app itself, run directly without molt.
 mod fixture_smoke;
 /// Hostile and malformed HTTP on raw sockets, a table-driven corpus, and what molt exposes
