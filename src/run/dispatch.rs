@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ const MAX_UPSTREAM_IDLE: Duration = Duration::from_secs(1);
 pub(crate) struct Slot {
     pub(crate) id: u64,
     pub(crate) addr: SocketAddr,
+    /// The worker's process (its group leader).
+    pid: i32,
     in_flight: AtomicUsize,
     served: AtomicU64,
     /// Requests after which the worker takes no more (`MOLT_MAX_REQUESTS` with jitter).
@@ -50,13 +52,17 @@ pub(crate) struct Slot {
     /// Notified whenever `in_flight` drops to zero, so a drain can finish at once.
     idle: Notify,
     idle_upstreams: Mutex<Vec<(Upstream, Instant)>>,
+    /// The worker refused a connection: it is dead or no longer listening, and takes no
+    /// more requests while the supervisor replaces it.
+    refused: AtomicBool,
 }
 
 impl Slot {
-    pub(crate) fn new(id: u64, addr: SocketAddr, request_limit: Option<u64>) -> Self {
+    pub(crate) fn new(id: u64, addr: SocketAddr, pid: i32, request_limit: Option<u64>) -> Self {
         Slot {
             id,
             addr,
+            pid,
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             request_limit: request_limit.unwrap_or(u64::MAX),
@@ -64,6 +70,7 @@ impl Slot {
             idle_since_ms: AtomicU64::new(0),
             idle: Notify::new(),
             idle_upstreams: Mutex::new(Vec::new()),
+            refused: AtomicBool::new(false),
         }
     }
 
@@ -128,9 +135,31 @@ impl Slot {
         }
     }
 
-    /// Drops every idle connection (the worker is going away).
+    /// Drops every idle connection (the worker is going away, or one of its connections
+    /// broke, which the others may soon do too).
     pub(crate) fn clear_upstreams(&self) {
         lock(&self.idle_upstreams).clear();
+    }
+
+    /// Takes the worker out of routing after it refused a connection; true the first time.
+    pub(crate) fn mark_refused(&self) -> bool {
+        self.clear_upstreams();
+        !self.refused.swap(true, Ordering::AcqRel)
+    }
+
+    /// After a connection broke: when the worker itself is exiting (killed, crashed), it
+    /// takes no more requests. Until it is reaped it would still look routable, and a
+    /// request sent to it then would fail though the worker never held it.
+    pub(crate) fn check_exiting(&self) {
+        let exiting = crate::sys::memory::read_stat(std::path::Path::new("/proc"), self.pid)
+            .is_none_or(|stat| stat.is_exiting());
+        if exiting {
+            self.refused.store(true, Ordering::Release);
+        }
+    }
+
+    fn is_refused(&self) -> bool {
+        self.refused.load(Ordering::Acquire)
     }
 }
 
@@ -145,7 +174,6 @@ pub(crate) enum Overload {
 
 struct Waiter {
     tx: oneshot::Sender<Lease>,
-    avoid: Option<u64>,
 }
 
 struct State {
@@ -219,31 +247,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The least-busy worker under capacity, preferring any worker other than `avoid`.
-/// Ties go to the earliest worker in the pool, which leaves later ones idle so that
-/// they can be scaled down.
-pub(crate) fn choose(
-    pool: &[Arc<Slot>],
-    capacity: usize,
-    avoid: Option<u64>,
-) -> Option<&Arc<Slot>> {
+/// The least-busy worker under capacity that has not refused a connection. Ties go to
+/// the earliest worker in the pool, which leaves later ones idle so that they can be
+/// scaled down.
+pub(crate) fn choose(pool: &[Arc<Slot>], capacity: usize) -> Option<&Arc<Slot>> {
     let mut best: Option<&Arc<Slot>> = None;
-    let mut fallback: Option<&Arc<Slot>> = None;
     for slot in pool {
         let busy = slot.in_flight();
-        if (capacity != 0 && busy >= capacity) || slot.at_request_limit() {
+        if (capacity != 0 && busy >= capacity) || slot.at_request_limit() || slot.is_refused() {
             continue;
         }
-        let pick = if Some(slot.id) == avoid {
-            &mut fallback
-        } else {
-            &mut best
-        };
-        if pick.is_none_or(|b| busy < b.in_flight()) {
-            *pick = Some(slot);
+        if best.is_none_or(|b| busy < b.in_flight()) {
+            best = Some(slot);
         }
     }
-    best.or(fallback)
+    best
 }
 
 impl Dispatcher {
@@ -283,15 +301,14 @@ impl Dispatcher {
             .count()
     }
 
-    /// Claims a worker, waiting in the queue if none is free. `avoid` names a worker
-    /// that just failed to accept a connection; another is taken if one is free.
-    pub(crate) async fn acquire(self: &Arc<Self>, avoid: Option<u64>) -> Result<Lease, Overload> {
+    /// Claims a worker, waiting in the queue if none is free.
+    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Lease, Overload> {
         let rx = {
             let mut state = lock(&self.state);
             // Earlier arrivals go first: a new request takes a free worker directly only
             // when nobody is waiting.
             if state.queue.is_empty() {
-                if let Some(slot) = choose(&state.pool, self.capacity, avoid) {
+                if let Some(slot) = choose(&state.pool, self.capacity) {
                     return Ok(self.lease(slot));
                 }
             }
@@ -305,7 +322,7 @@ impl Dispatcher {
                 }
             }
             let (tx, rx) = oneshot::channel();
-            state.queue.push_back(Waiter { tx, avoid });
+            state.queue.push_back(Waiter { tx });
             rx
         };
         // The pool may need another worker.
@@ -380,7 +397,7 @@ impl Dispatcher {
                 continue;
             }
             let pool = Arc::clone(&state.pool);
-            let Some(slot) = choose(&pool, self.capacity, front.avoid) else {
+            let Some(slot) = choose(&pool, self.capacity) else {
                 break;
             };
             let lease = self.lease(slot);
@@ -398,7 +415,7 @@ mod tests {
     use super::*;
 
     fn slot(id: u64, busy: usize) -> Arc<Slot> {
-        let s = Slot::new(id, SocketAddr::from(([127, 0, 0, 1], 1)), None);
+        let s = Slot::new(id, SocketAddr::from(([127, 0, 0, 1], 1)), 0, None);
         s.in_flight.store(busy, Ordering::Relaxed);
         Arc::new(s)
     }
@@ -410,37 +427,52 @@ mod tests {
     #[test]
     fn picks_least_busy_under_capacity() {
         let pool = [slot(1, 2), slot(2, 1), slot(3, 3)];
-        assert_eq!(ids(choose(&pool, 0, None)), Some(2));
-        assert_eq!(ids(choose(&pool, 2, None)), Some(2));
-        assert_eq!(ids(choose(&pool, 1, None)), None);
+        assert_eq!(ids(choose(&pool, 0)), Some(2));
+        assert_eq!(ids(choose(&pool, 2)), Some(2));
+        assert_eq!(ids(choose(&pool, 1)), None);
     }
 
     #[test]
     fn ties_go_to_the_earliest_worker() {
         let pool = [slot(4, 0), slot(5, 0)];
-        assert_eq!(ids(choose(&pool, 1, None)), Some(4));
+        assert_eq!(ids(choose(&pool, 1)), Some(4));
     }
 
-    #[test]
-    fn avoided_worker_only_as_last_resort() {
+    #[tokio::test]
+    async fn a_worker_that_refused_a_connection_gets_no_more_requests() {
         let pool = [slot(1, 0), slot(2, 3)];
-        assert_eq!(ids(choose(&pool, 0, Some(1))), Some(2));
-        assert_eq!(ids(choose(&pool, 1, Some(1))), Some(1));
-        assert_eq!(ids(choose(&[], 1, Some(1))), None);
+        assert!(pool[0].mark_refused());
+        assert!(!pool[0].mark_refused(), "reported once");
+        assert_eq!(ids(choose(&pool, 0)), Some(2));
+        assert_eq!(
+            ids(choose(&pool, 1)),
+            None,
+            "not even when no other is free"
+        );
+        // A request waits in the queue for a worker that can take it.
+        let d = Dispatcher::new(1, 10, Duration::from_secs(5));
+        d.publish(pool.to_vec());
+        let d2 = Arc::clone(&d);
+        let waiting = tokio::spawn(async move { d2.acquire().await.map(|l| l.slot().id) });
+        while d.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        d.publish(vec![Arc::clone(&pool[0]), slot(3, 0)]);
+        assert_eq!(waiting.await.expect("task ran"), Ok(3));
     }
 
     #[tokio::test]
     async fn queue_is_fifo_and_bounded() {
         let d = Dispatcher::new(1, 1, Duration::from_secs(5));
         d.publish(vec![slot(1, 0)]);
-        let first = d.acquire(None).await.expect("a free worker");
+        let first = d.acquire().await.expect("a free worker");
         let d2 = Arc::clone(&d);
-        let waiting = tokio::spawn(async move { d2.acquire(None).await.map(|l| l.slot().id) });
+        let waiting = tokio::spawn(async move { d2.acquire().await.map(|l| l.slot().id) });
         while d.queued() == 0 {
             tokio::task::yield_now().await;
         }
         assert_eq!(
-            d.acquire(None).await.err(),
+            d.acquire().await.err(),
             Some(Overload::QueueFull { queued: 1 })
         );
         drop(first);
@@ -452,10 +484,10 @@ mod tests {
     async fn queue_wait_times_out_and_frees_its_place() {
         let d = Dispatcher::new(1, 1, Duration::from_millis(100));
         d.publish(vec![slot(1, 0)]);
-        let held = d.acquire(None).await.expect("a free worker");
-        assert_eq!(d.acquire(None).await.err(), Some(Overload::QueueTimeout));
+        let held = d.acquire().await.expect("a free worker");
+        assert_eq!(d.acquire().await.err(), Some(Overload::QueueTimeout));
         drop(held);
-        let again = d.acquire(None).await.expect("the worker is free again");
+        let again = d.acquire().await.expect("the worker is free again");
         assert_eq!(again.slot().in_flight(), 1);
     }
 
@@ -463,7 +495,7 @@ mod tests {
     async fn new_workers_serve_the_queue() {
         let d = Dispatcher::new(1, 10, Duration::from_secs(5));
         let d2 = Arc::clone(&d);
-        let waiting = tokio::spawn(async move { d2.acquire(None).await.map(|l| l.slot().id) });
+        let waiting = tokio::spawn(async move { d2.acquire().await.map(|l| l.slot().id) });
         while d.queued() == 0 {
             tokio::task::yield_now().await;
         }
@@ -476,7 +508,7 @@ mod tests {
         let d = Dispatcher::new(0, 10, Duration::from_secs(5));
         let s = slot(1, 0);
         d.publish(vec![Arc::clone(&s)]);
-        let lease = d.acquire(None).await.expect("a free worker");
+        let lease = d.acquire().await.expect("a free worker");
         let s2 = Arc::clone(&s);
         let idle = tokio::spawn(async move { s2.wait_idle().await });
         tokio::task::yield_now().await;
@@ -494,11 +526,16 @@ mod limit_tests {
     #[tokio::test]
     async fn a_worker_at_its_request_limit_takes_no_more() {
         let d = Dispatcher::new(0, 10, Duration::from_secs(5));
-        let limited = Arc::new(Slot::new(1, SocketAddr::from(([127, 0, 0, 1], 1)), Some(2)));
-        let other = Arc::new(Slot::new(2, SocketAddr::from(([127, 0, 0, 1], 2)), None));
+        let limited = Arc::new(Slot::new(
+            1,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            0,
+            Some(2),
+        ));
+        let other = Arc::new(Slot::new(2, SocketAddr::from(([127, 0, 0, 1], 2)), 0, None));
         d.publish(vec![Arc::clone(&limited), Arc::clone(&other)]);
         for _ in 0..2 {
-            let lease = d.acquire(None).await.expect("free");
+            let lease = d.acquire().await.expect("free");
             assert_eq!(lease.slot().id, 1);
         }
         assert!(limited.at_request_limit());
@@ -506,21 +543,21 @@ mod limit_tests {
         tokio::time::timeout(Duration::from_secs(1), d.attention.notified())
             .await
             .expect("attention was notified");
-        assert_eq!(d.acquire(None).await.expect("free").slot().id, 2);
+        assert_eq!(d.acquire().await.expect("free").slot().id, 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn queue_waits_give_a_p95() {
         let d = Dispatcher::new(1, 10, Duration::from_secs(60));
-        let s = Arc::new(Slot::new(1, SocketAddr::from(([127, 0, 0, 1], 1)), None));
+        let s = Arc::new(Slot::new(1, SocketAddr::from(([127, 0, 0, 1], 1)), 0, None));
         d.publish(vec![Arc::clone(&s)]);
         // 19 requests that do not wait, then one that waits 300 ms.
         for _ in 0..19 {
-            drop(d.acquire(None).await.expect("free"));
+            drop(d.acquire().await.expect("free"));
         }
-        let held = d.acquire(None).await.expect("free");
+        let held = d.acquire().await.expect("free");
         let d2 = Arc::clone(&d);
-        let waiter = tokio::spawn(async move { d2.acquire(None).await.map(|_| ()) });
+        let waiter = tokio::spawn(async move { d2.acquire().await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(held);
         waiter.await.expect("task").expect("served");
@@ -532,9 +569,9 @@ mod limit_tests {
             "one wait in 21 is above the 95th percentile"
         );
         for _ in 0..3 {
-            let held = d.acquire(None).await.expect("free");
+            let held = d.acquire().await.expect("free");
             let d2 = Arc::clone(&d);
-            let waiter = tokio::spawn(async move { d2.acquire(None).await.map(|_| ()) });
+            let waiter = tokio::spawn(async move { d2.acquire().await.map(|_| ()) });
             tokio::time::sleep(Duration::from_millis(30)).await;
             drop(held);
             waiter.await.expect("task").expect("served");

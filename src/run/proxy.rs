@@ -233,7 +233,7 @@ async fn handle(mut req: Request<Incoming>, proxy: Arc<Proxy>) -> Response<Proxy
 /// Sends the request to a worker and returns the response head with what it holds.
 ///
 /// A request goes to a second worker only when the first refused the connection, so the
-/// worker cannot have seen it; it goes to a fresh connection when a kept-alive one was
+/// worker cannot have seen it (the first then takes no more requests); it goes to a fresh connection when a kept-alive one was
 /// found closed before the request was written. Any failure after the request was sent
 /// is final (502): the worker may have acted on it, and a request that crashes workers
 /// must not be handed to the next one.
@@ -242,22 +242,23 @@ async fn exchange(
     req: Request<UpstreamBody>,
 ) -> Result<(Lease, Upstream, Response<Incoming>), Response<ProxyBody>> {
     let mut req = req;
-    let mut refused_by = None;
+    let mut retried = false;
     loop {
-        let lease = proxy
-            .dispatcher
-            .acquire(refused_by)
-            .await
-            .map_err(overloaded)?;
+        let lease = proxy.dispatcher.acquire().await.map_err(overloaded)?;
         let worker = lease.slot().id;
         let mut conn = match connect(lease.slot()).await {
             Ok(conn) => conn,
             Err(err) => {
                 event!(Warn, "connect_error", worker = worker, error = err);
-                if refused_by.is_some() {
+                // Dead (not yet reaped) or no longer listening: route nothing more there,
+                // and have the supervisor replace it.
+                if lease.slot().mark_refused() {
+                    let _ = proxy.events.send(Event::Refused { id: worker });
+                }
+                if retried {
                     return Err(error_response(StatusCode::BAD_GATEWAY));
                 }
-                refused_by = Some(worker);
+                retried = true;
                 continue;
             }
         };
@@ -279,15 +280,17 @@ async fn exchange(
         };
         match sent {
             Ok(response) => return Ok((lease, conn, response)),
-            Err(mut err) => match err.take_message() {
-                // The worker closed this kept-alive connection as it was taken; its other
-                // idle ones are no younger.
-                Some(unsent) => {
-                    lease.slot().clear_upstreams();
-                    req = unsent;
-                }
-                None => return Err(upstream_failed(worker, &err.into_error())),
-            },
+            Err(mut err) => {
+                // Either way the worker's other idle connections are suspect: it closed
+                // this one as it was taken, or it may be dying (a fresh connection to a
+                // dead worker is refused, and the request retried elsewhere).
+                lease.slot().clear_upstreams();
+                let Some(unsent) = err.take_message() else {
+                    lease.slot().check_exiting();
+                    return Err(upstream_failed(worker, &err.into_error()));
+                };
+                req = unsent;
+            }
         }
     }
 }

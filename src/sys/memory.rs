@@ -159,6 +159,8 @@ pub(crate) struct ProcStat {
     pub(crate) state: char,
     pub(crate) ppid: i32,
     pub(crate) pgrp: i32,
+    /// The kernel's `PF_*` flags of the process.
+    pub(crate) flags: u32,
     /// CPU time in user mode, in clock ticks (see [`clock_ticks_per_second`]).
     pub(crate) utime: u64,
     /// CPU time in kernel mode, in clock ticks.
@@ -178,6 +180,13 @@ impl ProcStat {
     /// Whether the process has exited and waits to be reaped: it holds no memory any more.
     pub(crate) fn is_zombie(&self) -> bool {
         matches!(self.state, 'Z' | 'X' | 'x')
+    }
+
+    /// Whether the process is exiting or has exited: the kernel sets `PF_EXITING` before
+    /// it closes the process's files, so this holds by the time its peers see them close.
+    pub(crate) fn is_exiting(&self) -> bool {
+        const PF_EXITING: u32 = 0x4;
+        self.is_zombie() || self.flags & PF_EXITING != 0
     }
 }
 
@@ -209,6 +218,7 @@ pub(crate) fn parse_stat(text: &str) -> Result<ProcStat, ParseError> {
         state,
         ppid: parse_number(FILE, "ppid", field(4, "ppid")?)?,
         pgrp: parse_number(FILE, "pgrp", field(5, "pgrp")?)?,
+        flags: parse_number(FILE, "flags", field(9, "flags")?)?,
         utime: parse_number(FILE, "utime", field(14, "utime")?)?,
         stime: parse_number(FILE, "stime", field(15, "stime")?)?,
         starttime: parse_number(FILE, "starttime", field(22, "starttime")?)?,
@@ -736,6 +746,7 @@ Locked:                0 kB
                 state: 'R',
                 ppid: 31476,
                 pgrp: 31476,
+                flags: 4_194_304,
                 utime: 7,
                 stime: 0,
                 starttime: 163_780,
@@ -1146,6 +1157,7 @@ mod properties {
             state in prop::sample::select(&['R', 'S', 'D', 'Z', 'T', 't', 'X', 'I', 'W', 'P']),
             ppid in 0i32..=i32::MAX,
             pgrp in 0i32..=i32::MAX,
+            flags in any::<u32>(),
             utime in any::<u64>(),
             stime in any::<u64>(),
             starttime in any::<u64>(),
@@ -1156,13 +1168,14 @@ mod properties {
             fields[0] = state.to_string();
             fields[1] = ppid.to_string();
             fields[2] = pgrp.to_string();
+            fields[9 - 3] = flags.to_string();
             fields[14 - 3] = utime.to_string();
             fields[15 - 3] = stime.to_string();
             fields[22 - 3] = starttime.to_string();
             fields[24 - 3] = rss_pages.to_string();
             let text = format!("{pid} ({comm}) {}\n", fields.join(" "));
             let stat = parse_stat(&text).unwrap();
-            prop_assert_eq!(stat, ProcStat { pid, comm, state, ppid, pgrp, utime, stime, starttime, rss_pages });
+            prop_assert_eq!(stat, ProcStat { pid, comm, state, ppid, pgrp, flags, utime, stime, starttime, rss_pages });
         }
 
         #[test]

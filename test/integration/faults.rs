@@ -288,23 +288,11 @@ fn workers_sigkilled_under_load_fail_only_their_own_requests() {
 }
 
 /// The same faults under free-running load (two clients looping on short `/sleep`s, three
-/// workers), where requests that were never on a killed worker fail too. When a worker
-/// dies, the proxy sees its connection close and gives the lease back (the victim's 502)
-/// before the supervisor has reaped the worker and taken it out of the pool. A request
-/// routed to it in that window fails with 502 in two ways seen in the log:
-/// - it takes an idle kept-alive connection to the dead worker that still looks ready,
-///   the request is written, and the connection errors (`upstream_error ... error="connection
-///   error"`), a failure after sending, which is final;
-/// - its connect is refused and the retry, asked to avoid that worker, gets it again,
-///   because `dispatch::choose` falls back to the avoided worker when no other is free
-///   (two `connect_error` lines, then 502).
-///
-/// Both go against DESIGN 4.2 ("only its in-flight requests fail") and the second against
-/// 4.3 ("retried once on another worker"). The fixes belong in `src/run/dispatch.rs`,
-/// `src/run/proxy.rs` or `src/run/upstream.rs`, e.g. taking a worker out of routing as
-/// soon as one of its connections fails or is refused, before the supervisor reaps it.
+/// workers). When a worker dies, the proxy sees the victim's connection close and gives
+/// its lease back before the supervisor has reaped the worker. Requests must not follow
+/// the victim there: molt drops the worker's idle connections, takes a worker that is
+/// exiting out of routing, and retries a refused connection on another worker only.
 #[test]
-#[ignore = "bug: requests routed to a killed worker before it is reaped fail with 502 (stale kept-alive connection; refused retry falls back to the same worker in dispatch::choose)"]
 fn workers_sigkilled_under_free_running_load_fail_only_their_own_requests() {
     if !python3_or_skip() {
         return;

@@ -53,6 +53,8 @@ pub(crate) enum Reason {
     Lifetime,
     /// Idle past `MOLT_IDLE_TIMEOUT` while the pool is above its minimum.
     Idle,
+    /// Refused a connection while it was still running.
+    Refused,
 }
 
 impl Reason {
@@ -64,6 +66,7 @@ impl Reason {
             Reason::Requests => "requests",
             Reason::Lifetime => "lifetime",
             Reason::Idle => "idle",
+            Reason::Refused => "refused",
         }
     }
 

@@ -59,6 +59,9 @@ pub(crate) enum Event {
     Fatal(String),
     /// A request on this worker outlived `MOLT_REQUEST_TIMEOUT`: the worker is stuck.
     Stuck { id: u64 },
+    /// This worker refused a connection: it died and is not reaped yet, or it stopped
+    /// listening. The proxy routes nothing more to it.
+    Refused { id: u64 },
     /// Memory of each worker's process tree (None: it was gone), and molt's own RSS.
     Sampled {
         samples: Vec<(u64, Option<TreeMemory>)>,
@@ -305,6 +308,13 @@ impl Supervisor {
                 }
             }
             Event::Stuck { id } => self.kill(id, "request_timeout"),
+            Event::Refused { id } => {
+                // A dead worker's exit comes from the reaper; a live one that stopped
+                // listening is replaced like any other, its requests in flight finishing.
+                if self.worker_mut(id).is_some_and(|w| w.is_ready()) {
+                    self.request_recycle(id, Reason::Refused, now);
+                }
+            }
             Event::Sampled { samples, molt_rss } => self.on_sampled(samples, molt_rss, now),
             Event::Status(reply) => {
                 let _ = reply.send(self.status_report(now));
@@ -586,7 +596,7 @@ impl Supervisor {
         self.workers.push(Worker {
             id,
             pid,
-            slot: Arc::new(Slot::new(id, addr, request_limit)),
+            slot: Arc::new(Slot::new(id, addr, pid.as_raw(), request_limit)),
             started: now,
             ready_since: None,
             lifetime_end,
@@ -1109,6 +1119,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_worker_that_refuses_connections_is_replaced() {
+        let mut h = ready(capped(2, 1024 * MB), 2);
+        h.step(Event::Refused { id: 1 }, 100);
+        assert_eq!(h.spawned().len(), 3, "the replacement starts first");
+        h.step(Event::Ready { id: 3 }, 200);
+        assert_eq!(h.dispatcher.routable(), [2, 3]);
+        h.step(Event::Drained { id: 1 }, 210);
+        assert_eq!(h.signals(), [(h.pid(1), Signal::SIGTERM)]);
+        // A worker that already left is not recycled again.
+        h.exit(1, 220);
+        h.step(Event::Refused { id: 1 }, 230);
+        assert_eq!(h.spawned().len(), 3);
+    }
+
+    #[tokio::test]
     async fn a_hard_kill_does_not_count_toward_the_pool_guard() {
         // 1024MB: the pool guard kills at about 947MB; worker 1 alone puts the pool there.
         let mut h = ready(capped(2, 1024 * MB), 2);
@@ -1192,7 +1217,7 @@ mod tests {
         h.exit(1, 40);
         h.step(Event::Ready { id: 2 }, 50);
         // Under load from its first moment: never sampled idle.
-        let _lease = h.dispatcher.acquire(None).await.expect("worker 2 is free");
+        let _lease = h.dispatcher.acquire().await.expect("worker 2 is free");
         h.step(sampled(&[(2, 80 * MB)]), 60);
         assert_eq!(h.sup.facts.worker_footprint, Some(60 * MB));
     }

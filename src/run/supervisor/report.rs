@@ -13,7 +13,7 @@ use crate::observe::emit;
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) kills: u64,
-    recycles: [u64; 6],
+    recycles: [u64; REASONS.len()],
 }
 
 impl Counters {
@@ -22,13 +22,14 @@ impl Counters {
     }
 }
 
-const REASONS: [Reason; 6] = [
+const REASONS: [Reason; 7] = [
     Reason::Restart,
     Reason::Memory,
     Reason::Pool,
     Reason::Requests,
     Reason::Lifetime,
     Reason::Idle,
+    Reason::Refused,
 ];
 
 fn reason_index(reason: Reason) -> usize {
