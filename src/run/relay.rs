@@ -36,6 +36,12 @@ const RESPONSE_BUFFER: usize = 1024 * 1024;
 /// `proxy_max_temp_file_size` default). Past it the worker waits for the client.
 const MAX_TEMP_FILE: u64 = 1024 * 1024 * 1024;
 
+/// Responses of at most this known length skip the relay: hyper reads them straight from
+/// the worker, so the head and body leave in one write and no task is spawned. hyper takes
+/// a body that small into its write buffer (up to 400 KiB) whatever the client reads, so
+/// the worker is still free as soon as it has written it.
+const DIRECT_LIMIT: u64 = 64 * 1024;
+
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// A response body: molt's own, or a worker's, relayed from [`relay`].
@@ -45,6 +51,12 @@ pub(crate) struct ProxyBody {
 
 enum Kind {
     Full(Option<Bytes>),
+    /// A small body read from the worker as the client takes it; the connection and the
+    /// lease go back once all of it is read, or are dropped with the body.
+    Direct {
+        body: Incoming,
+        held: Option<(Upstream, Lease)>,
+    },
     Relayed(Relayed),
 }
 
@@ -99,6 +111,23 @@ impl ProxyBody {
     /// Starts relaying a worker's response body; the lease and the connection go back as
     /// soon as the worker has written all of it.
     pub(crate) fn relayed(body: Incoming, conn: Upstream, lease: Lease) -> Self {
+        if body.is_end_stream() {
+            // Nothing to read (HEAD, 204, 304, an empty body): the worker is done already.
+            give_back(conn, lease);
+            return ProxyBody::empty();
+        }
+        if body
+            .size_hint()
+            .exact()
+            .is_some_and(|len| len <= DIRECT_LIMIT)
+        {
+            return ProxyBody {
+                kind: Kind::Direct {
+                    body,
+                    held: Some((conn, lease)),
+                },
+            };
+        }
         Self::read_ahead(body, RESPONSE_BUFFER, MAX_TEMP_FILE, move |outcome| {
             if outcome.spilled > 0 {
                 event!(
@@ -108,12 +137,10 @@ impl ProxyBody {
                     bytes = outcome.spilled
                 );
             }
-            // The connection goes back before the lease, so that the request the worker
-            // is handed next finds it. One broken off mid-response is not reusable.
+            // One broken off mid-response is not reusable.
             if outcome.whole {
-                lease.slot().put_upstream(conn);
+                give_back(conn, lease);
             }
-            drop(lease);
         })
     }
 
@@ -159,6 +186,13 @@ impl ProxyBody {
             }),
         }
     }
+}
+
+/// Ends a response the worker has written whole. The connection goes back before the
+/// lease, so that the request the worker is handed next finds it.
+fn give_back(conn: Upstream, lease: Lease) {
+    lease.slot().put_upstream(conn);
+    drop(lease);
 }
 
 /// Reads a worker's response body as fast as the worker writes it: into memory while the
@@ -340,6 +374,24 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Direct { body, held } => {
+                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                // The worker is free once it has written the last byte, not only when
+                // hyper asks for a frame after it.
+                let whole = match &frame {
+                    None => true,
+                    Some(Ok(_)) => body.is_end_stream(),
+                    // Broken off mid-response: the connection is not reusable.
+                    Some(Err(_)) => {
+                        *held = None;
+                        false
+                    }
+                };
+                if let Some((conn, lease)) = held.take_if(|_| whole) {
+                    give_back(conn, lease);
+                }
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
             Kind::Relayed(relayed) => relayed.poll_frame(cx),
         }
     }
@@ -347,6 +399,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
+            Kind::Direct { body, .. } => body.is_end_stream(),
             Kind::Relayed(relayed) => relayed.done,
         }
     }
@@ -355,6 +408,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Direct { body, .. } => body.size_hint(),
             Kind::Relayed(relayed) => relayed
                 .remaining
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
