@@ -66,6 +66,26 @@ fn a_client_that_does_not_read_leaves_the_worker_free() {
 }
 
 #[test]
+fn a_small_response_to_a_client_that_does_not_read_leaves_the_worker_free() {
+    // Small bodies of known length skip the read-ahead relay; they must not hold the
+    // worker either.
+    let molt = one_worker(|b| b);
+    let len = 64 * 1024;
+    let mut slow = Conn::open(molt.port()).expect("connect");
+    slow.write_request("GET", &format!("/download?bytes={len}"), &[], b"")
+        .expect("request sent");
+    let next = get(molt.port(), "/pid").expect("served while the download waits");
+    assert_eq!(next.status, 200, "{}", molt.log());
+    read_download(&mut slow, len);
+    // HEAD gets the length and no body, and gives the worker back too.
+    let head = slow
+        .send("HEAD", &format!("/download?bytes={len}"), &[], b"")
+        .expect("served");
+    assert_eq!(head.header("content-length"), Some("65536"));
+    assert_eq!(get(molt.port(), "/pid").expect("served").status, 200);
+}
+
+#[test]
 fn an_unusable_spool_directory_still_delivers_the_whole_response() {
     // Regression: a failure to spill must slow the worker down, not fail the response.
     let molt = one_worker(|b| b.env("TMPDIR", "/nonexistent/molt-spool"));
