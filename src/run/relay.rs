@@ -589,10 +589,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_file_makes_the_worker_wait_and_order_holds() {
-        let (worker, mut client) = relay(4, 8);
-        for data in ["aaaa", "bbbb", "cccc", "dddd", "eeee"] {
+        let (mut worker, mut client) = relay(4, 8);
+        // Memory takes the first frame, the file the next two, and then it is full.
+        for data in ["aaaa", "bbbb", "cccc"] {
             worker.write(data);
         }
+        worker.handled(3).await;
+        worker.write("dddd");
+        worker.write("eeee");
         drop(worker.frames);
         let mut all = String::new();
         while let Some(frame) = client.frame().await {
