@@ -66,9 +66,9 @@ impl Spooled {
                 continue;
             }
             if spooled.file.is_none() {
-                let (file, at) = temporary_file()
+                let (file, at) = temporary_file("body")
                     .map_err(|(path, source)| SpoolError::CannotSpool { path, source })?;
-                spooled.file = Some(file);
+                spooled.file = Some(tokio::fs::File::from_std(file));
                 path = at;
             }
             let file = spooled.file.as_mut().expect("opened above");
@@ -94,12 +94,15 @@ impl Spooled {
     }
 }
 
-/// An anonymous file in the temporary directory: unlinked at once, so nothing is left
-/// behind however molt ends.
-fn temporary_file() -> Result<(tokio::fs::File, PathBuf), (PathBuf, io::Error)> {
+/// An anonymous file in the temporary directory (`TMPDIR`), named `molt-<label>-..`:
+/// unlinked at once, so nothing is left behind however molt ends. Request bodies and
+/// responses ahead of a slow client spill here.
+pub(crate) fn temporary_file(
+    label: &str,
+) -> Result<(std::fs::File, PathBuf), (PathBuf, io::Error)> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let path = std::env::temp_dir().join(format!(
-        "molt-body-{}-{}",
+        "molt-{label}-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
@@ -110,7 +113,7 @@ fn temporary_file() -> Result<(tokio::fs::File, PathBuf), (PathBuf, io::Error)> 
         .open(&path)
         .map_err(|err| (path.clone(), err))?;
     let _ = std::fs::remove_file(&path);
-    Ok((tokio::fs::File::from_std(file), path))
+    Ok((file, path))
 }
 
 impl Body for Spooled {

@@ -19,6 +19,8 @@ mod lifecycle;
 mod memory;
 /// The proxy: routing, bodies, streaming, upgrades, headers, queue limits.
 mod proxy;
+/// Responses read ahead of a slow client, in memory and then in a temporary file.
+mod relay;
 /// Configuration errors and `molt plan`.
 mod settings;
 /// Shared helpers: the molt guard, `/proc` inspection, a small HTTP/1.1 client.
