@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use nix::errno::Errno;
+use nix::sys::socket::MsgFlags;
 use tokio::sync::{oneshot, Notify};
 
 use crate::run::spool::Spooled;
@@ -24,7 +27,31 @@ use crate::run::spool::Spooled;
 pub(crate) type UpstreamBody = Either<Incoming, Spooled>;
 
 /// A keep-alive connection to a worker.
-pub(crate) type Upstream = SendRequest<UpstreamBody>;
+pub(crate) struct Upstream {
+    pub(crate) send: SendRequest<UpstreamBody>,
+    /// A second descriptor of the connection's socket, to look at it while hyper owns the
+    /// first; `None` when the descriptor limit left none to spare.
+    probe: Option<OwnedFd>,
+}
+
+impl Upstream {
+    pub(crate) fn new(send: SendRequest<UpstreamBody>, probe: Option<OwnedFd>) -> Self {
+        Upstream { send, probe }
+    }
+
+    /// Whether the worker has ended or broken this idle connection: an idle HTTP/1.1
+    /// connection carries nothing from the server, so any byte or end of stream waiting
+    /// on it means it cannot take a request. This is known as soon as the kernel has it,
+    /// before hyper's connection task has run to notice: the gap in which a request sent
+    /// to a worker that was just killed would fail though the worker never held it.
+    fn peer_done(&self) -> bool {
+        self.probe.as_ref().is_some_and(peer_done)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.send.is_closed() || self.peer_done()
+    }
+}
 
 /// Most idle keep-alive connections kept per worker.
 const MAX_IDLE_UPSTREAMS: usize = 64;
@@ -35,6 +62,16 @@ const MAX_IDLE_UPSTREAMS: usize = 64;
 /// Staying under those timeouts keeps that race away, and a new loopback connection is
 /// cheap.
 const MAX_UPSTREAM_IDLE: Duration = Duration::from_secs(1);
+
+/// Whether anything (bytes, an end of stream, an error) waits on an idle socket.
+fn peer_done(socket: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    !matches!(
+        nix::sys::socket::recv(socket.as_raw_fd(), &mut byte, flags),
+        Err(Errno::EAGAIN)
+    )
+}
 
 /// One worker as the request path sees it.
 pub(crate) struct Slot {
@@ -126,7 +163,7 @@ impl Slot {
 
     /// Returns a connection whose last exchange completed, for reuse.
     pub(crate) fn put_upstream(&self, conn: Upstream) {
-        if conn.is_closed() {
+        if conn.send.is_closed() {
             return;
         }
         let mut idle = lock(&self.idle_upstreams);
@@ -430,6 +467,32 @@ mod tests {
         assert_eq!(ids(choose(&pool, 0)), Some(2));
         assert_eq!(ids(choose(&pool, 2)), Some(2));
         assert_eq!(ids(choose(&pool, 1)), None);
+    }
+
+    #[test]
+    fn an_idle_connection_is_done_once_its_peer_sends_or_closes() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ours =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut theirs, _) = listener.accept().expect("accept");
+        let probe = OwnedFd::from(ours);
+        assert!(!peer_done(&probe), "an idle connection");
+        theirs.write_all(b"x").expect("write");
+        theirs.flush().expect("flush");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !peer_done(&probe) {
+            assert!(Instant::now() < deadline, "a byte from the peer");
+        }
+        let ours =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (theirs, _) = listener.accept().expect("accept");
+        let probe = OwnedFd::from(ours);
+        drop(theirs);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !peer_done(&probe) {
+            assert!(Instant::now() < deadline, "the peer's end of stream");
+        }
     }
 
     #[test]

@@ -262,7 +262,7 @@ async fn exchange(
                 continue;
             }
         };
-        let sent = conn.try_send_request(req);
+        let sent = conn.send.try_send_request(req);
         // With no request timeout, the wait is unbounded.
         let limit = proxy.request_timeout.unwrap_or(Duration::MAX);
         let Ok(sent) = tokio::time::timeout(limit, sent).await else {

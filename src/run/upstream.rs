@@ -13,7 +13,7 @@ use crate::run::dispatch::{Slot, Upstream};
 /// A ready connection to the worker: an idle kept-alive one, else a new one.
 pub(crate) async fn connect(slot: &Slot) -> io::Result<Upstream> {
     while let Some(mut conn) = slot.take_upstream() {
-        if conn.ready().await.is_ok() {
+        if conn.send.ready().await.is_ok() {
             return Ok(conn);
         }
     }
@@ -23,6 +23,7 @@ pub(crate) async fn connect(slot: &Slot) -> io::Result<Upstream> {
 async fn open(slot: &Slot) -> io::Result<Upstream> {
     let stream = TcpStream::connect(slot.addr).await?;
     let _ = stream.set_nodelay(true);
+    let probe = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
     let (send, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(QuickAck {
             stream,
@@ -34,7 +35,7 @@ async fn open(slot: &Slot) -> io::Result<Upstream> {
         // Errors surface on the request that was using the connection.
         let _ = conn.with_upgrades().await;
     });
-    Ok(send)
+    Ok(Upstream::new(send, probe))
 }
 
 /// A connection to a worker that acknowledges what it receives at once.
