@@ -7,7 +7,8 @@
 # The smoke run checks that every benchmark still runs and produces its table and CSV. It
 # never judges a speed: these machines are shared and noisy.
 #
-# Usage: test/bench/all.sh [--smoke] [NAME...]   (names: proxy footprint recycle startup alloc)
+# Usage: test/bench/all.sh [--smoke] [NAME...]   (names: proxy footprint recycle startup alloc
+# connections soak)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -21,7 +22,7 @@ for arg in "$@"; do
   esac
 done
 if [ ${#names[@]} -eq 0 ]; then
-  names=(proxy footprint recycle startup alloc)
+  names=(proxy footprint recycle startup alloc connections soak)
 fi
 if [ ${#smoke[@]} -gt 0 ]; then
   export BENCH_OUT=${BENCH_OUT:-$root/target/bench/smoke}
@@ -42,6 +43,8 @@ declare -A csvs=(
   [recycle]=recycle.csv
   [startup]="startup-accept.csv startup-scale.csv"
   [alloc]=alloc.csv
+  [connections]=connections.csv
+  [soak]=soak.csv
 )
 
 results=$BENCH_OUT/results.md

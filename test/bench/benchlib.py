@@ -199,9 +199,10 @@ def start_node(port, log=None):
     return proc
 
 
-def start_nginx(listen, upstreams, workdir, workers="auto"):
+def start_nginx(listen, upstreams, workdir, workers="auto", worker_connections=8192):
     """nginx as a reverse proxy to 127.0.0.1:<each of upstreams> (a port or a list of
-    ports) with a keep-alive upstream pool."""
+    ports) with a keep-alive upstream pool. worker_connections counts both sides of the
+    proxy (a client connection and its upstream one) in each worker."""
     if isinstance(upstreams, int):
         upstreams = [upstreams]
     servers = "".join(f"        server 127.0.0.1:{p};\n" for p in upstreams)
@@ -213,6 +214,7 @@ def start_nginx(listen, upstreams, workdir, workers="auto"):
         "@PORT@": str(listen),
         "@UPSTREAM_SERVERS@": servers,
         "@WORKERS@": str(workers),
+        "@WORKER_CONNECTIONS@": str(worker_connections),
     }.items():
         conf = conf.replace(key, value)
     path = os.path.join(workdir, "nginx.conf")
