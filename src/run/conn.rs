@@ -12,21 +12,23 @@ use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::upgrade::OnUpgrade;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::observe::event;
+use crate::run::dispatch::Lease;
 
 /// No request has been found smuggled.
 const NONE: u64 = u64::MAX;
 
 /// What the reading side of a connection tells the requests served on it.
-#[derive(Debug)]
 pub(crate) struct Shared {
     /// Requests handed to the service so far.
     dispatched: AtomicU64,
@@ -37,6 +39,8 @@ pub(crate) struct Shared {
     smuggled: AtomicU64,
     /// The connection was upgraded (WebSocket): its bytes are no longer HTTP.
     tunnel: AtomicBool,
+    /// The worker's side of an upgrade and the lease it holds, for the tunnel.
+    upgrade: Mutex<Option<(OnUpgrade, Lease)>>,
 }
 
 impl Shared {
@@ -46,6 +50,7 @@ impl Shared {
             finished: AtomicU64::new(0),
             smuggled: AtomicU64::new(NONE),
             tunnel: AtomicBool::new(false),
+            upgrade: Mutex::new(None),
         })
     }
 
@@ -58,9 +63,22 @@ impl Shared {
         (smuggled, Finished(Arc::clone(self)))
     }
 
-    /// The response switched protocols: from here on the bytes are the tunnel's.
-    pub(crate) fn upgraded(&self) {
+    /// The response switched protocols: from here on the bytes are the tunnel's, to
+    /// be copied to the worker's side of the upgrade while the lease is held.
+    pub(crate) fn upgraded(&self, upstream: OnUpgrade, lease: Lease) {
+        *self
+            .upgrade
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((upstream, lease));
         self.tunnel.store(true, Ordering::Release);
+    }
+
+    /// The upgrade handed over by [`Shared::upgraded`], if the connection was upgraded.
+    pub(crate) fn take_upgrade(&self) -> Option<(OnUpgrade, Lease)> {
+        self.upgrade
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     fn in_flight(&self) -> bool {
@@ -69,7 +87,6 @@ impl Shared {
 }
 
 /// Marks a request's response finished when dropped.
-#[derive(Debug)]
 pub(crate) struct Finished(Arc<Shared>);
 
 impl Drop for Finished {
@@ -109,7 +126,30 @@ pub(crate) struct ClientIo {
     write_blocked: bool,
     /// A timeout has closed the reading side.
     timed_out: bool,
+    /// The connection was idle long enough to be parked: hyper was shown an end of stream
+    /// so that it hands the socket back and frees its buffers.
+    parked: bool,
+    /// Bytes hyper had read but not used when it handed the socket back, read first.
+    unread: Bytes,
+    /// `finished` when the connection was last parked.
+    parked_at_finished: Option<u64>,
 }
+
+/// What to do when a deadline passes with no bytes from the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// The head is not whole by the header timeout: 408, then close.
+    RequestTimeout,
+    /// Idle past the keep-alive (or, before a first request, the header) timeout.
+    Close,
+    /// Idle for [`PARK_AFTER`]: give the socket back from hyper, keep the connection.
+    Park,
+}
+
+/// An idle kept-alive connection is parked after this long: hyper's 16 KiB of buffers per
+/// connection go, and a fresh hyper connection takes the socket when the next request
+/// arrives. Busy connections never wait this long between requests.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 impl ClientIo {
     pub(crate) fn new(stream: TcpStream, shared: Arc<Shared>, timeouts: Timeouts) -> Self {
@@ -125,12 +165,14 @@ impl ClientIo {
             timer: None,
             write_blocked: false,
             timed_out: false,
+            parked: false,
+            parked_at_finished: None,
+            unread: Bytes::new(),
         }
     }
 
-    /// The deadline that applies while no bytes arrive, if any, and whether it is the
-    /// header timeout (else the keep-alive one).
-    fn deadline(&mut self) -> Option<(Instant, bool)> {
+    /// The deadline that applies while no bytes arrive, if any, and what happens then.
+    fn deadline(&mut self) -> Option<(Instant, Due)> {
         if self.shared.in_flight() {
             // The request's own limits apply (request timeout, queue timeout).
             return None;
@@ -141,17 +183,61 @@ impl ClientIo {
             self.idle_since = Instant::now();
         }
         if self.framer.in_head() {
-            Some((self.head_since + self.timeouts.header, true))
-        } else if self.framer.is_lost() {
+            return Some((self.head_since + self.timeouts.header, Due::RequestTimeout));
+        }
+        let limit = if self.framer.is_lost() {
             // Framing is unknown: allow the longest a well-framed connection would get.
-            let allowance = self.timeouts.keepalive + self.timeouts.header;
-            Some((self.idle_since + allowance, false))
+            self.timeouts.keepalive + self.timeouts.header
         } else if self.shared.dispatched.load(Ordering::Acquire) == 0 {
             // A connection opened to send a request gets the header timeout to start it.
-            Some((self.idle_since + self.timeouts.header, false))
+            self.timeouts.header
         } else {
-            Some((self.idle_since + self.timeouts.keepalive, false))
+            self.timeouts.keepalive
+        };
+        if PARK_AFTER < limit && !self.framer.is_lost() {
+            let park = self.idle_since + PARK_AFTER;
+            if !self.parked_once_since_idle() {
+                return Some((park, Due::Park));
+            }
         }
+        Some((self.idle_since + limit, Due::Close))
+    }
+
+    /// Whether the connection was parked since it last became idle (a spurious wake-up
+    /// must not park it again and again).
+    fn parked_once_since_idle(&self) -> bool {
+        self.parked_at_finished == Some(self.finished_seen)
+    }
+
+    /// Waits, holding no buffers, until the client sends something; false when a
+    /// timeout ended the connection instead (closed quietly: no head was started).
+    pub(crate) async fn wait_for_request(&mut self) -> bool {
+        if !self.unread.is_empty() {
+            return true;
+        }
+        loop {
+            let Some((deadline, due)) = self.deadline() else {
+                return true;
+            };
+            tokio::select! {
+                readable = self.stream.readable() => return readable.is_ok(),
+                () = tokio::time::sleep_until(deadline) => {
+                    if due != Due::Park {
+                        self.time_out(false);
+                        return false;
+                    }
+                    // Parked already: now only the timeout remains.
+                    self.parked_at_finished = Some(self.finished_seen);
+                }
+            }
+        }
+    }
+
+    /// After hyper handed the socket back: whether it was parked (rather than ended), and
+    /// the bytes hyper had read beyond the last request, to be read again.
+    pub(crate) fn resume(&mut self, unread: Bytes) -> bool {
+        self.unread = unread;
+        std::mem::take(&mut self.parked)
     }
 
     /// Ends the reading side after a timeout: for an unfinished head, the client is told
@@ -179,14 +265,21 @@ impl AsyncRead for ClientIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.timed_out {
+        if this.timed_out || this.parked {
             return Poll::Ready(Ok(()));
         }
-        if this.shared.tunnel.load(Ordering::Acquire) {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
-        }
         let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+        let polled = if this.unread.is_empty() {
+            Pin::new(&mut this.stream).poll_read(cx, buf)
+        } else {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            Poll::Ready(Ok(()))
+        };
+        if this.shared.tunnel.load(Ordering::Acquire) {
+            return polled;
+        }
+        match polled {
             Poll::Ready(Ok(())) => {
                 let was_in_head = this.framer.in_head();
                 let read = &buf.filled()[before..];
@@ -208,7 +301,7 @@ impl AsyncRead for ClientIo {
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             Poll::Pending => {
-                let Some((deadline, header)) = this.deadline() else {
+                let Some((deadline, due)) = this.deadline() else {
                     return Poll::Pending;
                 };
                 let timer = this
@@ -220,9 +313,15 @@ impl AsyncRead for ClientIo {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                this.time_out(header);
-                // hyper reads the end of the stream: a quiet close when idle, an
-                // incomplete message (which it does not answer) mid-head.
+                if due == Due::Park {
+                    this.parked = true;
+                    this.parked_at_finished = Some(this.finished_seen);
+                } else {
+                    this.time_out(due == Due::RequestTimeout);
+                }
+                // hyper reads the end of the stream: a quiet end when idle (and, parked,
+                // hands the socket back), an incomplete message it does not answer
+                // mid-head.
                 Poll::Ready(Ok(()))
             }
         }

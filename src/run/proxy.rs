@@ -12,13 +12,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::{Request, Response, StatusCode, Version};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -104,54 +107,83 @@ async fn serve_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let shared = Shared::new();
-    let io = ClientIo::new(stream, Arc::clone(&shared), proxy.timeouts);
-    let service = service_fn(move |req| {
-        let (smuggled, finished) = shared.dispatch();
+    let mut io = ClientIo::new(stream, Arc::clone(&shared), proxy.timeouts);
+    let service = {
         let shared = Arc::clone(&shared);
-        let proxy = Arc::clone(&proxy);
-        async move {
-            let response = if smuggled {
-                // RFC 9112 section 6.3: a server MAY reject such a request, and a worker
-                // behind a proxy might frame it by its length.
-                event!(
-                    Info,
-                    "bad_request",
-                    status = 400,
-                    reason = "length_and_chunked"
-                );
-                let mut response = error_response(StatusCode::BAD_REQUEST);
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                response
-            } else {
-                handle(req, proxy).await
-            };
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                shared.upgraded();
-            }
-            Ok::<_, Infallible>(response.map(|body| Tracked {
-                body,
-                _finished: finished,
-            }))
+        service_fn(move |req| {
+            let (smuggled, finished) = shared.dispatch();
+            let shared = Arc::clone(&shared);
+            let proxy = Arc::clone(&proxy);
+            Box::pin(async move {
+                let response = if smuggled {
+                    // RFC 9112 section 6.3: a server MAY reject such a request, and a
+                    // worker behind a proxy might frame it by its length.
+                    event!(
+                        Info,
+                        "bad_request",
+                        status = 400,
+                        reason = "length_and_chunked"
+                    );
+                    let mut response = error_response(StatusCode::BAD_REQUEST);
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    response
+                } else {
+                    handle(req, proxy, &shared).await
+                };
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _finished: finished,
+                }))
+            })
+        })
+    };
+    // One hyper connection per run of requests: an idle connection is parked (see
+    // `ClientIo`), hyper hands the socket back with its buffers freed, and the next request
+    // gets a fresh one.
+    loop {
+        tokio::select! {
+            ready = io.wait_for_request() => if !ready { return },
+            () = until_set(&mut shutdown) => return,
         }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .max_header_size(MAX_HEADER_SIZE)
-        // A client that shuts down its sending side after a whole request still reads
-        // the response.
-        .half_close(true)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        () = until_set(&mut shutdown) => {}
+        let mut conn = Box::pin(
+            http1::Builder::new()
+                .timer(TokioTimer::new())
+                .max_header_size(MAX_HEADER_SIZE)
+                // A client that shuts down its sending side after a whole request still
+                // reads the response.
+                .half_close(true)
+                .serve_connection(TokioIo::new(io), service.clone()),
+        );
+        let mut stopping = false;
+        let ended = loop {
+            tokio::select! {
+                ended = std::future::poll_fn(|cx| conn.as_mut().poll_without_shutdown(cx)) => break ended,
+                () = until_set(&mut shutdown), if !stopping => {
+                    // Finish the request in flight, then close instead of keeping the
+                    // connection alive.
+                    conn.as_mut().graceful_shutdown();
+                    stopping = true;
+                }
+            }
+        };
+        if let Err(err) = ended {
+            event!(Debug, "client_error", error = err);
+            return;
+        }
+        let parts = Pin::into_inner(conn).into_parts();
+        io = parts.io.into_inner();
+        if let Some((upstream, lease)) = shared.take_upgrade() {
+            // Boxed: the tunnel's state is not carried by every parked connection.
+            Box::pin(tunnel(io, parts.read_buf, upstream, lease)).await;
+            return;
+        }
+        if !io.resume(parts.read_buf) || stopping {
+            // hyper ended the connection (the client closed it, or asked to): close it.
+            return;
+        }
     }
-    // Finish the request in flight, then close instead of keeping the connection alive.
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }
 
 /// A response body that marks its request finished when hyper is done with it.
@@ -181,13 +213,16 @@ impl Body for Tracked {
     }
 }
 
-async fn handle(mut req: Request<Incoming>, proxy: Arc<Proxy>) -> Response<ProxyBody> {
+async fn handle(
+    mut req: Request<Incoming>,
+    proxy: Arc<Proxy>,
+    shared: &Shared,
+) -> Response<ProxyBody> {
     if let Some(status) = refusal(&req) {
         return error_response(status);
     }
     let upgrade = wants_upgrade(req.headers());
     prepare_request(&mut req, upgrade);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     if content_length(req.headers()).is_some_and(|len| len > proxy.max_body) {
         return error_response(StatusCode::PAYLOAD_TOO_LARGE);
     }
@@ -219,12 +254,11 @@ async fn handle(mut req: Request<Incoming>, proxy: Arc<Proxy>) -> Response<Proxy
         Ok(exchanged) => exchanged,
         Err(failure) => return failure,
     };
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, lease));
-            return response.map(|_| ProxyBody::empty());
-        }
+    if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection becomes a tunnel once hyper has written this response and
+        // handed the socket back (see `serve_connection`).
+        shared.upgraded(hyper::upgrade::on(&mut response), lease);
+        return response.map(|_| ProxyBody::empty());
     }
     strip_hop_by_hop(response.headers_mut(), false);
     response.map(|body| ProxyBody::relayed(body, conn, lease))
@@ -295,18 +329,17 @@ async fn exchange(
     }
 }
 
-/// Copies bytes both ways between an upgraded client and worker connection.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    lease: Lease,
-) {
-    let (client, upstream) = tokio::join!(client, upstream);
-    if let (Ok(client), Ok(upstream)) = (client, upstream) {
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+/// Copies bytes both ways between an upgraded client connection and the worker's; `early`
+/// is what the client sent after its request before the socket was handed back.
+async fn tunnel(mut client: ClientIo, early: Bytes, upstream: OnUpgrade, lease: Lease) {
+    let Ok(upstream) = upstream.await else {
+        return;
+    };
+    let mut upstream = TokioIo::new(upstream);
+    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
+        return;
     }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     drop(lease);
 }
 

@@ -163,18 +163,54 @@ fn streamed_response_arrives_before_the_app_finishes() {
 fn websocket_echo_is_tunnelled() {
     let molt = pool(1, |b| b);
     let mut conn = Conn::open(molt.port()).expect("connect");
-    conn.write_request(
-        "GET",
-        "/ws",
-        &[
-            ("Connection", "Upgrade"),
-            ("Upgrade", "websocket"),
-            ("Sec-WebSocket-Version", "13"),
-            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ],
-        b"",
-    )
-    .expect("send handshake");
+    websocket_echoes(&mut conn, false);
+}
+
+/// A kept-alive connection left idle is parked (molt frees its buffers until the next
+/// request) and serves again like any other: single requests, pipelined ones, and an
+/// upgrade whose first frame comes in the same write as the handshake.
+#[test]
+fn connection_idle_past_the_park_time_serves_again() {
+    /// Longer than the idle time after which molt parks a connection (1 s).
+    const IDLE: Duration = Duration::from_millis(1500);
+    let molt = pool(1, |b| b);
+    let mut conn = Conn::open(molt.port()).expect("connect");
+    assert_eq!(conn.send("GET", "/", &[], b"").expect("first").status, 200);
+    thread::sleep(IDLE);
+    assert_eq!(
+        conn.send("GET", "/", &[], b"").expect("after idle").status,
+        200
+    );
+    thread::sleep(IDLE);
+    conn.stream()
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /count HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("pipelined pair");
+    assert_eq!(
+        conn.read_response("GET").expect("first of the pair").status,
+        200
+    );
+    assert_eq!(
+        conn.read_response("GET")
+            .expect("second of the pair")
+            .status,
+        200
+    );
+    thread::sleep(IDLE);
+    websocket_echoes(&mut conn, true);
+}
+
+/// Upgrades `conn` to a WebSocket on the fixture's echo endpoint and checks two frames
+/// come back; with `early`, the first frame goes in the same write as the handshake.
+fn websocket_echoes(conn: &mut Conn, early: bool) {
+    let messages = [&b"hello through molt"[..], &[b'x'; 300][..]];
+    let mut handshake =
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+    if early {
+        handshake.extend(masked_text_frame(messages[0]));
+    }
+    conn.stream().write_all(&handshake).expect("send handshake");
     let head = conn.read_head().expect("handshake response");
     assert_eq!(head.status, 101);
     assert_eq!(
@@ -182,10 +218,12 @@ fn websocket_echo_is_tunnelled() {
         Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
     );
 
-    for message in [&b"hello through molt"[..], &[b'x'; 300][..]] {
-        conn.stream()
-            .write_all(&masked_text_frame(message))
-            .expect("send frame");
+    for (i, message) in messages.into_iter().enumerate() {
+        if !(early && i == 0) {
+            conn.stream()
+                .write_all(&masked_text_frame(message))
+                .expect("send frame");
+        }
         let reader = conn.reader();
         let mut header = [0u8; 2];
         reader.read_exact(&mut header).expect("frame header");
