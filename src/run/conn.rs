@@ -316,6 +316,8 @@ impl AsyncRead for ClientIo {
                 if due == Due::Park {
                     this.parked = true;
                     this.parked_at_finished = Some(this.finished_seen);
+                    // Nothing of hyper's connection stays while parked, its timer included.
+                    this.timer = None;
                 } else {
                     this.time_out(due == Due::RequestTimeout);
                 }

@@ -212,7 +212,16 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            // The client is gone: a quiet stream (server-sent events between two events)
+            // must not hold its worker until the next event.
+            () = chunks.closed() => return false,
+        };
+        let Some(frame) = frame else {
+            break;
+        };
         let frame = match frame {
             Ok(frame) => frame,
             Err(err) => {
@@ -618,6 +627,21 @@ mod tests {
         worker.write("bbbb");
         drop(client);
         let outcome = worker.finished.await.expect("the relay finished");
+        assert!(!outcome.whole);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_stream_stops_when_the_client_goes() {
+        // The worker has sent one event and is quiet: the relay waits on the worker, not
+        // on room, and must still let go as soon as the client is gone.
+        let (worker, mut client) = relay(1024, 0);
+        worker.write("event 1");
+        assert_eq!(read(&mut client).await, "event 1");
+        drop(client);
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), worker.finished)
+            .await
+            .expect("the relay let go of the worker")
+            .expect("the relay finished");
         assert!(!outcome.whole);
     }
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use crate::proxy::pool;
 use crate::support::{
     e2e_required, get, is_alive, parent_of, process_group_of, process_state, python3_available,
-    request, signal_pid, stat_fields, temp_path, wait_until, Conn, Molt, SIGKILL, SIGSTOP, SIGTERM,
+    request, signal_pid, stat_fields, status_json, temp_path, wait_until, Conn, Molt, SIGKILL,
+    SIGSTOP, SIGTERM,
 };
 
 /// Reset requests of each kind in the reset test.
@@ -71,21 +72,6 @@ impl Rng {
 /// The pid a fixture endpoint wrote into a marker file, once the file holds one.
 fn pid_in(path: &std::path::Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// `molt status --json` over the control socket at `socket`.
-fn status_json(socket: &std::path::Path) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_molt"))
-        .args(["status", "--json"])
-        .env("MOLT_CONTROL_SOCKET", socket)
-        .output()
-        .expect("molt status runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("molt status --json prints JSON")
 }
 
 /// Lines of the log that hold `needle`.

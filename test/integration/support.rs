@@ -868,3 +868,18 @@ impl Conn {
         closed
     }
 }
+
+/// `molt status --json` over the control socket at `socket`.
+pub(crate) fn status_json(socket: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_molt"))
+        .args(["status", "--json"])
+        .env("MOLT_CONTROL_SOCKET", socket)
+        .output()
+        .expect("molt status runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("molt status --json prints JSON")
+}
