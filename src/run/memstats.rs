@@ -30,6 +30,10 @@ pub(crate) struct MemStats {
     pub(crate) cpu_ticks: u64,
     /// The most it held once ready and before serving any request: its boot footprint.
     pub(crate) footprint: Option<u64>,
+    /// Its first sample once ready, whatever it had served by then: a worker under load
+    /// from its first moment is never sampled idle, and this is the nearest to a
+    /// footprint it gives (an overestimate by what it grew before the sample).
+    pub(crate) first_ready: Option<u64>,
     baseline: Option<Baseline>,
     /// Growth per request and per hour at the last sample.
     pub(crate) growth: Option<Growth>,
@@ -59,6 +63,9 @@ impl MemStats {
         // Only once ready: a booting worker may still be the shell that starts the app.
         if requests == 0 && ready_since.is_some() {
             self.footprint = Some(self.footprint.map_or(bytes, |f| f.max(bytes)));
+        }
+        if ready_since.is_some() && self.first_ready.is_none() {
+            self.first_ready = Some(bytes);
         }
         let Some(ready_since) = ready_since else {
             return;
@@ -130,6 +137,22 @@ mod tests {
         assert!((growth.per_hour - (20 * MB) as f64).abs() < 1.0);
         assert_eq!(stats.peak, 70 * MB);
         assert_eq!(stats.cpu_ticks, 30);
+    }
+
+    #[test]
+    fn a_worker_busy_from_the_start_still_gives_a_first_ready_sample() {
+        let t0 = Instant::now();
+        let mut stats = MemStats::default();
+        stats.record(3 * MB, 0, 0, None, t0);
+        assert_eq!(stats.first_ready, None, "not while booting");
+        stats.record(42 * MB, 0, 120, Some(t0), t0 + Duration::from_secs(2));
+        stats.record(80 * MB, 0, 240, Some(t0), t0 + Duration::from_secs(4));
+        assert_eq!(stats.footprint, None, "never idle");
+        assert_eq!(
+            stats.first_ready,
+            Some(42 * MB),
+            "the first sample once ready"
+        );
     }
 
     #[test]

@@ -196,16 +196,16 @@ impl Supervisor {
     fn refresh_budget(&mut self) {
         self.facts.molt_rss = self.molt_rss;
         // Only workers that finished booting: early samples of a booting one show a shell
-        // or an interpreter half loaded. A worker under load from its first moment may
-        // never be sampled idle; the footprint measured before then still holds, so the
-        // caps do not jump back to their unmeasured values after a recycle.
-        let measured = self
-            .workers
-            .iter()
-            .filter(|w| w.ready_since.is_some())
-            .filter_map(|w| w.mem.footprint)
-            .max();
-        self.facts.worker_footprint = measured.or(self.facts.worker_footprint);
+        // or an interpreter half loaded. The best footprint is a sample of a ready worker
+        // that has served nothing yet; it holds after that worker goes, so the caps do
+        // not jump back after a recycle. A worker under load from its first moment is
+        // never sampled idle: then its first sample once ready stands in (larger by what
+        // it grew until then), rather than leaving the pool at min_workers for good.
+        let ready = || self.workers.iter().filter(|w| w.ready_since.is_some());
+        let idle = ready().filter_map(|w| w.mem.footprint).max();
+        self.idle_footprint = idle.or(self.idle_footprint);
+        let busy = ready().filter_map(|w| w.mem.first_ready).max();
+        self.facts.worker_footprint = self.idle_footprint.or(busy).or(self.facts.worker_footprint);
         let budget = budget::derive(&self.config, &self.facts);
         if budget.max_workers != self.budget.max_workers {
             event!(

@@ -188,6 +188,9 @@ pub(crate) struct Supervisor {
     facts: Facts,
     budget: Budget,
     molt_rss: u64,
+    /// The largest boot footprint measured on an idle, freshly ready worker; kept when
+    /// that worker goes.
+    idle_footprint: Option<u64>,
     next_sample: Instant,
     sampling: bool,
     guard: govern::KillLoopGuard,
@@ -243,6 +246,7 @@ impl Supervisor {
             pending: VecDeque::new(),
             budget: budget::derive(config, &facts),
             molt_rss: facts.molt_rss,
+            idle_footprint: None,
             facts,
             next_sample: Instant::now(),
             sampling: false,
@@ -1220,5 +1224,27 @@ mod tests {
         let _lease = h.dispatcher.acquire().await.expect("worker 2 is free");
         h.step(sampled(&[(2, 80 * MB)]), 60);
         assert_eq!(h.sup.facts.worker_footprint, Some(60 * MB));
+    }
+
+    #[tokio::test]
+    async fn a_worker_busy_from_its_first_moment_still_sizes_the_pool() {
+        // No caps or maximum set: both follow from the footprint.
+        let mut h = ready(
+            Config {
+                memory_limit: Some(1024 * MB),
+                ..config(1)
+            },
+            0,
+        );
+        h.step(Event::Ready { id: 1 }, 10);
+        assert_eq!(h.sup.budget.max_workers, 1, "min_workers until measured");
+        // Under load from its first moment: never sampled idle.
+        drop(h.dispatcher.acquire().await.expect("worker 1 is free"));
+        h.step(sampled(&[(1, 50 * MB)]), 20);
+        assert_eq!(h.sup.facts.worker_footprint, Some(50 * MB));
+        assert!(h.sup.budget.max_workers > 1, "{:?}", h.sup.budget);
+        // Its later, larger samples are growth, not footprint.
+        h.step(sampled(&[(1, 90 * MB)]), 30);
+        assert_eq!(h.sup.facts.worker_footprint, Some(50 * MB));
     }
 }
