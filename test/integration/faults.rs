@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use crate::proxy::pool;
 use crate::support::{
     e2e_required, get, is_alive, parent_of, process_group_of, process_state, python3_available,
-    request, signal_pid, stat_fields, status_json, temp_path, wait_until, Conn, Molt, SIGKILL,
-    SIGSTOP, SIGTERM,
+    request, signal_pid, stat_fields, status_json, temp_path, tool_available, wait_until, Conn,
+    Molt, SIGKILL, SIGSTOP, SIGTERM,
 };
 
 /// Reset requests of each kind in the reset test.
@@ -43,10 +43,7 @@ fn python3_and_prlimit_or_skip() -> bool {
     if !python3_or_skip() {
         return false;
     }
-    let prlimit = std::process::Command::new("prlimit")
-        .arg("--version")
-        .output()
-        .is_ok_and(|out| out.status.success());
+    let prlimit = tool_available("prlimit");
     if !prlimit {
         assert!(!e2e_required(), "prlimit (util-linux) is missing");
         eprintln!("skipped: prlimit (util-linux) is missing");
@@ -154,6 +151,12 @@ impl Held {
     /// Lets the app answer, and returns the status the client got.
     fn finish(self) -> u16 {
         std::fs::write(&self.release, b"").expect("the temp dir is writable");
+        self.outcome()
+    }
+
+    /// The status the client got, once something other than a release ended the request
+    /// (its worker was killed).
+    fn outcome(self) -> u16 {
         let status = self.client.join().expect("client thread");
         let _ = std::fs::remove_file(&self.mark);
         let _ = std::fs::remove_file(&self.release);
@@ -307,24 +310,11 @@ fn kill_workers_under_load(workers: usize, load_clients: u64) {
 
     let mut rng = Rng(0xFA17_5EED);
     let mut killed = Vec::new();
-    for kill in 0..KILLS {
+    for _ in 0..KILLS {
         thread::sleep(Duration::from_millis(rng.between(50..300)));
         // The victim is held by the app until the test kills its worker (or 30 s pass), so
         // the kill always lands mid-request, never between two requests.
-        let mark = temp_path("victim");
-        let never = temp_path("never");
-        let path = format!("/hold?mark={}&until={}", mark.display(), never.display());
-        let victim = thread::spawn(move || get(port, &path).map_or(0, |r| r.status));
-        let mut pid = None;
-        assert!(
-            wait_until(Duration::from_secs(20), || {
-                pid = pid_in(&mark);
-                pid.is_some()
-            }),
-            "victim {kill} never reached a worker:\n{}",
-            molt.log()
-        );
-        let pid = pid.expect("found above");
+        let (victim, pid) = Held::start(&molt);
         // molt agrees that this is one of its ready workers, holding exactly this request.
         let status = status_json(&socket);
         let row = status["workers"]
@@ -340,7 +330,7 @@ fn kill_workers_under_load(workers: usize, load_clients: u64) {
         signal_pid(pid, SIGKILL);
         killed.push(pid);
         assert_eq!(
-            victim.join().expect("victim thread"),
+            victim.outcome(),
             502,
             "the request on killed worker {pid}:\n{}",
             molt.log()

@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use crate::proxy::pool;
 use crate::support::{
-    connect, e2e_required, get, read_response, temp_path, wait_until, Conn, Molt, Response,
+    connect, e2e_required, get, read_response, temp_path, tool_available, wait_until, Conn, Molt,
+    Response,
 };
 
 /// Pause between the pieces of an input, and before a vanishing client closes, so that
@@ -1304,7 +1305,7 @@ impl ControlDir {
             eprintln!("skipped: acting as user nobody needs root");
             return None;
         }
-        if !setpriv_available() {
+        if !tool_available("setpriv") {
             assert!(!e2e_required(), "setpriv (util-linux) is missing");
             eprintln!("skipped: setpriv (util-linux) is missing");
             return None;
@@ -1345,15 +1346,6 @@ impl Drop for ControlDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn setpriv_available() -> bool {
-    Command::new("setpriv")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
 }
 
 /// Runs `program args` as uid and gid `nobody` with no supplementary groups.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::proxy::pool;
 use std::os::unix::fs::PermissionsExt as _;
 
-use crate::support::{get, temp_path, wait_until};
+use crate::support::{get, molt_status, temp_path, wait_until};
 
 /// Numbers after `key=` in every log line that holds `needle`.
 fn values(log: &str, needle: &str, key: &str) -> Vec<u64> {
@@ -261,20 +261,7 @@ fn status_reports_the_pool_as_json_over_a_private_socket() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     let _ = get(molt.port(), "/").expect("served");
-    let status = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_molt"))
-            .arg("status")
-            .args(extra)
-            .env("MOLT_CONTROL_SOCKET", &socket)
-            .output()
-            .expect("molt status runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
-    };
+    let status = |extra: &[&str]| molt_status(&socket, extra);
     let mut json = serde_json::Value::Null;
     assert!(wait_until(Duration::from_secs(10), || {
         json = serde_json::from_str(&status(&["--json"])).expect("valid JSON");

@@ -91,14 +91,19 @@ pub(crate) fn e2e_required() -> bool {
     std::env::var("MOLT_E2E_REQUIRED").as_deref() == Ok("1")
 }
 
-/// Whether `python3` can be run, which every test that uses the fixture app needs.
-pub(crate) fn python3_available() -> bool {
-    Command::new("python3")
+/// Whether `program --version` runs and succeeds: the tool is installed.
+pub(crate) fn tool_available(program: &str) -> bool {
+    Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|status| status.success())
+}
+
+/// Whether `python3` can be run, which every test that uses the fixture app needs.
+pub(crate) fn python3_available() -> bool {
+    tool_available("python3")
 }
 
 /// A string that no other test, in this run or a concurrent one, will produce.
@@ -869,10 +874,11 @@ impl Conn {
     }
 }
 
-/// `molt status --json` over the control socket at `socket`.
-pub(crate) fn status_json(socket: &std::path::Path) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_molt"))
-        .args(["status", "--json"])
+/// What `molt status` with `extra` arguments prints, over the control socket at `socket`.
+pub(crate) fn molt_status(socket: &Path, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_molt"))
+        .arg("status")
+        .args(extra)
         .env("MOLT_CONTROL_SOCKET", socket)
         .output()
         .expect("molt status runs");
@@ -881,5 +887,10 @@ pub(crate) fn status_json(socket: &std::path::Path) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("molt status --json prints JSON")
+    String::from_utf8(out.stdout).expect("molt status prints UTF-8")
+}
+
+/// `molt status --json` over the control socket at `socket`.
+pub(crate) fn status_json(socket: &Path) -> serde_json::Value {
+    serde_json::from_str(&molt_status(socket, &["--json"])).expect("molt status --json prints JSON")
 }
