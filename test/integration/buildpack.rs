@@ -26,7 +26,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    e2e_required, free_port, get, pids_with_tag, signal_pid, unique_tag, wait_until, SIGKILL,
+    free_port, get, pids_with_tag, signal_pid, tools_present, unique_tag, wait_until, SIGKILL,
     SIGTERM, TAG_VAR,
 };
 
@@ -142,36 +142,6 @@ pub(crate) fn app(name: &str) -> TempDir {
 // ---------------------------------------------------------------------------------------
 // Tools
 // ---------------------------------------------------------------------------------------
-
-/// The path of `program` on `PATH`, if it is there.
-pub(crate) fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-}
-
-/// Whether every tool in `tools` is on PATH. When one is missing the test skips with a
-/// note, or fails when `MOLT_E2E_REQUIRED=1`, as CI sets after installing them.
-pub(crate) fn tools_present(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|tool| which(tool).is_none())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        !e2e_required(),
-        "MOLT_E2E_REQUIRED=1 but {missing:?} not on PATH: install them (.ci/run does)"
-    );
-    eprintln!("skipped: {missing:?} not on PATH (MOLT_E2E_REQUIRED=1 makes this a failure)");
-    false
-}
 
 /// PATH without the directories that hold `cargo`, so that a build cannot fall back to
 /// building from source.

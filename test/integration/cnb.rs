@@ -16,10 +16,10 @@ use libcnb_data::package_descriptor::PackageDescriptor;
 use libcnb_data::sbom::SbomFormat;
 
 use crate::buildpack::{
-    app, buildpack, molt_binary, repo, sha256_hex, tools_present, Packaged, Phase, Running, Script,
-    TempDir, BOOT_TIMEOUT, VERSION,
+    app, buildpack, molt_binary, repo, sha256_hex, Packaged, Phase, Running, Script, TempDir,
+    BOOT_TIMEOUT, VERSION,
 };
-use crate::support::get;
+use crate::support::{get, tools_present};
 
 /// The buildpack's id, as `buildpack.toml` gives it.
 const ID: &str = "molt/molt";

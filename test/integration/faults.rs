@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::proxy::pool;
 use crate::support::{
-    e2e_required, get, is_alive, parent_of, process_group_of, process_state, python3_available,
-    request, signal_pid, stat_fields, status_json, temp_path, tool_available, wait_until, Conn,
-    Molt, SIGKILL, SIGSTOP, SIGTERM,
+    get, is_alive, parent_of, process_group_of, process_state, request, signal_pid, stat_fields,
+    status_json, temp_path, tools_present, wait_until, Conn, Molt, SIGKILL, SIGSTOP, SIGTERM,
 };
 
 /// Reset requests of each kind in the reset test.
@@ -25,31 +24,6 @@ const SPOOL_FSIZE: usize = 1024 * 1024;
 
 /// `RLIMIT_NOFILE`, soft and hard, for molt in the descriptor test.
 const FD_LIMIT: usize = 64;
-
-/// Whether python3, which runs the fixture app, is here; without it a test skips, unless
-/// `MOLT_E2E_REQUIRED=1` makes that a failure.
-fn python3_or_skip() -> bool {
-    if python3_available() {
-        return true;
-    }
-    assert!(!e2e_required(), "python3 is required (MOLT_E2E_REQUIRED=1)");
-    eprintln!("skipped: python3 is not available");
-    false
-}
-
-/// Whether python3 and `prlimit` (util-linux), which runs molt under a resource limit, are
-/// here; without them a test skips, unless `MOLT_E2E_REQUIRED=1` makes that a failure.
-fn python3_and_prlimit_or_skip() -> bool {
-    if !python3_or_skip() {
-        return false;
-    }
-    let prlimit = tool_available("prlimit");
-    if !prlimit {
-        assert!(!e2e_required(), "prlimit (util-linux) is missing");
-        eprintln!("skipped: prlimit (util-linux) is missing");
-    }
-    prlimit
-}
 
 /// A small seeded generator (xorshift64*), so that every run injects the same faults at
 /// the same points of its schedule.
@@ -173,7 +147,7 @@ const STEPS: usize = 30;
 
 #[test]
 fn workers_sigkilled_under_load_fail_only_their_own_requests() {
-    if !python3_or_skip() {
+    if !tools_present(&["python3"]) {
         return;
     }
     let socket = temp_path("control.sock");
@@ -283,7 +257,7 @@ fn workers_sigkilled_under_load_fail_only_their_own_requests() {
 /// exiting out of routing, and retries a refused connection on another worker only.
 #[test]
 fn workers_sigkilled_under_free_running_load_fail_only_their_own_requests() {
-    if !python3_or_skip() {
+    if !tools_present(&["python3"]) {
         return;
     }
     kill_workers_under_load(3, 2);
@@ -392,7 +366,7 @@ fn kill_workers_under_load(workers: usize, load_clients: u64) {
 
 #[test]
 fn stopped_worker_is_timed_out_killed_and_replaced() {
-    if !python3_or_skip() {
+    if !tools_present(&["python3"]) {
         return;
     }
     let molt = pool(1, |b| b.env("MOLT_REQUEST_TIMEOUT", "1s"));
@@ -432,7 +406,7 @@ fn stopped_worker_is_timed_out_killed_and_replaced() {
 
 #[test]
 fn connection_reset_by_the_app_fails_only_that_request() {
-    if !python3_or_skip() {
+    if !tools_present(&["python3"]) {
         return;
     }
     let mut molt = pool(2, |b| b.env("MOLT_MAX_WORKERS", "2"));
@@ -530,7 +504,7 @@ fn post_echo(port: u16, len: usize) -> io::Result<crate::support::Response> {
 
 #[test]
 fn full_spool_gets_503_and_molt_survives() {
-    if !python3_and_prlimit_or_skip() {
+    if !tools_present(&["python3", "prlimit"]) {
         return;
     }
     // A file size limit makes writes to the spool fail with EFBIG, as a full disk fails
@@ -603,7 +577,7 @@ fn ignores_sigxfsz(pid: u32) -> bool {
 
 #[test]
 fn too_few_descriptors_pause_accepts_and_service_resumes() {
-    if !python3_and_prlimit_or_skip() {
+    if !tools_present(&["python3", "prlimit"]) {
         return;
     }
     // molt raises its soft limit to the hard one, so both are set low.
@@ -670,7 +644,7 @@ fn too_few_descriptors_pause_accepts_and_service_resumes() {
 
 #[test]
 fn children_left_by_a_worker_that_exits_do_not_survive() {
-    if !python3_or_skip() {
+    if !tools_present(&["python3"]) {
         return;
     }
     let mut molt = pool(1, |b| b);

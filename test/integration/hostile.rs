@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::proxy::pool;
 use crate::support::{
-    connect, e2e_required, get, read_response, temp_path, tool_available, wait_until, Conn, Molt,
+    connect, e2e_required, get, read_response, temp_path, tools_present, wait_until, Conn, Molt,
     Response,
 };
 
@@ -1305,9 +1305,7 @@ impl ControlDir {
             eprintln!("skipped: acting as user nobody needs root");
             return None;
         }
-        if !tool_available("setpriv") {
-            assert!(!e2e_required(), "setpriv (util-linux) is missing");
-            eprintln!("skipped: setpriv (util-linux) is missing");
+        if !tools_present(&["setpriv"]) {
             return None;
         }
         let dir = temp_path("control");

@@ -11,6 +11,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -91,9 +92,9 @@ pub(crate) fn e2e_required() -> bool {
     std::env::var("MOLT_E2E_REQUIRED").as_deref() == Ok("1")
 }
 
-/// Whether `program --version` runs and succeeds: the tool is installed.
-pub(crate) fn tool_available(program: &str) -> bool {
-    Command::new(program)
+/// Whether `python3` can be run, which every test that uses the fixture app needs.
+pub(crate) fn python3_available() -> bool {
+    Command::new("python3")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -101,9 +102,34 @@ pub(crate) fn tool_available(program: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// Whether `python3` can be run, which every test that uses the fixture app needs.
-pub(crate) fn python3_available() -> bool {
-    tool_available("python3")
+/// The path of `program` on `PATH`, if it is there.
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Whether every tool in `tools` is on PATH. When one is missing the test skips with a
+/// note, or fails when `MOLT_E2E_REQUIRED=1`, as CI sets after installing them.
+pub(crate) fn tools_present(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|tool| which(tool).is_none())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        !e2e_required(),
+        "MOLT_E2E_REQUIRED=1 but {missing:?} not on PATH: install them (.ci/run does)"
+    );
+    eprintln!("skipped: {missing:?} not on PATH (MOLT_E2E_REQUIRED=1 makes this a failure)");
+    false
 }
 
 /// A string that no other test, in this run or a concurrent one, will produce.
