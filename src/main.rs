@@ -193,17 +193,11 @@ fn run(args: &RunArgs) -> ExitCode {
     match run::run(loaded.config, &command) {
         Ok(run::Outcome::Stopped) => ExitCode::SUCCESS,
         Ok(run::Outcome::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
-        Ok(run::Outcome::CannotBoot(reason)) => {
-            observe::event!(Warn, "gave_up", reason = reason);
-            eprintln!("molt: {reason}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-        Ok(run::Outcome::Fatal(reason)) => {
-            eprintln!("molt: {reason}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-        Err(err) => {
-            eprintln!("molt: {err:#}");
+        Err(fatal) => {
+            if matches!(fatal, run::Fatal::CannotBoot { .. }) {
+                observe::event!(Warn, "gave_up", reason = fatal);
+            }
+            eprintln!("molt: {fatal}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

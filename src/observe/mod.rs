@@ -1,10 +1,13 @@
-//! What molt says about itself: logfmt event lines on stdout, and the control socket.
+//! What molt says about itself: logfmt event lines on stdout, the control socket, and
+//! the status report it answers with.
 //!
 //! Every line starts with `molt at=<event>` so that it stands out among the app's own
 //! output (which passes through untouched) and so that log drains can filter on it.
 
 /// The Unix socket `molt status` and `molt restart` talk to.
 pub(crate) mod control;
+/// The pool's state for `molt status`: the report and its table and JSON forms.
+pub(crate) mod status;
 
 use std::fmt::{self, Display, Write as _};
 use std::io::Write as _;

@@ -1,57 +1,43 @@
-//! `molt run`: the public listener, the proxy, and the supervised worker pool.
+//! `molt run`: sets up the process (signals, limits, subreaper), starts the request path
+//! and the pool, and turns their end into an [`Outcome`] or a [`Fatal`]. The two halves
+//! and how they meet are drawn in ARCHITECTURE.md.
 
-/// The client's socket under hyper: request framing, header and keep-alive timeouts.
-mod conn;
-/// Least-busy routing, the bounded request queue, and worker leases.
-mod dispatch;
-/// One worker's memory over its life: now, peak, growth after warm-up.
-mod memstats;
-/// The HTTP/1.1 reverse proxy on the public port.
+/// The runtime's errors: what stops molt, and why a worker did not boot.
+mod error;
+/// What the supervisor reacts to, sent on its one channel.
+mod event;
+/// The pool: the supervisor that owns every worker, their processes, memory and scaling.
+mod pool;
+/// The request path: the public listener, client connections, dispatch, the upstreams.
 mod proxy;
-/// Response bodies from a worker to a client, read ahead of a slow client.
-mod relay;
-/// Pure autoscaling decision: how many workers to add or retire.
-mod scaler;
-/// Request bodies read whole before a worker is leased: memory, then a temporary file.
-mod spool;
-/// The task that owns all worker state.
-mod supervisor;
-/// Connections from molt to its workers.
-mod upstream;
-/// Starting, probing and signalling worker processes.
-mod worker;
 
-use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 use std::os::unix::process::CommandExt as _;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use nix::errno::Errno;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{self as nix_signal, SigHandler};
-use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::config::{BindMode, BufferMode, Config};
+use crate::observe::control::Command;
 use crate::observe::event;
-use dispatch::Dispatcher;
-use supervisor::{Exit, Supervisor};
+use event::{Event, Exit};
+use pool::Supervisor;
+use proxy::dispatch::Dispatcher;
 
-pub(crate) use supervisor::{Event, Outcome, StatusReport};
-pub(crate) use worker::AppCommand;
-
-/// Connections the kernel holds for molt before it accepts them.
-const LISTEN_BACKLOG: i32 = 1024;
+pub(crate) use error::Fatal;
+pub(crate) use pool::worker::AppCommand;
+pub(crate) use pool::Outcome;
 
 /// Longest molt waits at exit to reap the processes it killed in [`kill_leftovers`].
 const LEFTOVER_REAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the app under molt until a signal stops it or the app cannot boot.
-pub(crate) fn run(config: Config, command: &AppCommand) -> anyhow::Result<Outcome> {
+pub(crate) fn run(config: Config, command: &AppCommand) -> Result<Outcome, Fatal> {
     if config.disable {
         return Err(exec_directly(&config, command));
     }
@@ -66,7 +52,10 @@ pub(crate) fn run(config: Config, command: &AppCommand) -> anyhow::Result<Outcom
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .map_err(|source| Fatal::Setup {
+            what: "start the async runtime",
+            source,
+        })?;
     let outcome = runtime.block_on(serve(Arc::new(config), command.clone()));
     kill_leftovers();
     outcome
@@ -130,14 +119,14 @@ fn kill_leftovers() {
     }
 }
 
-async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outcome> {
+async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fatal> {
     // Handlers go in before any child exists, so no exit and no signal is missed; as PID 1
     // in a container, a signal without a handler would be ignored.
-    let sigchld = signal(SignalKind::child()).context("cannot handle SIGCHLD")?;
+    let sigchld = handle(SignalKind::child(), "handle SIGCHLD")?;
     let signals = Signals {
-        term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
-        int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
-        hup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        term: handle(SignalKind::terminate(), "handle SIGTERM")?,
+        int: handle(SignalKind::interrupt(), "handle SIGINT")?,
+        hup: handle(SignalKind::hangup(), "handle SIGHUP")?,
     };
     let dispatcher = Dispatcher::new(
         config.worker_concurrency,
@@ -150,23 +139,24 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outco
     }
     // The control socket is bound before any worker is forked: its 0600 mode comes
     // from a umask that briefly applies to the whole process.
-    let control = crate::observe::control::bind(&config.control_socket)?;
+    let control =
+        crate::observe::control::bind(&config.control_socket).map_err(Fatal::ControlSocket)?;
     let (supervisor, links) = Supervisor::new(
         &config,
         command,
         Arc::clone(&dispatcher),
-        Box::new(worker::Os::new()),
+        Box::new(pool::worker::Os::new()),
         facts,
     );
-    tokio::spawn(crate::observe::control::serve(
-        control,
-        links.events.clone(),
-    ));
+    let events = links.events.clone();
+    tokio::spawn(crate::observe::control::serve(control, move |command| {
+        events.send(Event::Command(command)).is_ok()
+    }));
 
     // Bind before any worker exists: Heroku's boot timeout (R10) needs only the bind,
     // and requests that arrive meanwhile wait in the queue.
     let listener = match config.bind {
-        BindMode::Now => Some(listen(config.port)?),
+        BindMode::Now => Some(proxy::listen::bind(config.port)?),
         BindMode::Ready => None,
     };
     tokio::spawn(forward_signals(signals, links.events.clone()));
@@ -181,12 +171,12 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outco
             BufferMode::Auto => config.worker_concurrency == 1,
         },
         max_body: config.max_body,
-        timeouts: conn::Timeouts {
+        timeouts: proxy::conn::Timeouts {
             header: config.header_timeout,
             keepalive: config.keepalive_timeout,
         },
     });
-    tokio::spawn(serve_public(
+    tokio::spawn(proxy::listen::serve_public(
         listener,
         config.port,
         links.first_ready,
@@ -195,40 +185,12 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> anyhow::Result<Outco
     ));
     let outcome = supervisor.run().await;
     let _ = std::fs::remove_file(&config.control_socket);
-    Ok(outcome)
+    outcome
 }
 
-/// Runs the proxy on the public port, binding it first when that waits for a ready
-/// worker (`MOLT_BIND=ready`).
-async fn serve_public(
-    listener: Option<std::net::TcpListener>,
-    port: u16,
-    mut first_ready: watch::Receiver<bool>,
-    proxy: Arc<proxy::Proxy>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let listener = if let Some(listener) = listener {
-        listener
-    } else {
-        if first_ready.wait_for(|ready| *ready).await.is_err() {
-            return;
-        }
-        match listen(port) {
-            Ok(listener) => listener,
-            Err(err) => {
-                let _ = proxy.events.send(Event::Fatal(format!("{err:#}")));
-                return;
-            }
-        }
-    };
-    match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => proxy::serve(listener, Arc::clone(&proxy), shutdown).await,
-        Err(err) => {
-            let _ = proxy
-                .events
-                .send(Event::Fatal(format!("cannot use the listener: {err}")));
-        }
-    }
+/// Installs a handler for one signal.
+fn handle(kind: SignalKind, what: &'static str) -> Result<Signal, Fatal> {
+    signal(kind).map_err(|source| Fatal::Setup { what, source })
 }
 
 struct Signals {
@@ -242,7 +204,7 @@ async fn forward_signals(mut signals: Signals, events: mpsc::UnboundedSender<Eve
         let event = tokio::select! {
             _ = signals.term.recv() => Event::Shutdown { signal: nix::sys::signal::Signal::SIGTERM },
             _ = signals.int.recv() => Event::Shutdown { signal: nix::sys::signal::Signal::SIGINT },
-            _ = signals.hup.recv() => Event::RollingRestart,
+            _ = signals.hup.recv() => Event::Command(Command::Restart),
         };
         if events.send(event).is_err() {
             return;
@@ -276,46 +238,6 @@ async fn reap(mut sigchld: Signal, events: mpsc::UnboundedSender<Event>) {
     }
 }
 
-/// Binds the public port on all interfaces, IPv6 and IPv4 at once (Heroku's Fir
-/// generation routes over IPv6), or IPv4 alone where the host has no IPv6.
-fn listen(port: u16) -> anyhow::Result<std::net::TcpListener> {
-    let listener = match listen_dual_stack(port) {
-        Ok(listener) => listener,
-        Err(Errno::EAFNOSUPPORT | Errno::EADDRNOTAVAIL) => {
-            let listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-                .with_context(|| cannot_bind(port))?;
-            listener.set_nonblocking(true)?;
-            listener
-        }
-        Err(err) => return Err(io::Error::from(err)).with_context(|| cannot_bind(port)),
-    };
-    event!(Info, "listen", port = port);
-    Ok(listener)
-}
-
-fn cannot_bind(port: u16) -> String {
-    format!("cannot listen on port {port}: is another process using it? Set PORT or --port to a free port")
-}
-
-fn listen_dual_stack(port: u16) -> Result<std::net::TcpListener, Errno> {
-    let fd = socket::socket(
-        AddressFamily::Inet6,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
-    socket::setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
-    // A restarted molt must not wait out the previous one's TIME_WAIT connections.
-    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    let addr = SockaddrIn6::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
-    socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
-    // nix refuses a backlog above the C library's SOMAXCONN, which is 128 on musl (the
-    // static release build) and 4096 on glibc; the kernel caps it at its own somaxconn.
-    let backlog = Backlog::new(LISTEN_BACKLOG).unwrap_or(Backlog::MAXCONN);
-    socket::listen(&fd, backlog)?;
-    Ok(std::net::TcpListener::from(fd))
-}
-
 /// Every connection costs a descriptor on each side of the proxy; the default soft
 /// limit (often 1024) is far below what the hard limit allows.
 fn raise_fd_limit() {
@@ -330,9 +252,12 @@ fn raise_fd_limit() {
 
 /// `MOLT_DISABLE=1`: the escape hatch. Runs the command itself on the public port, as if
 /// molt were not there. Returns only if the exec failed.
-fn exec_directly(config: &Config, command: &AppCommand) -> anyhow::Error {
+fn exec_directly(config: &Config, command: &AppCommand) -> Fatal {
     event!(Info, "disabled", port = config.port);
     let mut cmd = command.command(config.port);
     cmd.env("PORT", config.port.to_string());
-    anyhow::Error::from(cmd.exec()).context("cannot run the command")
+    Fatal::Setup {
+        what: "run the command",
+        source: cmd.exec(),
+    }
 }

@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use crate::run::supervisor::Event;
+use crate::run::event::Event;
 use crate::sys::memory;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Private worker ports are taken from this range, below Linux's ephemeral range
 /// (32768-60999) so that molt's own outgoing connections never hold one.
-const PORT_RANGE: std::ops::Range<u16> = 20000..32000;
+pub(crate) const PORT_RANGE: std::ops::Range<u16> = 20000..32000;
 
 /// Pause between readiness attempts while a worker boots.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::observe::event;
-use crate::run::dispatch::Lease;
+use crate::run::proxy::dispatch::Lease;
 
 /// No request has been found smuggled.
 const NONE: u64 = u64::MAX;

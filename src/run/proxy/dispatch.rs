@@ -8,70 +8,13 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use http_body_util::Either;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use nix::errno::Errno;
-use nix::sys::socket::MsgFlags;
 use tokio::sync::{oneshot, Notify};
 
-use crate::run::spool::Spooled;
-
-/// What a request sent to a worker carries: the client's body as it arrives, or the
-/// whole body read first (see [`crate::run::spool`]).
-pub(crate) type UpstreamBody = Either<Incoming, Spooled>;
-
-/// A keep-alive connection to a worker.
-pub(crate) struct Upstream {
-    pub(crate) send: SendRequest<UpstreamBody>,
-    /// A second descriptor of the connection's socket, to look at it while hyper owns the
-    /// first; `None` when the descriptor limit left none to spare.
-    probe: Option<OwnedFd>,
-}
-
-impl Upstream {
-    pub(crate) fn new(send: SendRequest<UpstreamBody>, probe: Option<OwnedFd>) -> Self {
-        Upstream { send, probe }
-    }
-
-    /// Whether the worker has ended or broken this idle connection: an idle HTTP/1.1
-    /// connection carries nothing from the server, so any byte or end of stream waiting
-    /// on it means it cannot take a request. This is known as soon as the kernel has it,
-    /// before hyper's connection task has run to notice: the gap in which a request sent
-    /// to a worker that was just killed would fail though the worker never held it.
-    fn peer_done(&self) -> bool {
-        self.probe.as_ref().is_some_and(peer_done)
-    }
-
-    fn is_closed(&self) -> bool {
-        self.send.is_closed() || self.peer_done()
-    }
-}
-
-/// Most idle keep-alive connections kept per worker.
-const MAX_IDLE_UPSTREAMS: usize = 64;
-
-/// Idle connections older than this are not reused. App servers close idle keep-alive
-/// connections after a few seconds (gunicorn after 2 s, Node after 5 s); a request sent
-/// just as the worker closes one fails without a way to know whether the worker saw it.
-/// Staying under those timeouts keeps that race away, and a new loopback connection is
-/// cheap.
-const MAX_UPSTREAM_IDLE: Duration = Duration::from_secs(1);
-
-/// Whether anything (bytes, an end of stream, an error) waits on an idle socket.
-fn peer_done(socket: &OwnedFd) -> bool {
-    let mut byte = [0u8; 1];
-    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-    !matches!(
-        nix::sys::socket::recv(socket.as_raw_fd(), &mut byte, flags),
-        Err(Errno::EAGAIN)
-    )
-}
+use crate::run::proxy::upstream::IdleUpstreams;
 
 /// One worker as the request path sees it.
 pub(crate) struct Slot {
@@ -88,7 +31,8 @@ pub(crate) struct Slot {
     idle_since_ms: AtomicU64,
     /// Notified whenever `in_flight` drops to zero, so a drain can finish at once.
     idle: Notify,
-    idle_upstreams: Mutex<Vec<(Upstream, Instant)>>,
+    /// Kept-alive connections to this worker, for reuse.
+    pub(crate) upstreams: IdleUpstreams,
     /// The worker refused a connection: it is dead or no longer listening, and takes no
     /// more requests while the supervisor replaces it.
     refused: AtomicBool,
@@ -106,7 +50,7 @@ impl Slot {
             created: Instant::now(),
             idle_since_ms: AtomicU64::new(0),
             idle: Notify::new(),
-            idle_upstreams: Mutex::new(Vec::new()),
+            upstreams: IdleUpstreams::default(),
             refused: AtomicBool::new(false),
         }
     }
@@ -147,40 +91,9 @@ impl Slot {
         }
     }
 
-    /// Takes an idle keep-alive connection, most recently used first.
-    pub(crate) fn take_upstream(&self) -> Option<Upstream> {
-        let mut idle = lock(&self.idle_upstreams);
-        // The most recent is at the end; once one is too old, all before it are too.
-        let fresh = idle.partition_point(|(_, since)| since.elapsed() >= MAX_UPSTREAM_IDLE);
-        idle.drain(..fresh);
-        while let Some((conn, _)) = idle.pop() {
-            if !conn.is_closed() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    /// Returns a connection whose last exchange completed, for reuse.
-    pub(crate) fn put_upstream(&self, conn: Upstream) {
-        if conn.send.is_closed() {
-            return;
-        }
-        let mut idle = lock(&self.idle_upstreams);
-        if idle.len() < MAX_IDLE_UPSTREAMS {
-            idle.push((conn, Instant::now()));
-        }
-    }
-
-    /// Drops every idle connection (the worker is going away, or one of its connections
-    /// broke, which the others may soon do too).
-    pub(crate) fn clear_upstreams(&self) {
-        lock(&self.idle_upstreams).clear();
-    }
-
     /// Takes the worker out of routing after it refused a connection; true the first time.
     pub(crate) fn mark_refused(&self) -> bool {
-        self.clear_upstreams();
+        self.upstreams.clear();
         !self.refused.swap(true, Ordering::AcqRel)
     }
 
@@ -276,7 +189,7 @@ fn release(slot: &Slot) {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // No code holding these locks can panic part-way through an update, so a poisoned
     // lock still guards consistent data.
     mutex
@@ -467,32 +380,6 @@ mod tests {
         assert_eq!(ids(choose(&pool, 0)), Some(2));
         assert_eq!(ids(choose(&pool, 2)), Some(2));
         assert_eq!(ids(choose(&pool, 1)), None);
-    }
-
-    #[test]
-    fn an_idle_connection_is_done_once_its_peer_sends_or_closes() {
-        use std::io::Write as _;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let ours =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (mut theirs, _) = listener.accept().expect("accept");
-        let probe = OwnedFd::from(ours);
-        assert!(!peer_done(&probe), "an idle connection");
-        theirs.write_all(b"x").expect("write");
-        theirs.flush().expect("flush");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !peer_done(&probe) {
-            assert!(Instant::now() < deadline, "a byte from the peer");
-        }
-        let ours =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (theirs, _) = listener.accept().expect("accept");
-        let probe = OwnedFd::from(ours);
-        drop(theirs);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !peer_done(&probe) {
-            assert!(Instant::now() < deadline, "the peer's end of stream");
-        }
     }
 
     #[test]

@@ -25,8 +25,9 @@ use tokio::sync::{mpsc, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 
 use crate::observe::event;
-use crate::run::dispatch::{Lease, Upstream};
-use crate::run::spool::temporary_file;
+use crate::run::proxy::dispatch::Lease;
+use crate::run::proxy::spool::temporary_file;
+use crate::run::proxy::upstream::Upstream;
 
 /// Bytes of a response molt holds in memory ahead of the client; more go to a temporary
 /// file.
@@ -192,7 +193,7 @@ impl ProxyBody {
 /// Ends a response the worker has written whole. The connection goes back before the
 /// lease, so that the request the worker is handed next finds it.
 fn give_back(conn: Upstream, lease: Lease) {
-    lease.slot().put_upstream(conn);
+    lease.slot().upstreams.put(conn);
     drop(lease);
 }
 

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::{Reason, State, Supervisor};
 use crate::observe::emit;
+use crate::observe::status::{StatusReport, WorkerRow};
 
 /// Events counted between two metrics lines.
 #[derive(Debug, Default)]
@@ -37,42 +38,6 @@ fn reason_index(reason: Reason) -> usize {
         .iter()
         .position(|r| *r == reason)
         .expect("REASONS lists every reason")
-}
-
-/// The pool as `molt status` shows it.
-#[derive(Debug, Clone)]
-pub(crate) struct StatusReport {
-    pub(crate) pid: u32,
-    pub(crate) budget: u64,
-    pub(crate) budget_source: String,
-    pub(crate) usable: u64,
-    pub(crate) soft_cap: u64,
-    pub(crate) hard_cap: u64,
-    pub(crate) min_workers: usize,
-    pub(crate) max_workers: usize,
-    pub(crate) desired: usize,
-    pub(crate) queue: usize,
-    pub(crate) pool_memory: u64,
-    pub(crate) molt_rss: u64,
-    pub(crate) memory_guard_paused_s: Option<u64>,
-    pub(crate) workers: Vec<WorkerRow>,
-}
-
-/// One worker in [`StatusReport`].
-#[derive(Debug, Clone)]
-pub(crate) struct WorkerRow {
-    pub(crate) id: u64,
-    pub(crate) pid: i32,
-    pub(crate) state: &'static str,
-    pub(crate) age_s: u64,
-    pub(crate) requests: u64,
-    pub(crate) in_flight: usize,
-    pub(crate) memory: Option<u64>,
-    pub(crate) peak: u64,
-    pub(crate) growth_per_request: Option<f64>,
-    pub(crate) growth_per_hour: Option<f64>,
-    /// CPU time of the worker's tree, seconds.
-    pub(crate) cpu_s: f64,
 }
 
 impl Supervisor {

@@ -383,7 +383,7 @@ impl Supervisor {
             in_flight = w.slot.in_flight(),
         );
         self.procs.signal_group(w.pid, Signal::SIGKILL);
-        w.slot.clear_upstreams();
+        w.slot.upstreams.clear();
         w.state = State::Stopping { deadline: None };
         self.counters.kills += 1;
     }
@@ -445,7 +445,7 @@ impl Supervisor {
 
     /// Applies the scaler's decision for this moment.
     pub(super) fn scale(&mut self, now: Instant) {
-        use crate::run::scaler::{
+        use crate::run::pool::scaler::{
             self, Decision, PoolView, ScaleSettings, WorkerPhase, WorkerView,
         };
         let views: Vec<WorkerView> = self

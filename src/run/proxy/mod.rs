@@ -4,6 +4,23 @@
 //! keep-alive connection of that worker, and streams back; the lease and the connection
 //! are given back when the response body ends. Upgrades (WebSocket) become a byte tunnel
 //! that holds its lease for its whole life.
+//!
+//! This half of `molt run` owns everything a request touches and nothing else: it reads
+//! the pool only through the snapshot the supervisor publishes into [`dispatch`], and
+//! tells the supervisor what it saw only by sending events (ARCHITECTURE.md).
+
+/// The client's socket under hyper: request framing, header and keep-alive timeouts.
+pub(crate) mod conn;
+/// Least-busy routing, the bounded request queue, and worker leases.
+pub(crate) mod dispatch;
+/// Binding the public port and handing it to the accept loop.
+pub(crate) mod listen;
+/// Response bodies from a worker to a client, read ahead of a slow client.
+mod relay;
+/// Request bodies read whole before a worker is leased: memory, then a temporary file.
+mod spool;
+/// Connections from molt to its workers, and the idle ones kept for reuse.
+mod upstream;
 
 use std::convert::Infallible;
 use std::io;
@@ -26,12 +43,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::observe::event;
-use crate::run::conn::{ClientIo, Finished, Shared, Timeouts};
-use crate::run::dispatch::{Dispatcher, Lease, Overload, Upstream, UpstreamBody};
-use crate::run::relay::ProxyBody;
-use crate::run::spool::{SpoolError, Spooled};
-use crate::run::supervisor::Event;
-use crate::run::upstream::connect;
+use crate::run::event::Event;
+use crate::run::proxy::conn::{ClientIo, Finished, Shared, Timeouts};
+use crate::run::proxy::dispatch::{Dispatcher, Lease, Overload};
+use crate::run::proxy::relay::ProxyBody;
+use crate::run::proxy::spool::{SpoolError, Spooled};
+use crate::run::proxy::upstream::{connect, Upstream, UpstreamBody};
 
 /// A request head larger than this gets 431, as nginx's and most servers' limits do.
 const MAX_HEADER_SIZE: usize = 64 * 1024;
@@ -318,7 +335,7 @@ async fn exchange(
                 // Either way the worker's other idle connections are suspect: it closed
                 // this one as it was taken, or it may be dying (a fresh connection to a
                 // dead worker is refused, and the request retried elsewhere).
-                lease.slot().clear_upstreams();
+                lease.slot().upstreams.clear();
                 let Some(unsent) = err.take_message() else {
                     lease.slot().check_exiting();
                     return Err(upstream_failed(worker, &err.into_error()));

@@ -8,11 +8,16 @@
 
 /// Memory samples, caps, the pool guard, recycling and the kill-loop guard.
 mod govern;
+/// One worker's memory over its life: now, peak, growth after warm-up.
+mod memstats;
 /// The status report for `molt status` and the periodic l2met metrics line.
 mod report;
+/// Pure autoscaling decision: how many workers to add or retire.
+mod scaler;
+/// Starting, probing and signalling worker processes.
+pub(crate) mod worker;
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,14 +30,15 @@ use tokio::time::Instant;
 
 use crate::budget::{self, Budget, Facts};
 use crate::config::Config;
+use crate::observe::control::Command;
 use crate::observe::event;
-use crate::run::dispatch::{Dispatcher, Slot};
-use crate::run::memstats::MemStats;
-use crate::run::worker::{AppCommand, Processes, Spawn};
-use crate::sys::memory::TreeMemory;
+use crate::run::error::{BootFailure, Fatal};
+use crate::run::event::{Event, Exit};
+use crate::run::proxy::dispatch::{Dispatcher, Slot};
+use memstats::MemStats;
+use worker::{AppCommand, Processes, Spawn};
 
 pub(crate) use govern::Reason;
-pub(crate) use report::StatusReport;
 
 /// First pause after a failed boot; it doubles with each consecutive failure.
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -40,64 +46,17 @@ const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest pause between boot attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Something the supervisor must react to.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// A child of molt was reaped: a worker, or an orphan molt adopted as subreaper.
-    Exited { pid: Pid, how: Exit },
-    /// A booting worker accepted a connection (or passed its health check).
-    Ready { id: u64 },
-    /// A draining worker has no request in flight any more.
-    Drained { id: u64 },
-    /// SIGTERM or SIGINT: finish in-flight requests, then stop.
-    Shutdown { signal: Signal },
-    /// SIGHUP: replace every worker, one at a time.
-    RollingRestart,
-    /// After shutdown began, the last client connection closed.
-    ProxyIdle,
-    /// Something molt cannot run without failed (the public port cannot be bound).
-    Fatal(String),
-    /// A request on this worker outlived `MOLT_REQUEST_TIMEOUT`: the worker is stuck.
-    Stuck { id: u64 },
-    /// This worker refused a connection: it died and is not reaped yet, or it stopped
-    /// listening. The proxy routes nothing more to it.
-    Refused { id: u64 },
-    /// Memory of each worker's process tree (None: it was gone), and molt's own RSS.
-    Sampled {
-        samples: Vec<(u64, Option<TreeMemory>)>,
-        molt_rss: Option<u64>,
-    },
-    /// `molt status` asks for the pool's state.
-    Status(tokio::sync::oneshot::Sender<StatusReport>),
-}
+/// How the supervisor's loop ends: an [`Outcome`], or what stopped molt.
+type Done = Result<Outcome, Fatal>;
 
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exit {
-    Code(i32),
-    Signal(Signal),
-}
-
-impl fmt::Display for Exit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Exit::Code(code) => write!(f, "status {code}"),
-            Exit::Signal(signal) => write!(f, "signal {}", signal.as_str()),
-        }
-    }
-}
-
-/// How the supervisor finished.
+/// How the supervisor finished when nothing went wrong; what stops molt otherwise is a
+/// [`Fatal`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Shut down on request; every worker has exited.
     Stopped,
     /// A second SIGINT: every worker was killed at once.
     Interrupted,
-    /// The app never became ready; the reason is meant for the user.
-    CannotBoot(String),
-    /// molt itself could not go on; the reason is meant for the user.
-    Fatal(String),
 }
 
 /// A worker's lifecycle, with the data each stage needs.
@@ -262,7 +221,7 @@ impl Supervisor {
     }
 
     /// Runs until molt should exit.
-    pub(crate) async fn run(mut self) -> Outcome {
+    pub(crate) async fn run(mut self) -> Result<Outcome, Fatal> {
         loop {
             if let Some(outcome) = self.reconcile(Instant::now()) {
                 return outcome;
@@ -285,7 +244,7 @@ impl Supervisor {
         }
     }
 
-    fn handle(&mut self, event: Event, now: Instant) -> Option<Outcome> {
+    fn handle(&mut self, event: Event, now: Instant) -> Option<Done> {
         match event {
             Event::Exited { pid, how } => return self.on_exit(pid, how, now),
             Event::Ready { id } => self.on_ready(id, now),
@@ -297,7 +256,7 @@ impl Supervisor {
                 }
             }
             Event::Shutdown { signal } => return self.on_shutdown(signal, now),
-            Event::RollingRestart => {
+            Event::Command(Command::Restart) => {
                 if self.phase == Phase::Running {
                     let ready: Vec<u64> = self
                         .workers
@@ -320,14 +279,14 @@ impl Supervisor {
                 }
             }
             Event::Sampled { samples, molt_rss } => self.on_sampled(samples, molt_rss, now),
-            Event::Status(reply) => {
+            Event::Command(Command::Status(reply)) => {
                 let _ = reply.send(self.status_report(now));
             }
-            Event::Fatal(reason) => {
+            Event::Fatal(fatal) => {
                 for w in &self.workers {
                     self.procs.signal_group(w.pid, Signal::SIGKILL);
                 }
-                return Some(Outcome::Fatal(reason));
+                return Some(Err(fatal));
             }
             Event::ProxyIdle => {
                 if matches!(self.phase, Phase::Draining { .. }) {
@@ -352,7 +311,7 @@ impl Supervisor {
         self.first_ready.send_replace(true);
     }
 
-    fn on_exit(&mut self, pid: Pid, how: Exit, now: Instant) -> Option<Outcome> {
+    fn on_exit(&mut self, pid: Pid, how: Exit, now: Instant) -> Option<Done> {
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
             // An orphan that was reparented to molt (the subreaper) and has now been reaped.
             event!(Debug, "reaped", pid = pid, how = how);
@@ -363,7 +322,7 @@ impl Supervisor {
         // The leader is gone; anything it left in its group goes too, so no orphan of a
         // dead worker lingers holding memory.
         self.procs.signal_group(w.pid, Signal::SIGKILL);
-        w.slot.clear_upstreams();
+        w.slot.upstreams.clear();
         if self.recycling.as_ref().is_some_and(|r| r.id == w.id) {
             self.recycling = None;
         }
@@ -389,21 +348,18 @@ impl Supervisor {
             in_flight = in_flight,
         );
         if matches!(w.state, State::Booting { .. }) && self.phase == Phase::Running {
-            return self.boot_failed(
-                &format!("the command exited with {how} before accepting connections on its PORT"),
-                now,
-            );
+            return self.boot_failed(BootFailure::Exited(how), now);
         }
         None
     }
 
-    fn on_shutdown(&mut self, signal: Signal, now: Instant) -> Option<Outcome> {
+    fn on_shutdown(&mut self, signal: Signal, now: Instant) -> Option<Done> {
         if signal == Signal::SIGINT && self.interrupted {
             event!(Warn, "interrupt", action = "kill");
             for w in &self.workers {
                 self.procs.signal_group(w.pid, Signal::SIGKILL);
             }
-            return Some(Outcome::Interrupted);
+            return Some(Ok(Outcome::Interrupted));
         }
         self.interrupted |= signal == Signal::SIGINT;
         if self.phase == Phase::Running {
@@ -425,7 +381,7 @@ impl Supervisor {
         None
     }
 
-    fn on_deadlines(&mut self, now: Instant) -> Option<Outcome> {
+    fn on_deadlines(&mut self, now: Instant) -> Option<Done> {
         let mut outcome = None;
         let boot_timeout = self.config.boot_timeout;
         let mut timed_out = Vec::new();
@@ -453,11 +409,8 @@ impl Supervisor {
         for id in timed_out {
             self.kill(id, "boot_timeout");
             if self.phase == Phase::Running {
-                let reason = format!(
-                    "the command did not accept connections on its PORT within {} (MOLT_BOOT_TIMEOUT); check that it listens on $PORT",
-                    humantime::format_duration(boot_timeout)
-                );
-                outcome = outcome.or(self.boot_failed(&reason, now));
+                let failed = self.boot_failed(BootFailure::NotReady(boot_timeout), now);
+                outcome = outcome.or(failed);
             }
         }
         for id in drained {
@@ -486,17 +439,18 @@ impl Supervisor {
     }
 
     /// Counts a failed boot, backs off, and gives up when the app has never booted.
-    fn boot_failed(&mut self, reason: &str, now: Instant) -> Option<Outcome> {
+    fn boot_failed(&mut self, reason: BootFailure, now: Instant) -> Option<Done> {
         self.boot_failures += 1;
         let failures = self.boot_failures;
         if !self.ever_ready && failures >= self.config.max_boot_failures {
             for w in &self.workers {
                 self.procs.signal_group(w.pid, Signal::SIGKILL);
             }
-            return Some(Outcome::CannotBoot(format!(
-                "the app failed to boot {failures} time(s) in a row (MOLT_MAX_BOOT_FAILURES={}): {reason}",
-                self.config.max_boot_failures
-            )));
+            return Some(Err(Fatal::CannotBoot {
+                failures,
+                max: self.config.max_boot_failures,
+                last: reason,
+            }));
         }
         let backoff = BACKOFF_START
             .saturating_mul(1 << (failures - 1).min(16))
@@ -506,7 +460,7 @@ impl Supervisor {
             "boot_failed",
             failures = failures,
             backoff_ms = backoff.as_millis(),
-            reason = reason
+            reason = &reason
         );
         self.spawn_after = self.spawn_after.max(now + backoff);
         None
@@ -514,7 +468,7 @@ impl Supervisor {
 
     /// Moves the pool toward its target: spawns missing workers, advances a recycle,
     /// and publishes the routable workers. Returns an outcome when molt is done.
-    fn reconcile(&mut self, now: Instant) -> Option<Outcome> {
+    fn reconcile(&mut self, now: Instant) -> Option<Done> {
         if self.phase == Phase::Running {
             self.scale(now);
             for id in self.workers_at_request_limit() {
@@ -529,12 +483,12 @@ impl Supervisor {
         self.publish();
         if self.phase == Phase::Stopping && self.workers.is_empty() {
             event!(Info, "stopped");
-            return Some(Outcome::Stopped);
+            return Some(Ok(Outcome::Stopped));
         }
         None
     }
 
-    fn spawn_missing(&mut self, now: Instant) -> Option<Outcome> {
+    fn spawn_missing(&mut self, now: Instant) -> Option<Done> {
         let target = self.desired;
         // A worker being recycled is replaced before it drains when memory allows;
         // otherwise it still counts until it leaves.
@@ -559,7 +513,7 @@ impl Supervisor {
                 break;
             }
             if let Err(reason) = self.spawn(now) {
-                if let Some(outcome) = self.boot_failed(&reason, now) {
+                if let Some(outcome) = self.boot_failed(reason, now) {
                     return Some(outcome);
                 }
             }
@@ -567,12 +521,14 @@ impl Supervisor {
         None
     }
 
-    fn spawn(&mut self, now: Instant) -> Result<(), String> {
+    fn spawn(&mut self, now: Instant) -> Result<(), BootFailure> {
         let taken: Vec<u16> = self.workers.iter().map(|w| w.slot.addr.port()).collect();
         let port = self
             .procs
             .free_port(&taken)
-            .ok_or("no free private port on 127.0.0.1 in 20000-31999")?;
+            .ok_or(BootFailure::NoFreePort {
+                range: worker::PORT_RANGE,
+            })?;
         let id = self.next_id;
         self.next_id += 1;
         let spec = Spawn {
@@ -581,10 +537,7 @@ impl Supervisor {
             web_concurrency: self.config.worker_processes,
             command: &self.command,
         };
-        let pid = self
-            .procs
-            .spawn(&spec)
-            .map_err(|err| format!("cannot start the command: {err}"))?;
+        let pid = self.procs.spawn(&spec).map_err(BootFailure::CannotStart)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         event!(Info, "spawn", worker = id, pid = pid, port = port);
         let events = self.events_tx.clone();
@@ -644,7 +597,7 @@ impl Supervisor {
             signal = signal.as_str()
         );
         self.procs.signal_group(w.pid, signal);
-        w.slot.clear_upstreams();
+        w.slot.upstreams.clear();
         w.state = State::Stopping {
             deadline: Some(deadline),
         };
@@ -719,6 +672,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::sys::memory::TreeMemory;
 
     #[derive(Default)]
     struct Record {
@@ -829,14 +783,14 @@ mod tests {
         }
 
         /// Delivers an event at `ms` and reconciles, as the run loop does.
-        fn step(&mut self, event: Event, ms: u64) -> Option<Outcome> {
+        fn step(&mut self, event: Event, ms: u64) -> Option<Done> {
             let now = self.at(ms);
             self.sup
                 .handle(event, now)
                 .or_else(|| self.sup.reconcile(now))
         }
 
-        fn exit(&mut self, id: u64, ms: u64) -> Option<Outcome> {
+        fn exit(&mut self, id: u64, ms: u64) -> Option<Done> {
             let pid = self.pid(id);
             self.step(
                 Event::Exited {
@@ -847,7 +801,7 @@ mod tests {
             )
         }
 
-        fn tick(&mut self, ms: u64) -> Option<Outcome> {
+        fn tick(&mut self, ms: u64) -> Option<Done> {
             let now = self.at(ms);
             self.sup
                 .on_deadlines(now)
@@ -900,11 +854,11 @@ mod tests {
         h.tick(3000);
         assert_eq!(h.spawned().len(), 3);
         let outcome = h.exit(3, 3000);
-        let Some(Outcome::CannotBoot(reason)) = outcome else {
+        let Some(Err(fatal @ Fatal::CannotBoot { .. })) = outcome else {
             panic!("expected molt to give up, got {outcome:?}");
         };
         assert_eq!(
-            reason,
+            fatal.to_string(),
             "the app failed to boot 3 time(s) in a row (MOLT_MAX_BOOT_FAILURES=3): \
              the command exited with status 1 before accepting connections on its PORT"
         );
@@ -958,7 +912,7 @@ mod tests {
         h.sup.reconcile(h.t0);
         h.step(Event::Ready { id: 1 }, 0);
         h.step(Event::Ready { id: 2 }, 0);
-        h.step(Event::RollingRestart, 100);
+        h.step(Event::Command(Command::Restart), 100);
         // The replacement starts first; the old worker keeps serving meanwhile.
         assert_eq!(h.spawned().len(), 3);
         assert_eq!(h.dispatcher.routable(), [1, 2]);
@@ -1006,7 +960,7 @@ mod tests {
             h.signals(),
             [(h.pid(1), Signal::SIGKILL), (h.pid(2), Signal::SIGTERM)]
         );
-        assert_eq!(h.exit(2, 300), Some(Outcome::Stopped));
+        assert_eq!(h.exit(2, 300), Some(Ok(Outcome::Stopped)));
     }
 
     #[tokio::test]
@@ -1040,7 +994,7 @@ mod tests {
             },
             5001,
         );
-        assert_eq!(outcome, Some(Outcome::Stopped));
+        assert_eq!(outcome, Some(Ok(Outcome::Stopped)));
     }
 
     #[tokio::test]
@@ -1051,7 +1005,7 @@ mod tests {
             signal: Signal::SIGINT,
         };
         assert_eq!(h.step(int(), 10), None);
-        assert_eq!(h.step(int(), 20), Some(Outcome::Interrupted));
+        assert_eq!(h.step(int(), 20), Some(Ok(Outcome::Interrupted)));
         assert_eq!(
             h.signals(),
             [(h.pid(1), Signal::SIGKILL), (h.pid(2), Signal::SIGKILL)]

@@ -1,0 +1,57 @@
+//! What the supervisor reacts to: every source (signals, the reaper, readiness probes,
+//! the request path, memory samples, the control socket) sends an [`Event`] on one
+//! channel, and the supervisor alone acts on it (ARCHITECTURE.md, "Invariants").
+
+use std::fmt;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::observe::control::Command;
+use crate::run::error::Fatal;
+use crate::sys::memory::TreeMemory;
+
+/// Something the supervisor must react to.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A child of molt was reaped: a worker, or an orphan molt adopted as subreaper.
+    Exited { pid: Pid, how: Exit },
+    /// A booting worker accepted a connection (or passed its health check).
+    Ready { id: u64 },
+    /// A draining worker has no request in flight any more.
+    Drained { id: u64 },
+    /// SIGTERM or SIGINT: finish in-flight requests, then stop.
+    Shutdown { signal: Signal },
+    /// From the control socket (`molt status`, `molt restart`) or SIGHUP (a restart).
+    Command(Command),
+    /// After shutdown began, the last client connection closed.
+    ProxyIdle,
+    /// Something molt cannot run without failed (the public port cannot be bound).
+    Fatal(Fatal),
+    /// A request on this worker outlived `MOLT_REQUEST_TIMEOUT`: the worker is stuck.
+    Stuck { id: u64 },
+    /// This worker refused a connection: it died and is not reaped yet, or it stopped
+    /// listening. The proxy routes nothing more to it.
+    Refused { id: u64 },
+    /// Memory of each worker's process tree (None: it was gone), and molt's own RSS.
+    Sampled {
+        samples: Vec<(u64, Option<TreeMemory>)>,
+        molt_rss: Option<u64>,
+    },
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "status {code}"),
+            Exit::Signal(signal) => write!(f, "signal {}", signal.as_str()),
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Connections from molt to its workers: [`IdleUpstreams`] keeps each worker's
+//! kept-alive connections for reuse (its [`Slot`] holds one), [`connect`] takes one or
+//! opens a new one with quick acknowledgements, and a response that ends whole puts its
+//! connection back (`relay`). Every other part of the request path goes through these.
+
+use std::io;
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use nix::errno::Errno;
+use nix::sys::socket::MsgFlags;
+use tokio::net::TcpStream;
+
+use crate::run::proxy::dispatch::Slot;
+use crate::run::proxy::spool::Spooled;
+
+/// What a request sent to a worker carries: the client's body as it arrives, or the
+/// whole body read first (see [`crate::run::proxy::spool`]).
+pub(crate) type UpstreamBody = Either<Incoming, Spooled>;
+
+/// A keep-alive connection to a worker.
+pub(crate) struct Upstream {
+    pub(crate) send: SendRequest<UpstreamBody>,
+    /// A second descriptor of the connection's socket, to look at it while hyper owns the
+    /// first; `None` when the descriptor limit left none to spare.
+    probe: Option<OwnedFd>,
+}
+
+impl Upstream {
+    pub(crate) fn new(send: SendRequest<UpstreamBody>, probe: Option<OwnedFd>) -> Self {
+        Upstream { send, probe }
+    }
+
+    /// Whether the worker has ended or broken this idle connection: an idle HTTP/1.1
+    /// connection carries nothing from the server, so any byte or end of stream waiting
+    /// on it means it cannot take a request. This is known as soon as the kernel has it,
+    /// before hyper's connection task has run to notice: the gap in which a request sent
+    /// to a worker that was just killed would fail though the worker never held it.
+    fn peer_done(&self) -> bool {
+        self.probe.as_ref().is_some_and(peer_done)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.send.is_closed() || self.peer_done()
+    }
+}
+
+/// Most idle keep-alive connections kept per worker.
+const MAX_IDLE_UPSTREAMS: usize = 64;
+
+/// Idle connections older than this are not reused. App servers close idle keep-alive
+/// connections after a few seconds (gunicorn after 2 s, Node after 5 s); a request sent
+/// just as the worker closes one fails without a way to know whether the worker saw it.
+/// Staying under those timeouts keeps that race away, and a new loopback connection is
+/// cheap.
+const MAX_UPSTREAM_IDLE: Duration = Duration::from_secs(1);
+
+/// Whether anything (bytes, an end of stream, an error) waits on an idle socket.
+fn peer_done(socket: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    !matches!(
+        nix::sys::socket::recv(socket.as_raw_fd(), &mut byte, flags),
+        Err(Errno::EAGAIN)
+    )
+}
+
+/// A worker's idle kept-alive connections, most recently used last.
+#[derive(Default)]
+pub(crate) struct IdleUpstreams(Mutex<Vec<(Upstream, Instant)>>);
+
+impl IdleUpstreams {
+    /// Takes an idle keep-alive connection, most recently used first.
+    pub(crate) fn take(&self) -> Option<Upstream> {
+        let mut idle = self.lock();
+        // The most recent is at the end; once one is too old, all before it are too.
+        let fresh = idle.partition_point(|(_, since)| since.elapsed() >= MAX_UPSTREAM_IDLE);
+        idle.drain(..fresh);
+        while let Some((conn, _)) = idle.pop() {
+            if !conn.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange completed, for reuse.
+    pub(crate) fn put(&self, conn: Upstream) {
+        if conn.send.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE_UPSTREAMS {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    /// Drops every idle connection (the worker is going away, or one of its connections
+    /// broke, which the others may soon do too).
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<(Upstream, Instant)>> {
+        crate::run::proxy::dispatch::lock(&self.0)
+    }
+}
+
+/// A ready connection to the worker: an idle kept-alive one, else a new one.
+pub(crate) async fn connect(slot: &Slot) -> io::Result<Upstream> {
+    while let Some(mut conn) = slot.upstreams.take() {
+        if conn.send.ready().await.is_ok() {
+            return Ok(conn);
+        }
+    }
+    open(slot).await
+}
+
+async fn open(slot: &Slot) -> io::Result<Upstream> {
+    let stream = TcpStream::connect(slot.addr).await?;
+    let _ = stream.set_nodelay(true);
+    let probe = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+    let (send, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(QuickAck {
+            stream,
+            unacked: false,
+        }))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        // Errors surface on the request that was using the connection.
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(Upstream::new(send, probe))
+}
+
+/// A connection to a worker that acknowledges what it receives at once.
+///
+/// Servers that leave Nagle's algorithm on (Python's `http.server` does) write a response
+/// head and body as two small segments and hold the second until the first is
+/// acknowledged; on a kept-alive connection Linux delays that acknowledgement by up to
+/// 40 ms. Every response would then wait 40 ms. Quick-ack mode is not sticky, so it is
+/// asked for again each time molt has read data and is about to wait for more: asking
+/// also sends the acknowledgement the kernel was holding back. Asking before every read
+/// instead cost a tenth of molt's CPU under load.
+struct QuickAck {
+    stream: TcpStream,
+    /// Data was read since quick-ack mode was last asked for.
+    unacked: bool,
+}
+
+impl QuickAck {
+    fn quick_ack(&self) {
+        let one: nix::libc::c_int = 1;
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a pointer to a live
+        // c_int, on a descriptor this stream owns for as long as `self` lives.
+        unsafe {
+            nix::libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+                nix::libc::IPPROTO_TCP,
+                nix::libc::TCP_QUICKACK,
+                std::ptr::from_ref(&one).cast(),
+                nix::libc::socklen_t::try_from(std::mem::size_of::<nix::libc::c_int>())
+                    .expect("an int's size fits socklen_t"),
+            );
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.unacked = true,
+            Poll::Pending if self.unacked => {
+                self.unacked = false;
+                self.quick_ack();
+            }
+            _ => {}
+        }
+        read
+    }
+}
+
+impl tokio::io::AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_is_done_once_its_peer_sends_or_closes() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ours =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut theirs, _) = listener.accept().expect("accept");
+        let probe = OwnedFd::from(ours);
+        assert!(!peer_done(&probe), "an idle connection");
+        theirs.write_all(b"x").expect("write");
+        theirs.flush().expect("flush");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !peer_done(&probe) {
+            assert!(Instant::now() < deadline, "a byte from the peer");
+        }
+        let ours =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (theirs, _) = listener.accept().expect("accept");
+        let probe = OwnedFd::from(ours);
+        drop(theirs);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !peer_done(&probe) {
+            assert!(Instant::now() < deadline, "the peer's end of stream");
+        }
+    }
+}
