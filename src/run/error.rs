@@ -12,7 +12,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::observe::control::BindError;
-use crate::run::event::Exit;
+use crate::sys::Exit;
 
 /// What stops molt, with what the user needs to act on it.
 #[derive(Debug)]

@@ -2,14 +2,13 @@
 //! the request path, memory samples, the control socket) sends an [`Event`] on one
 //! channel, and the supervisor alone acts on it (ARCHITECTURE.md, "Invariants").
 
-use std::fmt;
-
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::observe::control::Command;
 use crate::run::error::Fatal;
 use crate::sys::memory::TreeMemory;
+use crate::sys::Exit;
 
 /// Something the supervisor must react to.
 #[derive(Debug)]
@@ -38,20 +37,4 @@ pub(crate) enum Event {
         samples: Vec<(u64, Option<TreeMemory>)>,
         molt_rss: Option<u64>,
     },
-}
-
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exit {
-    Code(i32),
-    Signal(Signal),
-}
-
-impl fmt::Display for Exit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Exit::Code(code) => write!(f, "status {code}"),
-            Exit::Signal(signal) => write!(f, "signal {}", signal.as_str()),
-        }
-    }
 }

@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 use crate::config::{BindMode, BufferMode, Config};
 use crate::observe::control::Command;
 use crate::observe::event;
-use event::{Event, Exit};
+use crate::sys::Exit;
+use event::Event;
 use pool::Supervisor;
 use proxy::dispatch::Dispatcher;
 

@@ -11,7 +11,10 @@ pub(crate) mod cgroup;
 /// Memory and CPU time of process trees from `/proc`; physical memory; page size.
 pub(crate) mod memory;
 
+use std::fmt;
 use std::path::Path;
+
+use nix::sys::signal::Signal;
 
 use crate::budget::Facts;
 
@@ -36,4 +39,20 @@ pub(crate) fn facts() -> (Facts, Option<String>) {
         worker_footprint: None,
     };
     (facts, warning)
+}
+
+/// How a process ended, as `waitpid` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Code(i32),
+    Signal(Signal),
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "status {code}"),
+            Exit::Signal(signal) => write!(f, "signal {}", signal.as_str()),
+        }
+    }
 }

@@ -33,8 +33,9 @@ use crate::config::Config;
 use crate::observe::control::Command;
 use crate::observe::event;
 use crate::run::error::{BootFailure, Fatal};
-use crate::run::event::{Event, Exit};
+use crate::run::event::Event;
 use crate::run::proxy::dispatch::{Dispatcher, Slot};
+use crate::sys::Exit;
 use memstats::MemStats;
 use worker::{AppCommand, Processes, Spawn};
 

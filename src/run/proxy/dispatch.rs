@@ -189,7 +189,7 @@ fn release(slot: &Slot) {
     }
 }
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // No code holding these locks can panic part-way through an update, so a poisoned
     // lock still guards consistent data.
     mutex

@@ -48,7 +48,7 @@ use crate::run::proxy::conn::{ClientIo, Finished, Shared, Timeouts};
 use crate::run::proxy::dispatch::{Dispatcher, Lease, Overload};
 use crate::run::proxy::relay::ProxyBody;
 use crate::run::proxy::spool::{SpoolError, Spooled};
-use crate::run::proxy::upstream::{connect, Upstream, UpstreamBody};
+use crate::run::proxy::upstream::{Upstream, UpstreamBody};
 
 /// A request head larger than this gets 431, as nginx's and most servers' limits do.
 const MAX_HEADER_SIZE: usize = 64 * 1024;
@@ -297,7 +297,8 @@ async fn exchange(
     loop {
         let lease = proxy.dispatcher.acquire().await.map_err(overloaded)?;
         let worker = lease.slot().id;
-        let mut conn = match connect(lease.slot()).await {
+        let slot = lease.slot();
+        let mut conn = match slot.upstreams.connect(slot.addr).await {
             Ok(conn) => conn,
             Err(err) => {
                 event!(Warn, "connect_error", worker = worker, error = err);

@@ -1,12 +1,14 @@
-//! Connections from molt to its workers: [`IdleUpstreams`] keeps each worker's
-//! kept-alive connections for reuse (its [`Slot`] holds one), [`connect`] takes one or
-//! opens a new one with quick acknowledgements, and a response that ends whole puts its
-//! connection back (`relay`). Every other part of the request path goes through these.
+//! Connections from molt to its workers. [`IdleUpstreams`] keeps one worker's
+//! kept-alive connections (its dispatch slot holds one); [`IdleUpstreams::connect`]
+//! takes the freshest of them or opens a new one with quick acknowledgements, and a
+//! response that ends whole puts its connection back (`relay`). The rest of the request
+//! path goes through these and nothing else.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,6 @@ use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
 use tokio::net::TcpStream;
 
-use crate::run::proxy::dispatch::Slot;
 use crate::run::proxy::spool::Spooled;
 
 /// What a request sent to a worker carries: the client's body as it arrives, or the
@@ -109,22 +110,24 @@ impl IdleUpstreams {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<(Upstream, Instant)>> {
-        crate::run::proxy::dispatch::lock(&self.0)
+        // Every change under the lock is one push, pop, drain or clear, none of which can
+        // panic half-way, so a poisoned lock still guards a whole list.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-/// A ready connection to the worker: an idle kept-alive one, else a new one.
-pub(crate) async fn connect(slot: &Slot) -> io::Result<Upstream> {
-    while let Some(mut conn) = slot.upstreams.take() {
-        if conn.send.ready().await.is_ok() {
-            return Ok(conn);
+    /// A ready connection to the worker at `addr`: an idle kept-alive one, else a new one.
+    pub(crate) async fn connect(&self, addr: SocketAddr) -> io::Result<Upstream> {
+        while let Some(mut conn) = self.take() {
+            if conn.send.ready().await.is_ok() {
+                return Ok(conn);
+            }
         }
+        open(addr).await
     }
-    open(slot).await
 }
 
-async fn open(slot: &Slot) -> io::Result<Upstream> {
-    let stream = TcpStream::connect(slot.addr).await?;
+async fn open(addr: SocketAddr) -> io::Result<Upstream> {
+    let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     let probe = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
     let (send, conn) = hyper::client::conn::http1::Builder::new()
