@@ -469,8 +469,6 @@ pub(crate) fn plan_text(budget: &Budget) -> String {
 }
 
 #[cfg(test)]
-// A failed unwrap is a failed test; the lint is for code that runs in production.
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -55,7 +55,6 @@ pub(crate) fn sha256_hex(path: &Path) -> io::Result<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,4 +1,4 @@
-//! Heroku classic buildpack phases (DESIGN 5.1).
+//! Heroku classic buildpack phases.
 //!
 //! The build directory becomes the slug, which runs at `/app` with `HOME=/app`: nothing
 //! written here may hold a build-time path.

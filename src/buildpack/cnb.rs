@@ -1,4 +1,4 @@
-//! Cloud Native Buildpack phases, Buildpack API 0.10 (DESIGN 5.2).
+//! Cloud Native Buildpack phases, Buildpack API 0.10.
 //!
 //! `bin/build` writes a launch layer `molt` (its `bin/` joins PATH at launch) and a `web`
 //! process that runs the Procfile's web command under molt. molt runs after
@@ -171,7 +171,6 @@ fn sbom(sha256: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

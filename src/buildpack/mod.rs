@@ -176,8 +176,8 @@ fn molt_vars_in(dir: &Path) -> Result<Vec<(String, String)>, Message> {
 }
 
 /// Loads the settings as `molt run` will at boot, except that an unknown `molt.toml` key
-/// is an error here (DESIGN 4.10): `env` holds the `MOLT_*` variables, `app_dir` the
-/// `molt.toml`. Warnings are printed as detail lines.
+/// is an error here (a typo must fail the build, not a running dyno): `env` holds the
+/// `MOLT_*` variables, `app_dir` the `molt.toml`. Warnings are printed as detail lines.
 fn load_settings(
     env: &[(String, String)],
     app_dir: &Path,

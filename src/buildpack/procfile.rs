@@ -350,7 +350,6 @@ pub(crate) fn molt_command(original: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

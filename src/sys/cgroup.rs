@@ -374,7 +374,6 @@ fn read_if_present(path: &Path) -> Result<Option<String>, CgroupError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -710,7 +709,6 @@ mod tests {
 /// Property tests of the cgroup parsers: arbitrary text never panics, and text written
 /// the way the kernel writes it reads back as the values it was made from.
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod properties {
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -511,7 +511,6 @@ fn parse_kib_line(file: &'static str, field: &'static str, text: &str) -> Result
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -1038,7 +1037,6 @@ Locked:                0 kB
 /// Property tests of the `/proc` parsers: arbitrary text never panics, and text written
 /// the way the kernel writes it reads back as the values it was made from.
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod properties {
     use proptest::prelude::*;
 
@@ -1245,7 +1243,6 @@ mod properties {
 /// Property tests of the `/proc` readers: what they read from a file matches what the
 /// parser makes of the same bytes.
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod reader_properties {
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,5 +1,5 @@
-//! Hostile and malformed HTTP on raw sockets (DESIGN 4.3), and what molt exposes to
-//! strangers (DESIGN 4.9).
+//! Hostile and malformed HTTP on raw sockets, and what molt exposes to strangers
+//! (docs/guarantees.md).
 //!
 //! The corpus below is a table: one line per case, `name: input, client => expected;`.
 //! Each case starts its own molt with one worker of concurrency 1 that cannot scale
@@ -14,7 +14,7 @@
 //!   would make the next request wait in the queue and get 503 after `MOLT_QUEUE_TIMEOUT`;
 //! - molt is still running and has not panicked.
 //!
-//! A case where molt is wrong by RFC 9110/9112 or DESIGN 4.3 carries the correct
+//! A case where molt is wrong by RFC 9110/9112 or its own guarantees carries the correct
 //! RFCs leave open are written next to their case.
 
 use std::fmt::Write as _;
@@ -169,7 +169,7 @@ corpus! {
     content_length_with_spaces_around: bytes(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length:  3 \r\nConnection: close\r\n\r\nabc"), Reads => Served(&[200]);
     content_length_over_max_body: over_max_body_with_length(), Reads => Rejected(413);
 
-    // -- Transfer-Encoding and request smuggling (RFC 9112 6.1, 6.3; DESIGN 4.3:
+    // -- Transfer-Encoding and request smuggling (RFC 9112 6.1, 6.3;
     //    "conflicting Content-Length and Transfer-Encoding are rejected, never forwarded") --
     content_length_then_chunked: bytes(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), Reads => Rejected(400);
     chunked_then_content_length: bytes(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), Reads => Rejected(400);
@@ -258,7 +258,7 @@ corpus! {
     half_close_mid_body: bytes(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc"), HalfCloses => RejectedOrClosed(&[400]);
     vanish_mid_request_line: bytes(b"GET /some"), Vanishes => NotForwarded;
     vanish_mid_headers: bytes(b"GET / HTTP/1.1\r\nHost: a\r\nX-Part"), Vanishes => NotForwarded;
-    /// DESIGN 4.3: with worker concurrency 1, a body is read whole before a worker is leased.
+    /// With worker concurrency 1, a body is read whole before a worker is leased.
     vanish_mid_body: bytes(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nabc"), Vanishes => NotForwarded;
     vanish_mid_chunked_body: bytes(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc"), Vanishes => NotForwarded;
     reset_mid_headers: bytes(b"GET / HTTP/1.1\r\nHost: a\r\nX-Part"), Resets => NotForwarded;
@@ -940,7 +940,7 @@ fn http_1_0_gets_a_streamed_response_close_delimited() {
 }
 
 /// Request headers must arrive within the header timeout, or the client gets 408 and the
-/// connection closes (DESIGN 4.3), and the request never reaches the app.
+/// connection closes, and the request never reaches the app.
 #[test]
 fn headers_unfinished_at_the_header_timeout_get_408() {
     let molt = single_worker(&[("MOLT_HEADER_TIMEOUT", HEADER_TIMEOUT_SETTING)]);
@@ -1126,7 +1126,7 @@ fn idle_connections_are_closed_and_long_requests_are_not() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Security: what molt exposes (DESIGN 4.3, 4.9)
+// Security: what molt exposes
 // ---------------------------------------------------------------------------------------
 
 /// Paths a curious client might try for a proxy's own pages.

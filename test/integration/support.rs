@@ -378,7 +378,7 @@ impl Molt {
         self.child.id()
     }
 
-    /// The value of `MOLT_TEST_TAG` that molt and its workers carry.
+    /// The value of `TEST_MOLT_TAG` that molt and its workers carry.
     pub(crate) fn tag(&self) -> &str {
         &self.tag
     }
@@ -496,7 +496,7 @@ pub(crate) fn all_pids() -> Vec<u32> {
         .collect()
 }
 
-/// Live (not zombie) processes whose environment holds `MOLT_TEST_TAG=<tag>`. Processes
+/// Live (not zombie) processes whose environment holds `TEST_MOLT_TAG=<tag>`. Processes
 /// that vanish or cannot be read during the scan are skipped.
 pub(crate) fn pids_with_tag(tag: &str) -> Vec<u32> {
     let needle = format!("{TAG_VAR}={tag}").into_bytes();

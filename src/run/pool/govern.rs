@@ -1,4 +1,4 @@
-//! Memory governance and recycling (DESIGN 4.6, 4.7).
+//! Memory governance and recycling (ARCHITECTURE.md, "A worker's life").
 //!
 //! Every `MOLT_SAMPLE_INTERVAL` the memory of each worker's whole process tree is
 //! measured off the supervisor task. Then, in order:
@@ -454,9 +454,7 @@ impl Supervisor {
             .map(|w| WorkerView {
                 id: w.id,
                 phase: match w.state {
-                    State::Booting { .. } => WorkerPhase::Booting {
-                        since: w.started.into_std(),
-                    },
+                    State::Booting { .. } => WorkerPhase::Booting,
                     State::Ready => WorkerPhase::Ready {
                         in_flight: w.slot.in_flight(),
                         idle_since: w.slot.idle_since(),
@@ -481,7 +479,8 @@ impl Supervisor {
             idle_timeout: self.config.idle_timeout,
         };
         let live = self.workers.iter().filter(|w| w.is_live()).count();
-        match scaler::decide(&view, &settings, now.into_std()) {
+        let plan = scaler::plan(&view, &settings, now.into_std());
+        match plan.decision {
             Decision::Hold => {}
             Decision::Start(n) => {
                 let desired = (live + n).clamp(
@@ -494,7 +493,8 @@ impl Supervisor {
                         "scale",
                         direction = "up",
                         workers = desired,
-                        queue = view.queued
+                        queue = view.queued,
+                        limited_by = plan.limited_by.map_or("-", scaler::Limit::as_str)
                     );
                 }
                 self.desired = desired.max(self.desired);

@@ -1,6 +1,6 @@
 //! The autoscaling decision: how many workers to start, or which idle ones to retire.
 //!
-//! [`decide`] is a pure function of a [`PoolView`], the [`ScaleSettings`] and the time, with
+//! [`plan`] is a pure function of a [`PoolView`], the [`ScaleSettings`] and the time, with
 //! no I/O and no clock of its own, so its rules are tested on simulated time. The
 //! supervisor calls it after each event and tick and applies the [`Decision`] through its
 //! reconcile step; it never starts or stops a process here.
@@ -44,10 +44,6 @@
 //! `idle_timeout` is taken literally: `Duration::ZERO` retires an idle worker as soon as it
 //! is idle, and `Duration::MAX` never does.
 
-// The supervisor wires this module into its reconcile step next; until then nothing
-// outside the tests calls it.
-#![allow(dead_code)]
-
 use std::time::{Duration, Instant};
 
 /// The settings the decision depends on, already validated and derived by the caller.
@@ -68,7 +64,7 @@ pub(crate) struct ScaleSettings {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum WorkerPhase {
     /// Started, not yet accepting connections.
-    Booting { since: Instant },
+    Booting,
     /// Receiving requests. `idle_since` is `Some(t)` when `in_flight` has been 0 since `t`.
     Ready {
         in_flight: usize,
@@ -148,18 +144,13 @@ pub(crate) struct Plan {
     pub(crate) limited_by: Option<Limit>,
 }
 
-/// Decides how the pool should change now; see the module documentation for the rules.
-pub(crate) fn decide(view: &PoolView<'_>, settings: &ScaleSettings, now: Instant) -> Decision {
-    plan(view, settings, now).decision
-}
-
-/// [`decide`], together with what limited a start, so the caller can log why a queue was
-/// not fully served.
+/// Decides how the pool should change now (see the module documentation for the rules),
+/// and what limited a start, so the caller can log why a queue was not fully served.
 pub(crate) fn plan(view: &PoolView<'_>, settings: &ScaleSettings, now: Instant) -> Plan {
     let booting = view
         .workers
         .iter()
-        .filter(|w| matches!(w.phase, WorkerPhase::Booting { .. }))
+        .filter(|w| matches!(w.phase, WorkerPhase::Booting))
         .count();
     let ready = view
         .workers
@@ -248,7 +239,7 @@ fn memory_fits(view: &PoolView<'_>, booting: usize, floor: usize) -> (usize, Lim
     let growing: u64 = view
         .workers
         .iter()
-        .filter(|w| matches!(w.phase, WorkerPhase::Booting { .. }))
+        .filter(|w| matches!(w.phase, WorkerPhase::Booting))
         .map(|w| footprint.saturating_sub(w.memory.unwrap_or(0)))
         .sum();
     let reserved = growing.saturating_add(footprint.saturating_mul(floor as u64));
@@ -294,9 +285,13 @@ fn retire_idle(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The decision alone, as most rules are stated.
+    fn decide(view: &PoolView<'_>, settings: &ScaleSettings, now: Instant) -> Decision {
+        plan(view, settings, now).decision
+    }
 
     const MB: u64 = 1024 * 1024;
     const IDLE: Duration = Duration::from_secs(5 * 60);
@@ -314,10 +309,10 @@ mod tests {
         }
     }
 
-    fn booting(id: u64, since: Instant) -> WorkerView {
+    fn booting(id: u64) -> WorkerView {
         WorkerView {
             id,
-            phase: WorkerPhase::Booting { since },
+            phase: WorkerPhase::Booting,
             memory: Some(100 * MB),
         }
     }
@@ -444,7 +439,7 @@ mod tests {
         ];
         for (busy_workers, boots, max, expected) in cases {
             let mut workers: Vec<_> = (1..=busy_workers).map(|id| busy(id, 1)).collect();
-            workers.extend((busy_workers + 1..=busy_workers + boots).map(|id| booting(id, t0)));
+            workers.extend((busy_workers + 1..=busy_workers + boots).map(booting));
             let view = roomy(&workers, 10);
             let plan = plan(&view, &settings(1, max, 1), at(t0, 1));
             assert_eq!(
@@ -470,7 +465,7 @@ mod tests {
         ];
         for (concurrency, boots, queued, expected) in cases {
             let mut workers = vec![busy(1, 4)];
-            workers.extend((2..2 + boots).map(|id| booting(id, t0)));
+            workers.extend((2..2 + boots).map(booting));
             let view = roomy(&workers, queued);
             let plan = plan(&view, &settings(1, 20, concurrency), at(t0, 2));
             assert_eq!(
@@ -515,7 +510,7 @@ mod tests {
         // looks small, and without a reservation the headroom it is about to use would be
         // handed to another new worker.
         let t0 = Instant::now();
-        let mut early = booting(2, t0);
+        let mut early = booting(2);
         early.memory = Some(50 * MB);
         let workers = [busy(1, 1), early];
         let view = PoolView {
@@ -538,7 +533,7 @@ mod tests {
         let s = settings(0, 10, 1);
         let unmeasured = |id| WorkerView {
             memory: None,
-            ..booting(id, t0)
+            ..booting(id)
         };
         let cases = [
             (vec![], Decision::Start(1)),
@@ -665,7 +660,7 @@ mod tests {
         );
         // A booting worker counts toward the floor, so it lets one more idle worker go.
         let s = settings(2, 6, 1);
-        let workers = [idle(1, t0), idle(2, t0), booting(3, at(t0, 599))];
+        let workers = [idle(1, t0), idle(2, t0), booting(3)];
         assert_eq!(
             decide(&roomy(&workers, 0), &s, now),
             Decision::Retire(vec![2])
@@ -677,7 +672,7 @@ mod tests {
         let t0 = Instant::now();
         // Worker 2 went idle long ago but the queue is waiting on a full worker 1 (e.g. a
         // sample taken just before the dispatcher hands worker 2 the request).
-        let workers = [busy(1, 1), idle(2, t0), booting(3, at(t0, 598))];
+        let workers = [busy(1, 1), idle(2, t0), booting(3)];
         let view = roomy(&workers, 1);
         assert_eq!(
             decide(&view, &settings(1, 4, 1), at(t0, 600)),
@@ -718,7 +713,7 @@ mod tests {
         // Guards against a pile-up of booting workers behind one that hangs in its boot:
         // the boot timeout kills it, and only then is a replacement started.
         let t0 = Instant::now();
-        let workers = [busy(1, 1), booting(2, t0)];
+        let workers = [busy(1, 1), booting(2)];
         let view = roomy(&workers, 1);
         let plan = plan(&view, &settings(1, 8, 1), at(t0, 600));
         assert_eq!(plan.decision, Decision::Hold);
@@ -765,7 +760,7 @@ mod tests {
                 queued += BURST;
             }
             for w in &mut pool {
-                if matches!(w.phase, WorkerPhase::Booting { .. }) && now >= w.booted_at {
+                if matches!(w.phase, WorkerPhase::Booting) && now >= w.booted_at {
                     w.phase = WorkerPhase::Ready {
                         in_flight: 0,
                         idle_since: Some(now),
@@ -805,7 +800,7 @@ mod tests {
                     for _ in 0..n {
                         pool.push(Sim {
                             id: next_id,
-                            phase: WorkerPhase::Booting { since: now },
+                            phase: WorkerPhase::Booting,
                             booted_at: now + Duration::from_secs(BOOT),
                             busy_until: None,
                         });

@@ -1,6 +1,6 @@
 //! A client connection as molt reads it.
 //!
-//! hyper parses requests, but two promises of DESIGN 4.3 need more than it tells: a head
+//! hyper parses requests, but two promises of molt's (docs/guarantees.md) need more than it tells: a head
 //! that trickles in past the header timeout gets 408 (hyper closes without a word), and a
 //! head that carries both `Content-Length` and `Transfer-Encoding` gets 400 (hyper drops
 //! the length, reads the body chunked and closes afterwards, RFC 9112 section 6.3's
@@ -22,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::observe::event;
 use crate::run::proxy::dispatch::Lease;
+use crate::run::proxy::failure::{self, Failure};
 
 /// No request has been found smuggled.
 const NONE: u64 = u64::MAX;
@@ -101,11 +101,6 @@ pub(crate) struct Timeouts {
     pub(crate) header: Duration,
     pub(crate) keepalive: Duration,
 }
-
-/// Sent when a request head is not whole by the header timeout.
-const REQUEST_TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
-content-type: text/plain; charset=utf-8\r\ncontent-length: 16\r\nconnection: close\r\n\r\n\
-Request Timeout\n";
 
 /// The client's socket as hyper reads and writes it.
 pub(crate) struct ClientIo {
@@ -245,10 +240,10 @@ impl ClientIo {
     fn time_out(&mut self, header: bool) {
         self.timed_out = true;
         if header && !self.write_blocked {
-            event!(Info, "header_timeout", status = 408);
             // Best effort: a fresh socket's send buffer takes these bytes at once, and a
             // client that fills it is not reading anyway.
-            let _ = self.stream.try_write(REQUEST_TIMEOUT_RESPONSE);
+            let response = failure::respond_raw(&Failure::HeaderTimeout);
+            let _ = self.stream.try_write(&response);
         }
         // The FIN goes out now, ahead of hyper dropping the socket.
         let _ = nix::sys::socket::shutdown(
