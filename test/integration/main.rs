@@ -6,6 +6,9 @@ mod buildpack;
 /// The Cloud Native Buildpack as the lifecycle runs it: descriptors parsed with
 /// `libcnb-data`, detect, build, and the web process started as the launcher starts it.
 mod cnb;
+/// The documentation: every relative link in README.md, ARCHITECTURE.md and docs/*.md
+/// resolves, anchors included, and README's set-up section gives `make demo` and `make test`.
+mod docs;
 /// Faults injected on real processes: kills, stops, resets, a full spool, few descriptors.
 mod faults;
 /// Checks of the Python fixture app itself, run directly without molt.
