@@ -61,7 +61,7 @@ package:
 	set -e; for target in $(PACKAGE_TARGETS); do \
 	  dir=dist/molt-buildpack-$(VERSION)-$$target; \
 	  mkdir -p $$dir; \
-	  cp -R bin buildpack.toml package.toml checksums.txt README.md $$dir/; \
+	  cp -R bin buildpack.toml package.toml checksums.txt README.md docs $$dir/; \
 	  cp target/$$target/release/molt $$dir/bin/molt; \
 	  tar -czf $$dir.tgz -C $$dir .; \
 	done

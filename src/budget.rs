@@ -3,7 +3,7 @@
 //! tested below with the numbers of real dynos; the supervisor calls it again whenever a
 //! fact changes (molt's own RSS, the footprint of a freshly booted worker).
 //!
-//! The formulas, in the order they are computed (README "Memory budget" says the same):
+//! The formulas, in the order they are computed (docs/memory-budget.md says the same):
 //!
 //! 1. **total** = `MOLT_MEMORY_LIMIT`; else the cgroup limit when it is below physical RAM
 //!    (a dyno on a 64 GB host sees the host's `MemTotal`, but may use only its quota);

@@ -402,7 +402,7 @@ def fmt(value):
 
 
 def table(headers, rows):
-    """A Markdown table, so that a run's output can be pasted into README as it is."""
+    """A Markdown table, so that a run's output can be pasted into docs/benchmarks.md as it is."""
     cells = [[fmt(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
