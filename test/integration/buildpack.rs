@@ -13,32 +13,25 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::support::{
-    free_port, get, pids_with_tag, signal_pid, tools_present, unique_tag, wait_until, SIGKILL,
-    SIGTERM, TAG_VAR,
-};
+use crate::support::{get, tools_present, unique_tag, ProcessTree};
 
 /// The buildpack's version: the crate's, which `buildpack.toml` must match.
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Longest a fixture app may take to become ready under molt (Unicorn loads Rack).
 pub(crate) const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Longest molt may take to stop after SIGTERM: its shutdown timeout is 25 s, but the
-/// fixture apps stop at once, so this only bounds a failing test.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // Directories
@@ -323,164 +316,19 @@ const DYNO_BOOT: &str = r#"cd "$HOME" || exit 1
 for f in "$HOME"/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done
 exec bash -c "$DYNO_COMMAND""#;
 
-/// A running process tree (a dyno's web process, a CNB launch), its output captured, and
-/// every process carrying its tag killed on drop.
-pub(crate) struct Running {
-    child: Child,
-    port: u16,
-    tag: String,
-    log: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Running {
-    /// Starts `command` with `PORT` set to a free port and the tag set; the caller has set
-    /// the rest of the environment.
-    pub(crate) fn start(mut command: Command) -> Running {
-        let port = free_port();
-        let tag = unique_tag();
-        command
-            .env("PORT", port.to_string())
-            .env(TAG_VAR, &tag)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-        let log = Arc::new(Mutex::new(String::new()));
-        let pid = child.id();
-        let readers = vec![
-            copy_lines(
-                child.stdout.take().expect("stdout is piped"),
-                format!("[{pid} out]"),
-                Arc::clone(&log),
-            ),
-            copy_lines(
-                child.stderr.take().expect("stderr is piped"),
-                format!("[{pid} err]"),
-                Arc::clone(&log),
-            ),
-        ];
-        Running {
-            child,
-            port,
-            tag,
-            log,
-            readers,
-        }
-    }
-
-    /// Boots the Procfile's web process of a built app as a dyno does.
-    fn dyno(app: &Path) -> Running {
-        let mut command = Command::new("bash");
-        command
-            .arg("-c")
-            .arg(DYNO_BOOT)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", app)
-            .env("DYNO", "web.1")
-            .env("DYNO_COMMAND", procfile_web(app))
-            .current_dir(app);
-        Running::start(command)
-    }
-
-    pub(crate) fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub(crate) fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Waits until the log holds `needle`; false if the process exits first.
-    pub(crate) fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
-        let log = Arc::clone(&self.log);
-        let child = &mut self.child;
-        wait_until(timeout, || {
-            log.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(needle)
-                || !matches!(child.try_wait(), Ok(None))
-        });
-        self.log().contains(needle)
-    }
-
-    /// Stops it as Heroku stops a dyno (SIGTERM to every process in it) or as `docker
-    /// stop` stops a container (SIGTERM to PID 1), and returns how the process started
-    /// here exited. Asserts that no process is left.
-    pub(crate) fn stop(&mut self, every_process: bool) -> ExitStatus {
-        let pids = if every_process {
-            pids_with_tag(&self.tag)
-        } else {
-            vec![self.pid()]
-        };
-        for pid in pids {
-            signal_pid(pid, SIGTERM);
-        }
-        let mut status = None;
-        wait_until(STOP_TIMEOUT, || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        let status =
-            status.unwrap_or_else(|| panic!("still running after SIGTERM:\n{}", self.log()));
-        assert!(
-            wait_until(Duration::from_secs(5), || pids_with_tag(&self.tag)
-                .is_empty()),
-            "processes left after SIGTERM: {:?}\n{}",
-            pids_with_tag(&self.tag),
-            self.log()
-        );
-        wait_until(Duration::from_secs(2), || {
-            self.readers.iter().all(JoinHandle::is_finished)
-        });
-        status
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let tag = self.tag.clone();
-        wait_until(Duration::from_secs(5), || {
-            let pids = pids_with_tag(&tag);
-            for &pid in &pids {
-                signal_pid(pid, SIGKILL);
-            }
-            pids.is_empty()
-        });
-    }
-}
-
-/// Copies each line of `stream` into `log`, echoing it to the test's stderr.
-fn copy_lines(
-    stream: impl Read + Send + 'static,
-    prefix: String,
-    log: Arc<Mutex<String>>,
-) -> JoinHandle<()> {
-    thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut line = Vec::new();
-        while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end_matches(['\n', '\r']);
-            eprintln!("{prefix} {text}");
-            let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-            log.push_str(text);
-            log.push('\n');
-            line.clear();
-        }
-    })
+/// Boots the Procfile's web process of a built app as a dyno does.
+fn boot_dyno(app: &Path) -> ProcessTree {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(DYNO_BOOT)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", app)
+        .env("DYNO", "web.1")
+        .env("DYNO_COMMAND", procfile_web(app))
+        .current_dir(app);
+    ProcessTree::start(command)
 }
 
 /// The command of the Procfile's (last) web line, read independently of molt's parser.
@@ -685,7 +533,7 @@ fn build_and_boot(fixture: &Fixture) {
     release.assert_success();
     assert_eq!(release.stdout, "--- {}\n");
 
-    let mut dyno = Running::dyno(build.app.path());
+    let mut dyno = boot_dyno(build.app.path());
     assert!(
         dyno.wait_for_log("molt at=ready", BOOT_TIMEOUT),
         "no worker became ready:\n{}",
@@ -722,7 +570,7 @@ fn python_stdlib_app_builds_and_serves_like_a_dyno() {
         build.read("Procfile"),
         "web: molt run -- 'python3 app.py'\n"
     );
-    let mut dyno = Running::dyno(build.app.path());
+    let mut dyno = boot_dyno(build.app.path());
     assert!(
         dyno.wait_for_log("molt at=ready", BOOT_TIMEOUT),
         "{}",

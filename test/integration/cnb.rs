@@ -16,10 +16,10 @@ use libcnb_data::package_descriptor::PackageDescriptor;
 use libcnb_data::sbom::SbomFormat;
 
 use crate::buildpack::{
-    app, buildpack, molt_binary, repo, sha256_hex, Packaged, Phase, Running, Script, TempDir,
-    BOOT_TIMEOUT, VERSION,
+    app, buildpack, molt_binary, repo, sha256_hex, Packaged, Phase, Script, TempDir, BOOT_TIMEOUT,
+    VERSION,
 };
-use crate::support::{get, tools_present};
+use crate::support::{get, tools_present, ProcessTree};
 
 /// The buildpack's id, as `buildpack.toml` gives it.
 const ID: &str = "molt/molt";
@@ -129,7 +129,7 @@ impl Lifecycle {
 
     /// Starts the default process as the launcher does: every launch layer's `bin/` on
     /// PATH, then `command` + `args` exec'd directly in the app directory.
-    fn launch(&self) -> Running {
+    fn launch(&self) -> ProcessTree {
         let launch = self.launch_toml();
         let defaults: Vec<_> = launch.processes.iter().filter(|p| p.default).collect();
         assert_eq!(
@@ -178,7 +178,7 @@ impl Lifecycle {
             .env("HOME", self.app.path())
             .env("CNB_PROCESS_TYPE", process.r#type.as_str())
             .current_dir(self.app.path());
-        Running::start(command)
+        ProcessTree::start(command)
     }
 }
 

@@ -1,6 +1,6 @@
-//! Helpers shared by the integration tests: a guard around a running `molt`, process
-//! inspection through `/proc`, and a small blocking HTTP/1.1 client that leaves the tests in
-//! control of every byte on the wire.
+//! Helpers shared by the integration tests: a guard around each process tree a test starts
+//! (molt, a dyno, a CNB launch), process inspection through `/proc`, and a small blocking
+//! HTTP/1.1 client that leaves the tests in control of every byte on the wire.
 //!
 //! Everything here uses `std` only. Waits poll against a deadline; nothing sleeps blindly.
 
@@ -30,8 +30,8 @@ pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 /// behind (orphaned workers, grandchildren) can be found and killed.
 pub(crate) const TAG_VAR: &str = "TEST_MOLT_TAG";
 
-// Signal numbers for `Molt::signal` and `signal_pid`. These values hold on x86_64 and
-// aarch64 Linux, the only platforms molt runs on.
+// Signal numbers for `ProcessTree::signal` and `signal_pid`. These values hold on x86_64
+// and aarch64 Linux, the only platforms molt runs on.
 pub(crate) const SIGHUP: i32 = 1;
 pub(crate) const SIGINT: i32 = 2;
 pub(crate) const SIGQUIT: i32 = 3;
@@ -179,7 +179,7 @@ pub(crate) fn port_open(port: u16) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// The molt guard
+// Starting molt
 // ---------------------------------------------------------------------------------------
 
 /// Settings for one `molt` run; [`MoltBuilder::spawn`] starts it.
@@ -241,7 +241,7 @@ impl MoltBuilder {
         self
     }
 
-    /// Starts molt with stdout and stderr captured into [`Molt::log`].
+    /// Starts molt with stdout and stderr captured into [`ProcessTree::log`].
     pub(crate) fn spawn(self) -> Molt {
         let molt = OsStr::new(env!("CARGO_BIN_EXE_molt"));
         let mut command = match self.wrap.split_first() {
@@ -263,8 +263,55 @@ impl MoltBuilder {
             }
         }
 
-        let given_port = self.envs.iter().rev().find(|(key, _)| key == "PORT");
-        let port = if let Some((_, value)) = given_port {
+        command.envs(self.envs.iter().map(|(key, value)| (key, value)));
+        if let Some(dir) = &self.cwd {
+            command.current_dir(dir);
+        }
+        ProcessTree::start(command)
+    }
+}
+
+/// A running `molt` (under its wrapper, if [`MoltBuilder::wrap`] gave one): the process
+/// tree that [`MoltBuilder::spawn`] starts.
+pub(crate) type Molt = ProcessTree;
+
+impl Molt {
+    pub(crate) fn builder() -> MoltBuilder {
+        MoltBuilder::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The process guard
+// ---------------------------------------------------------------------------------------
+
+/// Longest [`ProcessTree::stop`] waits for the process started to exit after SIGTERM:
+/// molt's shutdown timeout is 25 s, but the fixture apps stop at once, so this only bounds
+/// a failing test.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A process tree a test started: molt (see [`Molt`]), a dyno's web process, a CNB
+/// launch. Every process in it carries a tag of its own in `TEST_MOLT_TAG`, and its
+/// stdout and stderr are captured into [`ProcessTree::log`]. Dropping it kills the
+/// process started and every process carrying the tag, so a failing test leaves nothing
+/// behind.
+pub(crate) struct ProcessTree {
+    child: Child,
+    port: u16,
+    tag: String,
+    log: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl ProcessTree {
+    /// Starts `command` with the tag set and stdout and stderr captured. `PORT` is a free
+    /// port unless `command` sets it; the caller sets (or clears) the rest of the
+    /// environment.
+    pub(crate) fn start(mut command: Command) -> ProcessTree {
+        let given_port = command
+            .get_envs()
+            .find_map(|(key, value)| if key == "PORT" { value } else { None });
+        let port = if let Some(value) = given_port {
             // A test that passes a PORT molt cannot parse gets 0 back from `port()`.
             value.to_str().and_then(|v| v.parse().ok()).unwrap_or(0)
         } else {
@@ -273,12 +320,8 @@ impl MoltBuilder {
             port
         };
         let tag = unique_tag();
-        command.env(TAG_VAR, &tag);
-        command.envs(self.envs.iter().map(|(key, value)| (key, value)));
-        if let Some(dir) = &self.cwd {
-            command.current_dir(dir);
-        }
         command
+            .env(TAG_VAR, &tag)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -286,21 +329,156 @@ impl MoltBuilder {
         let mut child = command
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+        // The program's file name labels the lines the test's stderr echoes.
+        let program = command.get_program();
+        let name = Path::new(program).file_name().unwrap_or(program);
+        let name = name.to_string_lossy();
         let pid = child.id();
         let log = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().expect("stdout was set to piped");
         let stderr = child.stderr.take().expect("stderr was set to piped");
         let readers = vec![
-            copy_lines(stdout, format!("[molt {pid} out]"), Arc::clone(&log)),
-            copy_lines(stderr, format!("[molt {pid} err]"), Arc::clone(&log)),
+            copy_lines(stdout, format!("[{name} {pid} out]"), Arc::clone(&log)),
+            copy_lines(stderr, format!("[{name} {pid} err]"), Arc::clone(&log)),
         ];
-        Molt {
+        ProcessTree {
             child,
             port,
             tag,
             log,
             readers,
         }
+    }
+
+    /// The port in the process's `PORT`.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Pid of the process started: molt, or the wrapper given to [`MoltBuilder::wrap`], or
+    /// the dyno's shell.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The value of `TEST_MOLT_TAG` that every process in the tree carries.
+    pub(crate) fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Everything the tree wrote so far, stdout and stderr interleaved line by line.
+    pub(crate) fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A handle on the log that other threads can hold, e.g. to stop a load loop once
+    /// the log shows enough events.
+    pub(crate) fn log_handle(&self) -> LogHandle {
+        LogHandle {
+            log: Arc::clone(&self.log),
+            since: Instant::now(),
+        }
+    }
+
+    /// Waits until the log contains `needle`; false at once when the log can grow no more
+    /// (every process holding the output pipes has exited).
+    pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.log().contains(needle) || self.readers.iter().all(JoinHandle::is_finished)
+        });
+        self.log().contains(needle)
+    }
+
+    /// How many times `needle` occurs in the log so far.
+    pub(crate) fn count_log(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Waits until the port accepts connections; false at once if the process exits.
+    pub(crate) fn wait_for_port(&mut self, timeout: Duration) -> bool {
+        let port = self.port;
+        wait_until(timeout, || port_open(port) || !self.is_running()) && port_open(port)
+    }
+
+    /// Whether the process started has not exited yet.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends signal `sig` to the process started.
+    pub(crate) fn signal(&self, sig: i32) {
+        signal_pid(self.pid(), sig);
+    }
+
+    /// Waits for the process started to exit and returns its status, or `None` on timeout.
+    /// Once it has exited, also waits (briefly) until its output is all in the log.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_some() {
+            // The pipes reach end of file once every holder is gone; a leftover worker could
+            // keep them open, so this wait is bounded.
+            wait_until(Duration::from_secs(2), || {
+                self.readers.iter().all(JoinHandle::is_finished)
+            });
+        }
+        status
+    }
+
+    /// Stops the tree as Heroku stops a dyno (`every_process`: SIGTERM to every process
+    /// carrying the tag) or as `docker stop` stops a container (SIGTERM to the process
+    /// started, PID 1 there), and returns how the process started exited. Asserts that it
+    /// exits and that no process is left.
+    pub(crate) fn stop(&mut self, every_process: bool) -> ExitStatus {
+        let pids = if every_process {
+            self.tagged_pids()
+        } else {
+            vec![self.pid()]
+        };
+        for pid in pids {
+            signal_pid(pid, SIGTERM);
+        }
+        let status = self
+            .wait_exit(STOP_TIMEOUT)
+            .unwrap_or_else(|| panic!("still running after SIGTERM:\n{}", self.log()));
+        assert!(
+            wait_until(Duration::from_secs(5), || self.tagged_pids().is_empty()),
+            "processes left after SIGTERM: {:?}\n{}",
+            self.tagged_pids(),
+            self.log()
+        );
+        status
+    }
+
+    /// Pids of live processes carrying the tag: the process started (molt or its wrapper),
+    /// and its children and theirs, such as molt's workers.
+    pub(crate) fn tagged_pids(&self) -> Vec<u32> {
+        pids_with_tag(&self.tag)
+    }
+}
+
+impl Drop for ProcessTree {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        // Workers whose parent died are reparented and keep running; find them by tag. Kill
+        // repeatedly, since a dying worker's own children may still be forking.
+        let tag = self.tag.clone();
+        wait_until(Duration::from_secs(5), || {
+            let pids = pids_with_tag(&tag);
+            for &pid in &pids {
+                signal_pid(pid, SIGKILL);
+            }
+            pids.is_empty()
+        });
     }
 }
 
@@ -331,7 +509,7 @@ fn copy_lines(
     })
 }
 
-/// A shareable view of a [`Molt`]'s log.
+/// A shareable view of a [`ProcessTree`]'s log.
 pub(crate) struct LogHandle {
     log: Arc<Mutex<String>>,
     since: Instant,
@@ -350,123 +528,6 @@ impl LogHandle {
     /// Time since the handle was taken.
     pub(crate) fn elapsed(&self) -> Duration {
         self.since.elapsed()
-    }
-}
-
-/// A running `molt`. Dropping it kills molt and every process that carries its tag, so a
-/// failing test leaves nothing behind.
-pub(crate) struct Molt {
-    child: Child,
-    port: u16,
-    tag: String,
-    log: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Molt {
-    pub(crate) fn builder() -> MoltBuilder {
-        MoltBuilder::default()
-    }
-
-    /// The public port molt was told to use (`PORT`).
-    pub(crate) fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Pid of the process started: molt, or the wrapper given to [`MoltBuilder::wrap`].
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The value of `TEST_MOLT_TAG` that molt and its workers carry.
-    pub(crate) fn tag(&self) -> &str {
-        &self.tag
-    }
-
-    /// Everything molt wrote so far, stdout and stderr interleaved line by line.
-    pub(crate) fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// A handle on the log that other threads can hold, e.g. to stop a load loop once
-    /// the log shows enough events.
-    pub(crate) fn log_handle(&self) -> LogHandle {
-        LogHandle {
-            log: Arc::clone(&self.log),
-            since: Instant::now(),
-        }
-    }
-
-    /// Waits until the log contains `needle`.
-    pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        wait_until(timeout, || self.log().contains(needle))
-    }
-
-    /// How many times `needle` occurs in the log so far.
-    pub(crate) fn count_log(&self, needle: &str) -> usize {
-        self.log().matches(needle).count()
-    }
-
-    /// Waits until the public port accepts connections; false at once if molt exits.
-    pub(crate) fn wait_for_port(&mut self, timeout: Duration) -> bool {
-        let port = self.port;
-        wait_until(timeout, || port_open(port) || !self.is_running()) && port_open(port)
-    }
-
-    /// Whether the process started (molt or its wrapper) has not exited yet.
-    pub(crate) fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Sends signal `sig` to the process started (molt or its wrapper).
-    pub(crate) fn signal(&self, sig: i32) {
-        signal_pid(self.pid(), sig);
-    }
-
-    /// Waits for the process started to exit and returns its status, or `None` on timeout.
-    /// Once it has exited, also waits (briefly) until its output is all in the log.
-    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut status = None;
-        wait_until(timeout, || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        if status.is_some() {
-            // The pipes reach end of file once every holder is gone; a leftover worker could
-            // keep them open, so this wait is bounded.
-            wait_until(Duration::from_secs(2), || {
-                self.readers.iter().all(JoinHandle::is_finished)
-            });
-        }
-        status
-    }
-
-    /// Pids of live processes carrying this run's tag: molt, its workers and their
-    /// children, and the wrapper if there is one (the tag is set on the process started).
-    pub(crate) fn tagged_pids(&self) -> Vec<u32> {
-        pids_with_tag(&self.tag)
-    }
-}
-
-impl Drop for Molt {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        // Workers whose parent died are reparented and keep running; find them by tag. Kill
-        // repeatedly, since a dying worker's own children may still be forking.
-        let tag = self.tag.clone();
-        wait_until(Duration::from_secs(5), || {
-            let pids = pids_with_tag(&tag);
-            for &pid in &pids {
-                signal_pid(pid, SIGKILL);
-            }
-            pids.is_empty()
-        });
     }
 }
 
