@@ -16,9 +16,9 @@ use nix::sys::stat::{umask, Mode};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::format_size;
 use crate::observe::event;
 use crate::run::{Event, StatusReport};
+use crate::units::{format_signed_size, format_size};
 
 /// Longest a client may take to send its one line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -122,22 +122,7 @@ fn size(bytes: Option<u64>) -> String {
 }
 
 fn rate(bytes: Option<f64>) -> String {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "for people to read"
-    )]
-    bytes.map_or_else(
-        || "-".to_owned(),
-        |b| {
-            let size = format_size(b.abs().round() as u64);
-            if b < 0.0 {
-                format!("-{size}")
-            } else {
-                size
-            }
-        },
-    )
+    bytes.map_or_else(|| "-".to_owned(), format_signed_size)
 }
 
 /// The report as a table for people, in the manner of `passenger-status`.
