@@ -346,11 +346,8 @@ pub(crate) struct Loaded {
 pub(crate) enum Strictness {
     /// At run time it is a warning: a stale key must not take the app down.
     Run,
-    /// At build time it is an error, so a typo is caught before it is deployed.
-    #[allow(
-        dead_code,
-        reason = "the buildpack's validation step arrives with the buildpack"
-    )]
+    /// At build time it is an error, so a typo is caught before it is deployed: the
+    /// buildpack checks the settings with it.
     Build,
 }
 
@@ -656,6 +653,7 @@ mod tests {
         assert!(err.is_err());
     }
 
+    /// `test/fixtures/config/full.toml` sets every setting, each away from its default.
     #[test]
     fn fixture_with_every_setting_loads() {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("test/fixtures/config/full.toml");

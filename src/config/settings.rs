@@ -59,7 +59,7 @@ pub(crate) struct Setting {
     /// One line for the README.
     #[allow(
         dead_code,
-        reason = "read by settings_markdown, which the README generator calls"
+        reason = "read only by settings_markdown, which only the README test calls"
     )]
     pub doc: &'static str,
 }
