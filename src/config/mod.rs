@@ -5,8 +5,11 @@
 //! port, whose variable is the platform's `PORT` rather than `MOLT_PORT`.
 //!
 //! Every setting is one row of [`SETTINGS`]: its key (also its `molt.toml` key), its
-//! environment name, its flag, its kind, its default and its doc. Loading, `molt plan` and
-//! the README table are all driven by that one table, so a new setting is one new row.
+//! environment name, its flag, its kind (which sets and reads its [`Config`] field) and its
+//! doc. Loading, `molt plan` and the README table are all driven by that one table, so a new
+//! setting is one new row. Defaults are the `DEFAULT_*` constants below, gathered in
+//! [`Config::default`]; `molt plan` and the README show each through its row, so a default
+//! is written once.
 //!
 //! Every source that is present is validated, not only the one that wins: a bad
 //! `MOLT_MIN_WORKERS` is an error even when `--workers` overrides it, because molt never
@@ -43,7 +46,7 @@ pub(crate) use error::ConfigError;
 use error::{suggest, unknown_env_warnings};
 use file::{read_file, unknown_file_keys, CONFIG_ENV};
 pub(crate) use render::plan_text;
-use settings::{Raw, Setting, SETTINGS};
+use settings::{Kind, Raw, Setting, SETTINGS};
 
 /// When the public port is bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,8 +238,6 @@ pub(crate) const DEFAULT_WORKER_PROCESSES: usize = 1;
 pub(crate) const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 /// One l2met line a minute: the resolution Librato and other log-drain tools chart by default.
 pub(crate) const DEFAULT_METRICS_INTERVAL: Option<Duration> = Some(Duration::from_secs(60));
-/// How the default control socket is shown where no port is known (the README).
-pub(crate) const DEFAULT_CONTROL_SOCKET_SHOWN: &str = "/tmp/molt-$PORT.sock";
 /// molt is on unless switched off.
 pub(crate) const DEFAULT_DISABLE: bool = false;
 /// Binding at once keeps slow-booting apps from failing Heroku's R10 boot timeout.
@@ -252,7 +253,8 @@ pub(crate) const DEFAULT_LOG_LEVEL: LogLevel = LogLevel::Info;
 /// `molt status`, run with the same `PORT`, find it, and lets two molts on one machine
 /// (two apps, or a test run next to a dev server) keep apart. `/tmp` is writable in every
 /// dyno and container; the socket's mode, not the directory, keeps other users out.
-pub(crate) fn default_control_socket(port: u16) -> PathBuf {
+/// `port` is a port number, or `$PORT` where the README shows the rule.
+pub(crate) fn default_control_socket(port: impl fmt::Display) -> PathBuf {
     PathBuf::from(format!("/tmp/molt-{port}.sock"))
 }
 
@@ -406,15 +408,18 @@ pub(crate) fn load_with(
     let mut config = Config::default();
     let mut sources = Vec::with_capacity(SETTINGS.len());
     for setting in SETTINGS {
+        // The control socket's default is not a fixed value: it follows the port, which an
+        // earlier row has loaded. Every other field still holds `Config::default()`'s value,
+        // as each row sets only its own.
+        if let Kind::Socket { set, .. } = setting.kind {
+            let socket = default_control_socket(config.port);
+            set(&mut config, socket);
+        }
         // Sources are applied lowest precedence first, so the value left in `config` is
         // the highest one present; every present source is still validated on the way.
-        let value = setting
-            .kind
-            .apply(Raw::Text(setting.default), &mut config)
-            .expect("every default in SETTINGS is valid (tested by defaults_match_config_default)");
         let mut effective = Effective {
             key: setting.key,
-            value,
+            value: setting.kind.show(&config),
             source: Source::Default,
         };
         if let Some(file) = &file {
@@ -519,7 +524,8 @@ mod tests {
 
     #[test]
     fn defaults_match_config_default() {
-        // Guards against a DEFAULT_* constant and the table's default text drifting apart.
+        // With no source, loading gives `Config::default()`, each value shown as `molt plan`
+        // shows it.
         let loaded = load_env(&[]).unwrap();
         assert_eq!(loaded.config, Config::default());
         assert!(loaded.warnings.is_empty());

@@ -2,9 +2,11 @@
 //! the Markdown table of every setting that README.md carries.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use super::settings::{Kind, SETTINGS};
-use super::{Loaded, DEFAULT_CONTROL_SOCKET_SHOWN};
+use super::{default_control_socket, Config, Loaded};
+use crate::units::format_duration;
 
 /// The `molt plan` table: every setting, its effective value and its source, aligned.
 pub(crate) fn plan_text(loaded: &Loaded) -> String {
@@ -36,24 +38,49 @@ pub(crate) fn settings_markdown() -> String {
     let mut out = String::from(
         "| Variable | molt.toml | Flag | Default | Meaning |\n|---|---|---|---|---|\n",
     );
+    let defaults = Config::default();
     for setting in SETTINGS {
         let flag = setting.flag.map_or_else(String::new, |f| format!("`{f}`"));
-        let default = match (setting.default, setting.kind) {
-            // Derived from the port at run time; the README has no port.
-            ("", Kind::Socket { .. }) => format!("`{DEFAULT_CONTROL_SOCKET_SHOWN}`"),
-            ("", _) => "none".to_owned(),
-            (text, _) => format!("`{text}`"),
-        };
         writeln!(
             out,
-            "| `{}` | `{}` | {flag} | {default} | {} |",
+            "| `{}` | `{}` | {flag} | {} | {} |",
             setting.env,
             setting.toml_key(),
+            readme_default(setting.kind, &defaults),
             setting.doc.replace('|', "\\|"),
         )
         .expect("writing to a String cannot fail");
     }
     out
+}
+
+/// A setting's default as the README shows it: its value in `defaults` as `molt plan` shows
+/// it, in backticks, but for three rules of the README's own.
+fn readme_default(kind: Kind, defaults: &Config) -> String {
+    match kind {
+        // Derived from the port at run time, and the README has no port.
+        Kind::Socket { .. } => format!("`{}`", default_control_socket("$PORT").display()),
+        // No path is the absence of a value, not a word to write.
+        Kind::Path { get, .. } if get(defaults).is_none() => "none".to_owned(),
+        Kind::Duration { get, .. } => format!("`{}`", readme_duration(get(defaults))),
+        Kind::DurationOrOff { get, .. } => {
+            let shown = get(defaults).map_or_else(|| kind.show(defaults), readme_duration);
+            format!("`{shown}`")
+        }
+        _ => format!("`{}`", kind.show(defaults)),
+    }
+}
+
+/// A default duration as the README writes it: in whole seconds under two minutes (`60s`,
+/// `75s`), as timeouts are usually quoted, where `molt plan` shows `1m` and `1m15s`; longer
+/// ones as `molt plan` shows them (`5m`). Both forms read back as the same duration.
+fn readme_duration(duration: Duration) -> String {
+    const IN_SECONDS_BELOW: Duration = Duration::from_secs(120);
+    if duration < IN_SECONDS_BELOW && duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format_duration(duration)
+    }
 }
 
 #[cfg(test)]
@@ -62,6 +89,7 @@ pub(crate) fn settings_markdown() -> String {
 mod tests {
     use super::*;
     use crate::config::load;
+    use crate::config::settings::Raw;
     use crate::config::testing::{env, flags, TempDir};
 
     #[test]
@@ -103,6 +131,27 @@ mod tests {
             lines[2],
             format!("{:<18}  {:<19}  env MOLT_MIN_WORKERS", "min_workers", "2")
         );
+    }
+
+    #[test]
+    fn readme_defaults_read_back_as_the_defaults() {
+        // The README writes some defaults in a form of its own (`60s` where `molt plan` shows
+        // `1m`); each must still be the default, as `molt plan` shows it once read back.
+        let defaults = Config::default();
+        for setting in SETTINGS {
+            let cell = readme_default(setting.kind, &defaults);
+            let Some(text) = cell.strip_prefix('`').and_then(|c| c.strip_suffix('`')) else {
+                assert_eq!((setting.key, cell.as_str()), ("health_path", "none"));
+                continue;
+            };
+            if let Kind::Socket { .. } = setting.kind {
+                assert_eq!(text, "/tmp/molt-$PORT.sock");
+                continue;
+            }
+            let mut config = Config::default();
+            let shown = setting.kind.apply(Raw::Text(text), &mut config);
+            assert_eq!(shown, Ok(setting.kind.show(&defaults)), "{}", setting.key);
+        }
     }
 
     #[test]

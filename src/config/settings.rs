@@ -1,9 +1,10 @@
 //! The settings table: every setting as one row of [`SETTINGS`] (key, environment name,
-//! flag, kind, default, doc), and what each [`Kind`] accepts: the parsers that turn a raw
-//! value from a flag, the environment or `molt.toml` into a [`Config`] field, and the
-//! accepted form each names when a value does not parse.
+//! flag, kind, doc), and what each [`Kind`] accepts: the parsers that turn a raw value from
+//! a flag, the environment or `molt.toml` into a [`Config`] field, the accepted form each
+//! names when a value does not parse, and the display form of a value, with which a
+//! default is shown from [`Config::default`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -52,10 +53,9 @@ pub(crate) struct Setting {
     pub env: &'static str,
     /// Command-line flag, if `molt run` has one.
     pub flag: Option<&'static str>,
-    /// What the setting accepts and which [`Config`] field it sets.
+    /// What the setting accepts, and which [`Config`] field it sets and reads. Its default
+    /// is that field in [`Config::default`], shown by [`Kind::show`].
     pub kind: Kind,
-    /// Default, written as a user would write it. Must agree with the `DEFAULT_*` constant.
-    pub default: &'static str,
     /// One line for the README.
     #[allow(
         dead_code,
@@ -80,7 +80,8 @@ impl Setting {
 }
 
 /// What a setting accepts. Each kind carries the function that stores the parsed value in
-/// [`Config`], so the table alone says where a setting goes.
+/// [`Config`] and the one that reads it back, so the table alone says where a setting goes,
+/// and its default is shown from [`Config::default`] rather than written a second time.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind {
     /// A whole number from `min` to `max`; `max` of `u32::MAX` means unbounded.
@@ -88,47 +89,67 @@ pub(crate) enum Kind {
         min: u32,
         max: u32,
         set: fn(&mut Config, u32),
+        get: fn(&Config) -> u64,
     },
     /// A duration, which may be zero only when `allow_zero`.
     Duration {
         allow_zero: bool,
         set: fn(&mut Config, Duration),
+        get: fn(&Config) -> Duration,
     },
     /// One of [`SIGNALS`].
-    Signal { set: fn(&mut Config, Signal) },
+    Signal {
+        set: fn(&mut Config, Signal),
+        get: fn(&Config) -> Signal,
+    },
     /// A boolean; empty text is false.
-    Bool { set: fn(&mut Config, bool) },
+    Bool {
+        set: fn(&mut Config, bool),
+        get: fn(&Config) -> bool,
+    },
     /// A URL path; empty text is none.
     Path {
         set: fn(&mut Config, Option<String>),
+        get: fn(&Config) -> Option<&str>,
     },
-    /// One of the listed words, case-insensitive, each with what it sets.
+    /// One of the listed words, case-insensitive, each with what it sets; the word shown
+    /// is the one whose setter `config` already agrees with (see [`choice_of`]).
     Choice(&'static [(&'static str, SetChoice)]),
     /// `auto` (or empty), or a whole number from `min` to `max`; `auto` is `None`.
     AutoCount {
         min: u32,
         max: u32,
         set: fn(&mut Config, Option<u32>),
+        get: fn(&Config) -> Option<u64>,
     },
     /// A duration, or `off` (or zero), which is `None`.
     DurationOrOff {
         set: fn(&mut Config, Option<Duration>),
+        get: fn(&Config) -> Option<Duration>,
     },
     /// A whole percentage from `min` to `max`, with or without `%`.
     Percent {
         min: u8,
         max: u8,
         set: fn(&mut Config, u8),
+        get: fn(&Config) -> u8,
     },
     /// `auto` (or empty), or a size above zero (see [`parse_size`]); `auto` is `None`.
-    Size { set: fn(&mut Config, Option<u64>) },
+    Size {
+        set: fn(&mut Config, Option<u64>),
+        get: fn(&Config) -> Option<u64>,
+    },
     /// `auto` (or empty), a size above zero, or a percentage of the budget.
     Memory {
         set: fn(&mut Config, Option<MemoryAmount>),
+        get: fn(&Config) -> Option<MemoryAmount>,
     },
     /// The absolute path of a Unix socket; empty is [`default_control_socket`] of the port
     /// already loaded, so the row must come after `port` in [`SETTINGS`].
-    Socket { set: fn(&mut Config, PathBuf) },
+    Socket {
+        set: fn(&mut Config, PathBuf),
+        get: fn(&Config) -> &Path,
+    },
 }
 
 /// Stores one choice of a [`Kind::Choice`] setting.
@@ -144,8 +165,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
             min: 1,
             max: 65535,
             set: |c, n| c.port = u16::try_from(n).expect("port is bounded by 65535 in SETTINGS"),
+            get: |c| u64::from(c.port),
         },
-        default: "5000",
         doc: "Public port the proxy listens on (the platform's PORT).",
     },
     Setting {
@@ -156,8 +177,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
             min: 1,
             max: 1024,
             set: |c, n| c.min_workers = n as usize,
+            get: |c| c.min_workers as u64,
         },
-        default: "1",
         doc: "Workers kept running.",
     },
     Setting {
@@ -168,8 +189,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
             min: 1,
             max: 1024,
             set: |c, n| c.max_workers = n.map(|n| n as usize),
+            get: |c| c.max_workers.map(|n| n as u64),
         },
-        default: "auto",
         doc: "Most workers; auto derives it from the memory budget, the worker footprint and the CPUs.",
     },
     Setting {
@@ -180,8 +201,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
             min: 0,
             max: u32::MAX,
             set: |c, n| c.worker_concurrency = n as usize,
+            get: |c| c.worker_concurrency as u64,
         },
-        default: "1",
         doc: "Requests one worker takes at once; 0 means unlimited.",
     },
     Setting {
@@ -192,8 +213,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
             min: 0,
             max: u32::MAX,
             set: |c, n| c.max_queue = n as usize,
+            get: |c| c.max_queue as u64,
         },
-        default: "100",
         doc: "Requests that may wait for a worker; more get 503.",
     },
     Setting {
@@ -203,8 +224,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         kind: Kind::Duration {
             allow_zero: false,
             set: |c, d| c.queue_timeout = d,
+            get: |c| c.queue_timeout,
         },
-        default: "25s",
         doc: "Longest a request may wait for a worker before 503.",
     },
     Setting {
@@ -214,8 +235,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         kind: Kind::Duration {
             allow_zero: false,
             set: |c, d| c.boot_timeout = d,
+            get: |c| c.boot_timeout,
         },
-        default: "60s",
         doc: "Longest a worker may take to accept connections.",
     },
     Setting {
@@ -226,8 +247,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
             min: 1,
             max: u32::MAX,
             set: |c, n| c.max_boot_failures = n,
+            get: |c| u64::from(c.max_boot_failures),
         },
-        default: "5",
         doc: "Consecutive failed boots, before any worker was ready, that make molt give up.",
     },
     Setting {
@@ -236,8 +257,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: Some("--health-path"),
         kind: Kind::Path {
             set: |c, p| c.health_path = p,
+            get: |c| c.health_path.as_deref(),
         },
-        default: "",
         doc: "With a path, a worker is ready when a GET returns a status below 500.",
     },
     Setting {
@@ -247,8 +268,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         kind: Kind::Duration {
             allow_zero: false,
             set: |c, d| c.idle_timeout = d,
+            get: |c| c.idle_timeout,
         },
-        default: "5m",
         doc: "Idle time after which a worker above min_workers is stopped.",
     },
     Setting {
@@ -257,8 +278,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: None,
         kind: Kind::DurationOrOff {
             set: |c, d| c.request_timeout = d,
+            get: |c| c.request_timeout,
         },
-        default: "off",
         doc: "A request running longer gets 504 and its worker is replaced; off or 0 disables.",
     },
     Setting {
@@ -267,8 +288,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: None,
         kind: Kind::Size {
             set: |c, n| c.memory_limit = n,
+            get: |c| c.memory_limit,
         },
-        default: "auto",
         doc: "Memory budget; auto is the cgroup limit, else physical RAM.",
     },
     Setting {
@@ -279,8 +300,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
             min: 1,
             max: 100,
             set: |c, p| c.memory_target = p,
+            get: |c| c.memory_target,
         },
-        default: "85%",
         doc: "Share of the budget the pool may use, molt's own memory included.",
     },
     Setting {
@@ -289,8 +310,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: None,
         kind: Kind::Memory {
             set: |c, m| c.worker_memory = m,
+            get: |c| c.worker_memory,
         },
-        default: "auto",
         doc: "Soft cap per worker (a size, or a percentage of the budget); over it a worker is recycled gracefully.",
     },
     Setting {
@@ -299,8 +320,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: None,
         kind: Kind::Memory {
             set: |c, m| c.worker_memory_hard = m,
+            get: |c| c.worker_memory_hard,
         },
-        default: "auto",
         doc: "Hard cap per worker, above the soft cap; over it a worker is killed at once.",
     },
     Setting {
@@ -311,8 +332,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
             min: 0,
             max: u32::MAX,
             set: |c, n| c.max_requests = u64::from(n),
+            get: |c| c.max_requests,
         },
-        default: "0",
         doc: "Requests after which a worker is recycled; 0 disables.",
     },
     Setting {
@@ -321,8 +342,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: None,
         kind: Kind::DurationOrOff {
             set: |c, d| c.max_lifetime = d,
+            get: |c| c.max_lifetime,
         },
-        default: "off",
         doc: "Age after which a worker is recycled; off or 0 disables.",
     },
     Setting {
@@ -333,8 +354,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
             min: 0,
             max: 50,
             set: |c, p| c.jitter = p,
+            get: |c| c.jitter,
         },
-        default: "10%",
         doc: "Random spread of max_requests and max_lifetime per worker, so workers do not recycle together.",
     },
     Setting {
@@ -344,8 +365,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         kind: Kind::Duration {
             allow_zero: true,
             set: |c, d| c.shutdown_timeout = d,
+            get: |c| c.shutdown_timeout,
         },
-        default: "25s",
         doc: "Time in-flight requests get to finish on SIGTERM.",
     },
     Setting {
@@ -355,8 +376,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         kind: Kind::Duration {
             allow_zero: true,
             set: |c, d| c.drain_timeout = d,
+            get: |c| c.drain_timeout,
         },
-        default: "30s",
         doc: "Time a recycled worker gets to finish its in-flight requests.",
     },
     Setting {
@@ -365,8 +386,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: None,
         kind: Kind::Signal {
             set: |c, s| c.stop_signal = s,
+            get: |c| c.stop_signal,
         },
-        default: "TERM",
         doc: "Signal that asks a worker's process group to stop.",
     },
     Setting {
@@ -376,8 +397,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         kind: Kind::Duration {
             allow_zero: true,
             set: |c, d| c.stop_timeout = d,
+            get: |c| c.stop_timeout,
         },
-        default: "10s",
         doc: "Time between the stop signal and SIGKILL.",
     },
     Setting {
@@ -388,8 +409,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
             min: 1,
             max: u32::MAX,
             set: |c, n| c.worker_processes = n as usize,
+            get: |c| c.worker_processes as u64,
         },
-        default: "1",
         doc: "WEB_CONCURRENCY handed to each worker.",
     },
     Setting {
@@ -399,8 +420,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         kind: Kind::Duration {
             allow_zero: false,
             set: |c, d| c.sample_interval = d,
+            get: |c| c.sample_interval,
         },
-        default: "2s",
         doc: "Time between two memory samples of the pool.",
     },
     Setting {
@@ -409,8 +430,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: None,
         kind: Kind::DurationOrOff {
             set: |c, d| c.metrics_interval = d,
+            get: |c| c.metrics_interval,
         },
-        default: "60s",
         doc: "Time between two l2met metrics lines; off or 0 disables.",
     },
     Setting {
@@ -419,8 +440,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: None,
         kind: Kind::Socket {
             set: |c, p| c.control_socket = p,
+            get: |c| &c.control_socket,
         },
-        default: "",
         doc: "Unix socket that molt status talks to; only molt's user can open it.",
     },
     Setting {
@@ -429,8 +450,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: None,
         kind: Kind::Bool {
             set: |c, b| c.disable = b,
+            get: |c| c.disable,
         },
-        default: "false",
         doc: "Run the command directly on the public port, with no pool.",
     },
     Setting {
@@ -441,7 +462,6 @@ pub(crate) static SETTINGS: &[Setting] = &[
             ("now", |c| c.bind = BindMode::Now),
             ("ready", |c| c.bind = BindMode::Ready),
         ]),
-        default: "now",
         doc: "Bind the public port now, or once the first worker is ready.",
     },
     Setting {
@@ -453,7 +473,6 @@ pub(crate) static SETTINGS: &[Setting] = &[
             ("info", |c| c.log_level = LogLevel::Info),
             ("warn", |c| c.log_level = LogLevel::Warn),
         ]),
-        default: "info",
         doc: "How much molt logs: debug, info or warn.",
     },
     Setting {
@@ -465,7 +484,6 @@ pub(crate) static SETTINGS: &[Setting] = &[
             ("on", |c| c.buffer_requests = BufferMode::On),
             ("off", |c| c.buffer_requests = BufferMode::Off),
         ]),
-        default: "auto",
         doc: "Read request bodies whole before a worker is leased (auto: when worker concurrency is 1).",
     },
     Setting {
@@ -474,8 +492,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         flag: None,
         kind: Kind::Size {
             set: |c, n| c.max_body = n.unwrap_or(DEFAULT_MAX_BODY),
+            get: |c| Some(c.max_body),
         },
-        default: "100MB",
         doc: "Largest request body accepted; larger ones get 413.",
     },
     Setting {
@@ -485,8 +503,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         kind: Kind::Duration {
             allow_zero: false,
             set: |c, d| c.header_timeout = d,
+            get: |c| c.header_timeout,
         },
-        default: "30s",
         doc: "Longest a client may take to send a request's headers; then it gets 408.",
     },
     Setting {
@@ -496,8 +514,8 @@ pub(crate) static SETTINGS: &[Setting] = &[
         kind: Kind::Duration {
             allow_zero: false,
             set: |c, d| c.keepalive_timeout = d,
+            get: |c| c.keepalive_timeout,
         },
-        default: "75s",
         doc: "Longest a client connection may stay open with no request on it.",
     },
 ];
@@ -538,12 +556,14 @@ impl Kind {
     /// the accepted form for the error message.
     pub(super) fn apply(&self, raw: Raw<'_>, config: &mut Config) -> Result<String, String> {
         match *self {
-            Kind::Count { min, max, set } => {
+            Kind::Count { min, max, set, .. } => {
                 let n = count_from(raw, min, max)?;
                 set(config, n);
                 Ok(n.to_string())
             }
-            Kind::Duration { allow_zero, set } => {
+            Kind::Duration {
+                allow_zero, set, ..
+            } => {
                 let duration = duration_from(raw)?;
                 if duration.is_zero() && !allow_zero {
                     return Err(POSITIVE_DURATION_EXPECTED.to_owned());
@@ -551,16 +571,16 @@ impl Kind {
                 set(config, duration);
                 Ok(format_duration(duration))
             }
-            Kind::Signal { set } => {
+            Kind::Signal { set, .. } => {
                 let expected = || {
                     let names: Vec<&str> = SIGNALS.iter().map(|(name, _)| *name).collect();
                     format!("a signal name: {}", join_or(&names))
                 };
-                let (name, signal) = raw.text().and_then(signal_from).ok_or_else(expected)?;
+                let signal = raw.text().and_then(signal_from).ok_or_else(expected)?;
                 set(config, signal);
-                Ok(name.to_owned())
+                Ok(signal_name(signal).to_owned())
             }
-            Kind::Bool { set } => {
+            Kind::Bool { set, .. } => {
                 let b = match raw {
                     Raw::Bool(b) => Some(b),
                     Raw::Text(text) => parse_bool(text),
@@ -570,12 +590,12 @@ impl Kind {
                 set(config, b);
                 Ok(b.to_string())
             }
-            Kind::Path { set } => {
+            Kind::Path { set, .. } => {
                 let text = raw.text().ok_or_else(|| PATH_EXPECTED.to_owned())?;
                 // Empty means no health path: the way to override a path set in molt.toml.
                 if text.is_empty() {
                     set(config, None);
-                    return Ok("none".to_owned());
+                    return Ok(shown_path(None));
                 }
                 let valid = text.starts_with('/')
                     && !text.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -583,7 +603,7 @@ impl Kind {
                     return Err(PATH_EXPECTED.to_owned());
                 }
                 set(config, Some(text.to_owned()));
-                Ok(text.to_owned())
+                Ok(shown_path(Some(text)))
             }
             Kind::Choice(choices) => {
                 let expected = || {
@@ -598,38 +618,38 @@ impl Kind {
                 set(config);
                 Ok((*name).to_owned())
             }
-            Kind::AutoCount { min, max, set } => {
+            Kind::AutoCount { min, max, set, .. } => {
                 let n = auto_count_from(raw, min, max)?;
                 set(config, n);
-                Ok(n.map_or_else(|| "auto".to_owned(), |n| n.to_string()))
+                Ok(shown_auto(n, |n| n.to_string()))
             }
-            Kind::DurationOrOff { set } => {
+            Kind::DurationOrOff { set, .. } => {
                 let duration = duration_or_off_from(raw)?;
                 set(config, duration);
-                Ok(duration.map_or_else(|| "off".to_owned(), format_duration))
+                Ok(shown_off(duration))
             }
-            Kind::Percent { min, max, set } => {
+            Kind::Percent { min, max, set, .. } => {
                 let percent = percent_from(raw)
                     .filter(|p| (min..=max).contains(p))
                     .ok_or_else(|| format!("a percentage from {min}% to {max}%"))?;
                 set(config, percent);
-                Ok(format!("{percent}%"))
+                Ok(shown_percent(percent))
             }
-            Kind::Size { set } => {
+            Kind::Size { set, .. } => {
                 let bytes = if is_auto(raw) {
                     None
                 } else {
                     Some(size_from(raw).ok_or_else(|| SIZE_EXPECTED.to_owned())?)
                 };
                 set(config, bytes);
-                Ok(bytes.map_or_else(|| "auto".to_owned(), format_size))
+                Ok(shown_auto(bytes, format_size))
             }
-            Kind::Memory { set } => {
+            Kind::Memory { set, .. } => {
                 let amount = memory_amount_from(raw)?;
                 set(config, amount);
-                Ok(amount.map_or_else(|| "auto".to_owned(), |a| a.to_string()))
+                Ok(shown_auto(amount, |a| a.to_string()))
             }
-            Kind::Socket { set } => {
+            Kind::Socket { set, .. } => {
                 let path = socket_from(raw, config.port)?;
                 let shown = path.display().to_string();
                 set(config, path);
@@ -637,6 +657,66 @@ impl Kind {
             }
         }
     }
+
+    /// The display form of the value `config` holds for this setting: what [`Kind::apply`]
+    /// returns for the same value given by a user. `molt plan` and the README show defaults
+    /// with it, from [`Config::default`].
+    pub(super) fn show(&self, config: &Config) -> String {
+        match *self {
+            Kind::Count { get, .. } => get(config).to_string(),
+            Kind::Duration { get, .. } => format_duration(get(config)),
+            Kind::Signal { get, .. } => signal_name(get(config)).to_owned(),
+            Kind::Bool { get, .. } => get(config).to_string(),
+            Kind::Path { get, .. } => shown_path(get(config)),
+            Kind::Choice(choices) => choice_of(choices, config).to_owned(),
+            Kind::AutoCount { get, .. } => shown_auto(get(config), |n| n.to_string()),
+            Kind::DurationOrOff { get, .. } => shown_off(get(config)),
+            Kind::Percent { get, .. } => shown_percent(get(config)),
+            Kind::Size { get, .. } => shown_auto(get(config), format_size),
+            Kind::Memory { get, .. } => shown_auto(get(config), |a| a.to_string()),
+            Kind::Socket { get, .. } => get(config).display().to_string(),
+        }
+    }
+}
+
+/// `auto` for a value molt derives, else the value's own form.
+fn shown_auto<T>(value: Option<T>, shown: impl FnOnce(T) -> String) -> String {
+    value.map_or_else(|| "auto".to_owned(), shown)
+}
+
+/// `off` for a duration that is switched off, else its compact form.
+fn shown_off(duration: Option<Duration>) -> String {
+    duration.map_or_else(|| "off".to_owned(), format_duration)
+}
+
+/// `none` when there is no path.
+fn shown_path(path: Option<&str>) -> String {
+    path.unwrap_or("none").to_owned()
+}
+
+fn shown_percent(percent: u8) -> String {
+    format!("{percent}%")
+}
+
+/// A signal's name without `SIG`, as [`SIGNALS`] lists it.
+fn signal_name(signal: Signal) -> &'static str {
+    let name = signal.as_str();
+    name.strip_prefix("SIG").unwrap_or(name)
+}
+
+/// The word of the choice `config` holds: the one whose setter leaves `config` as it is.
+/// Each setter of a row sets the row's one field to a value of its own, so exactly one
+/// agrees.
+fn choice_of(choices: &[(&'static str, SetChoice)], config: &Config) -> &'static str {
+    choices
+        .iter()
+        .find(|(_, set)| {
+            let mut probe = config.clone();
+            set(&mut probe);
+            probe == *config
+        })
+        .map(|&(name, _)| name)
+        .expect("a Choice row lists every value of its field")
 }
 
 /// `auto` (or empty) as `None`, or a whole number within `min..=max`.
@@ -760,14 +840,14 @@ fn duration_from(raw: Raw<'_>) -> Result<Duration, String> {
     duration.ok_or_else(|| DURATION_EXPECTED.to_owned())
 }
 
-/// A signal by name, case-insensitive, with or without `SIG`; returns its short name.
-fn signal_from(text: &str) -> Option<(&'static str, Signal)> {
+/// A signal of [`SIGNALS`] by name, case-insensitive, with or without `SIG`.
+fn signal_from(text: &str) -> Option<Signal> {
     let upper = text.to_ascii_uppercase();
     let short = upper.strip_prefix("SIG").unwrap_or(&upper);
     SIGNALS
         .iter()
         .find(|(name, _)| *name == short)
-        .map(|&(name, signal)| (name, signal))
+        .map(|&(_, signal)| signal)
 }
 
 /// A boolean as config vars write them; empty is false, since an empty variable is unset
@@ -812,6 +892,36 @@ mod tests {
             }
             assert!(!s.doc.is_empty() && s.doc.ends_with('.'), "{}", s.key);
         }
+    }
+
+    #[test]
+    fn every_shown_default_reads_back_as_the_default() {
+        // Guards against a row's getter, setter and parser drifting apart: the default that
+        // `molt plan` and the README show must be the value molt starts from. Starting from
+        // a config with every field away from its default, applying each row's shown
+        // default as text must give `Config::default()` back, field for field.
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("test/fixtures/config/full.toml");
+        let dir = TempDir::new();
+        let env = env(&[("MOLT_CONFIG", fixture.to_str().unwrap())]);
+        let mut config = load(&[], &env, &dir.0).unwrap().config;
+        let defaults = Config::default();
+        for setting in SETTINGS {
+            let shown = setting.kind.show(&defaults);
+            assert_ne!(
+                setting.kind.show(&config),
+                shown,
+                "{} in full.toml",
+                setting.key
+            );
+            // `none` is how no health path is shown; a user writes it as empty text.
+            let text = match setting.kind {
+                Kind::Path { .. } if shown == "none" => "",
+                _ => &shown,
+            };
+            let applied = setting.kind.apply(Raw::Text(text), &mut config);
+            assert_eq!(applied.as_deref(), Ok(shown.as_str()), "{}", setting.key);
+        }
+        assert_eq!(config, defaults);
     }
 
     #[test]
@@ -1322,8 +1432,8 @@ mod properties {
     use crate::units::properties::{assert_one_line, number_like};
 
     /// Every setting's text form, as a flag or variable gives it: no panic, an error is the
-    /// accepted form in one line, and the same text from the environment loads or fails in
-    /// one line that names the variable.
+    /// accepted form in one line, a value is shown as the row shows what it stored, and the
+    /// same text from the environment loads or fails in one line that names the variable.
     #[test]
     fn every_setting_takes_any_text_without_panicking() {
         // One app directory, with no molt.toml, serves every case: loading only reads it.
@@ -1337,7 +1447,14 @@ mod properties {
             .run(&cases, |(setting, text)| {
                 let mut config = Config::default();
                 match setting.kind.apply(Raw::Text(&text), &mut config) {
-                    Ok(shown) => prop_assert!(!shown.contains('\n'), "{shown:?}"),
+                    Ok(shown) => {
+                        prop_assert!(!shown.contains('\n'), "{shown:?}");
+                        // What apply shows is what the row shows of the value it stored, so a
+                        // default reads as the same value given by a user would. The one
+                        // exception is max_body, which stores `auto` as its default size.
+                        let stored = setting.kind.show(&config);
+                        prop_assert!(shown == stored || shown == "auto", "{shown} {stored}");
+                    }
                     Err(expected) => assert_one_line(&expected),
                 }
                 let env = vec![(setting.env.to_owned(), text)];
