@@ -36,7 +36,8 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{format_size, percent_of, Config, MemoryAmount};
+use crate::config::{Config, MemoryAmount};
+use crate::units::{format_size, percent_of};
 
 /// Budget assumed when no limit is set or found and physical RAM is unknown: the smallest
 /// common dyno, so a guess never promises workers more than the smallest container has.

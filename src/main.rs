@@ -13,6 +13,8 @@ mod observe;
 mod run;
 /// Linux facts: memory of process trees, cgroup limits; pure parsers over text.
 mod sys;
+/// Sizes, durations and percentages: parsed as users write them, formatted for people.
+mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::config::format_size;
+use crate::units::{format_signed_size, format_size};
 
 /// The pool as `molt status` shows it.
 #[derive(Debug, Clone)]
@@ -47,22 +47,7 @@ fn size(bytes: Option<u64>) -> String {
 }
 
 fn rate(bytes: Option<f64>) -> String {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "for people to read"
-    )]
-    bytes.map_or_else(
-        || "-".to_owned(),
-        |b| {
-            let size = format_size(b.abs().round() as u64);
-            if b < 0.0 {
-                format!("-{size}")
-            } else {
-                size
-            }
-        },
-    )
+    bytes.map_or_else(|| "-".to_owned(), format_signed_size)
 }
 
 /// The report as a table for people, in the manner of `passenger-status`.

@@ -26,9 +26,9 @@ use tokio::time::Instant;
 
 use super::{State, Supervisor};
 use crate::budget;
-use crate::config::format_size;
 use crate::observe::event;
 use crate::sys::memory::TreeMemory;
+use crate::units::{format_signed_size, format_size};
 
 /// Memory recycles in a row of workers over their cap at boot that trip the kill-loop
 /// guard.
@@ -433,9 +433,9 @@ impl Supervisor {
                 requests = w.slot.served(),
                 age_s = now.duration_since(w.started).as_secs(),
                 growth_per_request =
-                    growth.map_or_else(|| "-".to_owned(), |g| signed_size(g.per_request)),
+                    growth.map_or_else(|| "-".to_owned(), |g| format_signed_size(g.per_request)),
                 growth_per_hour =
-                    growth.map_or_else(|| "-".to_owned(), |g| signed_size(g.per_hour)),
+                    growth.map_or_else(|| "-".to_owned(), |g| format_signed_size(g.per_hour)),
                 replace_first = recycle.replace_first,
             );
             self.counters.count_recycle(recycle.reason);
@@ -520,21 +520,6 @@ impl Supervisor {
                 }
             }
         }
-    }
-}
-
-/// Bytes with a sign, for growth rates.
-fn signed_size(bytes: f64) -> String {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "a rate for people to read"
-    )]
-    let magnitude = format_size(bytes.abs().round() as u64);
-    if bytes < 0.0 {
-        format!("-{magnitude}")
-    } else {
-        magnitude
     }
 }
 
