@@ -68,6 +68,11 @@ pub(crate) enum Removes {
 /// How a server is driven by signals. Every server here replaces a child that exits while
 /// its master runs, whatever the cause: a recycled or killed child is forked again from the
 /// master's loaded image, so molt never starts a child itself.
+///
+/// A master counts signals, not requests: the kernel keeps one pending signal of each kind,
+/// so signals sent faster than the master handles them merge. Eight TTIN sent at once added
+/// two children to Unicorn and to Puma, and five to gunicorn, whose queue holds five. Send
+/// one, wait until the count of children has changed, then send the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Control {
     /// To the master: run one more child.
@@ -597,6 +602,9 @@ pub(crate) fn read_member(proc_root: &Path, pid: i32) -> Option<Member> {
 /// preforking server, read from `proc_root`. Meant for after the port accepts: a master
 /// that preloads the app (`preload_app`, `--preload`, `preload_app!`) loads it, then binds,
 /// then forks, so its children hold the socket a few milliseconds after the port accepts.
+/// Without preloading the master binds and forks first and each child loads the app: the
+/// port accepts and the children are found, titled as workers, before any of them can
+/// serve, and nothing in `/proc` tells when one can.
 pub(crate) fn detect(proc_root: &Path, leader: i32, port: u16) -> Result<Prefork, NotPrefork> {
     let tree: Vec<Member> = tree_pids(proc_root, leader)
         .into_iter()
