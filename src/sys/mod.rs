@@ -10,6 +10,9 @@
 pub(crate) mod cgroup;
 /// Memory and CPU time of process trees from `/proc`; physical memory; page size.
 pub(crate) mod memory;
+/// Whether the command is a preforking server (Unicorn, gunicorn, Puma), its master and the
+/// children sharing its socket, from the process tree; each server's control signals.
+pub(crate) mod prefork;
 
 use std::fmt;
 use std::path::Path;
