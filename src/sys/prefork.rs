@@ -1597,7 +1597,7 @@ mod live {
 
     #[test]
     fn live_puma() {
-        if !present("puma", false) {
+        if !present("puma", true) {
             return;
         }
         let started = Started::new(
