@@ -1035,6 +1035,7 @@ mod tests {
                 .map(|&(id, bytes)| {
                     let tree = TreeMemory {
                         bytes,
+                        private: bytes,
                         processes: 1,
                         cpu_ticks: 0,
                         exact: true,

@@ -36,7 +36,17 @@ pub(crate) struct Slot {
     /// The worker refused a connection: it is dead or no longer listening, and takes no
     /// more requests while the supervisor replaces it.
     refused: AtomicBool,
+    /// Requests this worker takes at once when that is its own (a preforking master: its
+    /// children's; a learned limit), else [`INHERIT`]: the dispatcher's; [`UNLIMITED`].
+    capacity: AtomicUsize,
+    /// The most requests it held at once since the supervisor last asked.
+    peak: AtomicUsize,
 }
+
+/// A slot's capacity that is the dispatcher's.
+const INHERIT: usize = usize::MAX;
+/// A slot's own capacity without a bound.
+const UNLIMITED: usize = usize::MAX - 1;
 
 impl Slot {
     pub(crate) fn new(id: u64, addr: SocketAddr, pid: i32, request_limit: Option<u64>) -> Self {
@@ -52,7 +62,31 @@ impl Slot {
             idle: Notify::new(),
             upstreams: IdleUpstreams::default(),
             refused: AtomicBool::new(false),
+            capacity: AtomicUsize::new(INHERIT),
+            peak: AtomicUsize::new(0),
         }
+    }
+
+    /// Gives this worker a capacity of its own: `None` is unlimited, `Some(0)` takes no
+    /// request (a preforking master with no child yet).
+    pub(crate) fn set_capacity(&self, capacity: Option<usize>) {
+        let stored = capacity.map_or(UNLIMITED, |n| n.min(UNLIMITED - 1));
+        self.capacity.store(stored, Ordering::Release);
+    }
+
+    /// Whether the worker takes one more request while it holds `busy`; `default` is the
+    /// dispatcher's capacity, 0 unlimited.
+    fn admits(&self, busy: usize, default: usize) -> bool {
+        match self.capacity.load(Ordering::Acquire) {
+            INHERIT => default == 0 || busy < default,
+            UNLIMITED => true,
+            own => busy < own,
+        }
+    }
+
+    /// The most requests the worker held at once since the last call.
+    pub(crate) fn take_peak(&self) -> usize {
+        self.peak.swap(self.in_flight(), Ordering::AcqRel)
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -204,7 +238,7 @@ pub(crate) fn choose(pool: &[Arc<Slot>], capacity: usize) -> Option<&Arc<Slot>> 
     let mut best: Option<&Arc<Slot>> = None;
     for slot in pool {
         let busy = slot.in_flight();
-        if (capacity != 0 && busy >= capacity) || slot.at_request_limit() || slot.is_refused() {
+        if !slot.admits(busy, capacity) || slot.at_request_limit() || slot.is_refused() {
             continue;
         }
         if best.is_none_or(|b| busy < b.in_flight()) {
@@ -325,7 +359,8 @@ impl Dispatcher {
     }
 
     fn lease(self: &Arc<Self>, slot: &Arc<Slot>) -> Lease {
-        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        let busy = slot.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        slot.peak.fetch_max(busy, Ordering::AcqRel);
         self.handed.fetch_add(1, Ordering::Relaxed);
         if slot.served.fetch_add(1, Ordering::Relaxed) + 1 == slot.request_limit {
             // The worker takes no more requests; the supervisor replaces it.
@@ -336,6 +371,11 @@ impl Dispatcher {
             dispatcher: Arc::clone(self),
             armed: true,
         }
+    }
+
+    /// Serves waiting requests after a worker's capacity grew.
+    pub(crate) fn capacity_grew(self: &Arc<Self>) {
+        self.pump();
     }
 
     /// Hands free capacity to waiting requests, oldest first.
@@ -380,6 +420,20 @@ mod tests {
         assert_eq!(ids(choose(&pool, 0)), Some(2));
         assert_eq!(ids(choose(&pool, 2)), Some(2));
         assert_eq!(ids(choose(&pool, 1)), None);
+    }
+
+    #[test]
+    fn a_worker_with_a_capacity_of_its_own_is_held_to_it() {
+        let pool = [slot(1, 2), slot(2, 3)];
+        pool[1].set_capacity(Some(4));
+        // The dispatcher's capacity of 2 holds the first; the second takes a fourth.
+        assert_eq!(ids(choose(&pool, 2)), Some(2));
+        pool[1].set_capacity(Some(3));
+        assert_eq!(ids(choose(&pool, 2)), None);
+        pool[0].set_capacity(None);
+        assert_eq!(ids(choose(&pool, 2)), Some(1), "None is unlimited");
+        pool[0].set_capacity(Some(0));
+        assert_eq!(ids(choose(&pool, 0)), None, "Some(0) takes nothing");
     }
 
     #[test]
