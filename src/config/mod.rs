@@ -55,6 +55,19 @@ pub(crate) enum BindMode {
     Ready,
 }
 
+/// How the app's command is run: as a pool of instances, or as one preforking master whose
+/// children molt governs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Prefork when the first instance turns out to be a preforking master molt knows
+    /// (Unicorn, gunicorn, Puma in cluster mode), else pool.
+    Auto,
+    /// One instance per worker, each with `WEB_CONCURRENCY=MOLT_WORKER_PROCESSES`.
+    Pool,
+    /// One instance, its children governed as the workers.
+    Prefork,
+}
+
 /// Whether a request body is read whole before a worker is leased (slow-client protection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BufferMode {
@@ -160,6 +173,11 @@ pub(crate) struct Config {
     pub disable: bool,
     /// When the public port is bound.
     pub bind: BindMode,
+    /// `MOLT_MODE`.
+    pub mode: Mode,
+    /// `MOLT_CHILD_STOP_SIGNAL`: the signal that stops one child of a preforking master
+    /// gracefully; `None` is the server's own (see `sys::prefork`).
+    pub child_stop_signal: Option<Signal>,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Whether request bodies are read whole before a worker is leased.
@@ -240,6 +258,10 @@ pub(crate) const DEFAULT_METRICS_INTERVAL: Option<Duration> = Some(Duration::fro
 pub(crate) const DEFAULT_DISABLE: bool = false;
 /// Binding at once keeps slow-booting apps from failing Heroku's R10 boot timeout.
 pub(crate) const DEFAULT_BIND: BindMode = BindMode::Now;
+/// Decide from the first instance's process tree.
+pub(crate) const DEFAULT_MODE: Mode = Mode::Auto;
+/// The server's own graceful signal for one child.
+pub(crate) const DEFAULT_CHILD_STOP_SIGNAL: Option<Signal> = None;
 /// Buffer request bodies when workers take one request at a time.
 pub(crate) const DEFAULT_BUFFER_REQUESTS: BufferMode = BufferMode::Auto;
 /// 100 MB: large uploads pass (they spill to a temporary file), runaway ones do not.
@@ -287,6 +309,8 @@ impl Default for Config {
             control_socket: default_control_socket(DEFAULT_PORT),
             disable: DEFAULT_DISABLE,
             bind: DEFAULT_BIND,
+            mode: DEFAULT_MODE,
+            child_stop_signal: DEFAULT_CHILD_STOP_SIGNAL,
             buffer_requests: DEFAULT_BUFFER_REQUESTS,
             max_body: DEFAULT_MAX_BODY,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
@@ -697,6 +721,8 @@ mod tests {
             control_socket: PathBuf::from("/run/molt.sock"),
             disable: true,
             bind: BindMode::Ready,
+            mode: Mode::Prefork,
+            child_stop_signal: Some(Signal::SIGQUIT),
             log_level: LogLevel::Debug,
             buffer_requests: BufferMode::Off,
             max_body: 10 << 20,

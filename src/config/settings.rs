@@ -11,7 +11,8 @@ use nix::sys::signal::Signal;
 use toml_edit::Item;
 
 use super::{
-    default_control_socket, BindMode, BufferMode, Config, LogLevel, MemoryAmount, DEFAULT_MAX_BODY,
+    default_control_socket, BindMode, BufferMode, Config, LogLevel, MemoryAmount, Mode,
+    DEFAULT_MAX_BODY,
 };
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 
@@ -474,6 +475,33 @@ pub(crate) static SETTINGS: &[Setting] = &[
             ("warn", |c| c.log_level = LogLevel::Warn),
         ]),
         doc: "How much molt logs: debug, info or warn.",
+    },
+    Setting {
+        key: "mode",
+        env: "MOLT_MODE",
+        flag: None,
+        kind: Kind::Choice(&[
+            ("auto", |c| c.mode = Mode::Auto),
+            ("pool", |c| c.mode = Mode::Pool),
+            ("prefork", |c| c.mode = Mode::Prefork),
+        ]),
+        doc: "pool: an instance of the command per worker; prefork: one preforking master (Unicorn, gunicorn, Puma), its children the workers; auto: prefork when the first instance is such a master.",
+    },
+    Setting {
+        key: "child_stop_signal",
+        env: "MOLT_CHILD_STOP_SIGNAL",
+        flag: None,
+        kind: Kind::Choice(&[
+            ("auto", |c| c.child_stop_signal = None),
+            ("TERM", |c| c.child_stop_signal = Some(Signal::SIGTERM)),
+            ("QUIT", |c| c.child_stop_signal = Some(Signal::SIGQUIT)),
+            ("INT", |c| c.child_stop_signal = Some(Signal::SIGINT)),
+            ("USR1", |c| c.child_stop_signal = Some(Signal::SIGUSR1)),
+            ("USR2", |c| c.child_stop_signal = Some(Signal::SIGUSR2)),
+            ("HUP", |c| c.child_stop_signal = Some(Signal::SIGHUP)),
+            ("WINCH", |c| c.child_stop_signal = Some(Signal::SIGWINCH)),
+        ]),
+        doc: "Signal that stops one child of a preforking master after its request; auto: the server's own (Unicorn QUIT, gunicorn and Puma TERM).",
     },
     Setting {
         key: "buffer_requests",

@@ -22,18 +22,27 @@ pub(crate) struct StatusReport {
     pub(crate) pool_memory: u64,
     pub(crate) molt_rss: u64,
     pub(crate) memory_guard_paused_s: Option<u64>,
+    /// `pool`, `prefork`, or `deciding` until the first instance's tree is known.
+    pub(crate) mode: &'static str,
+    /// The adopted preforking server, in prefork mode.
+    pub(crate) server: Option<&'static str>,
     pub(crate) workers: Vec<WorkerRow>,
 }
 
 /// One worker in [`StatusReport`].
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerRow {
+    /// The worker; a child's row carries its master's.
     pub(crate) id: u64,
     pub(crate) pid: i32,
+    /// `worker` (an instance in pool mode), `master` (an adopted preforking master, its
+    /// memory its own) or `child` (one of its children).
+    pub(crate) role: &'static str,
     pub(crate) state: &'static str,
     pub(crate) age_s: u64,
-    pub(crate) requests: u64,
-    pub(crate) in_flight: usize,
+    /// None for a child: the kernel, not molt, hands its master's connections to it.
+    pub(crate) requests: Option<u64>,
+    pub(crate) in_flight: Option<usize>,
     pub(crate) memory: Option<u64>,
     pub(crate) peak: u64,
     pub(crate) growth_per_request: Option<f64>,
@@ -52,14 +61,14 @@ fn rate(bytes: Option<f64>) -> String {
 
 /// The report as a table for people, in the manner of `passenger-status`.
 pub(crate) fn text(r: &StatusReport) -> String {
+    let workers = r.workers.iter().filter(|w| w.role != "master").count();
+    let mode = match r.server {
+        Some(server) => format!("{} ({server})", r.mode),
+        None => r.mode.to_owned(),
+    };
     let mut out = format!(
-        "molt {}: {} workers (min {}, max {}, wanted {}), queue {}\n",
-        r.pid,
-        r.workers.len(),
-        r.min_workers,
-        r.max_workers,
-        r.desired,
-        r.queue
+        "molt {}: {workers} workers (min {}, max {}, wanted {}), queue {}, mode {mode}\n",
+        r.pid, r.min_workers, r.max_workers, r.desired, r.queue
     );
     let _ = writeln!(
         out,
@@ -80,9 +89,10 @@ pub(crate) fn text(r: &StatusReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:>4} {:>8} {:<9} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>8}",
+        "\n{:>4} {:>8} {:<6} {:<9} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>8}",
         "id",
         "pid",
+        "role",
         "state",
         "age",
         "requests",
@@ -96,13 +106,15 @@ pub(crate) fn text(r: &StatusReport) -> String {
     for w in &r.workers {
         let _ = writeln!(
             out,
-            "{:>4} {:>8} {:<9} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>7.1}s",
+            "{:>4} {:>8} {:<6} {:<9} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>7.1}s",
             w.id,
             w.pid,
+            w.role,
             w.state,
             humantime::format_duration(Duration::from_secs(w.age_s)).to_string(),
-            w.requests,
-            w.in_flight,
+            w.requests.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            w.in_flight
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             size(w.memory),
             format_size(w.peak),
             rate(w.growth_per_request),
@@ -126,6 +138,7 @@ pub(crate) fn json(r: &StatusReport) -> String {
             serde_json::json!({
                 "id": w.id,
                 "pid": w.pid,
+                "role": w.role,
                 "state": w.state,
                 "age_s": w.age_s,
                 "requests": w.requests,
@@ -152,6 +165,8 @@ pub(crate) fn json(r: &StatusReport) -> String {
         "pool_memory": r.pool_memory,
         "molt_rss": r.molt_rss,
         "memory_guard_paused_s": r.memory_guard_paused_s,
+        "mode": r.mode,
+        "server": r.server,
         "workers": workers,
     });
     format!("{report}\n")

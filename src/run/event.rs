@@ -8,6 +8,7 @@ use nix::unistd::Pid;
 use crate::observe::control::Command;
 use crate::run::error::Fatal;
 use crate::sys::memory::TreeMemory;
+use crate::sys::prefork::{NotPrefork, Prefork};
 use crate::sys::Exit;
 
 /// Something the supervisor must react to.
@@ -32,9 +33,29 @@ pub(crate) enum Event {
     /// This worker refused a connection: it died and is not reaped yet, or it stopped
     /// listening. The proxy routes nothing more to it.
     Refused { id: u64 },
-    /// Memory of each worker's process tree (None: it was gone), and molt's own RSS.
+    /// What the process tree of a worker that just became ready shows: a preforking
+    /// master molt can adopt, or why it is not one.
+    Inspected {
+        id: u64,
+        found: Result<Prefork, NotPrefork>,
+    },
+    /// Memory of each worker's process tree (None: it was gone), the children of each
+    /// adopted preforking master, and molt's own RSS.
     Sampled {
         samples: Vec<(u64, Option<TreeMemory>)>,
+        children: Vec<ChildSamples>,
         molt_rss: Option<u64>,
     },
+}
+
+/// The children of one adopted master, as a sample found them.
+#[derive(Debug)]
+pub(crate) struct ChildSamples {
+    /// The worker (the instance) whose master they are.
+    pub(crate) id: u64,
+    /// The master's own memory and its wrappers' (`bash -c`, `bin/start`), without any
+    /// child: a child being forked or exiting is no part of it.
+    pub(crate) own: u64,
+    /// Each child that holds the master's listening socket, with its tree's memory.
+    pub(crate) children: Vec<(i32, TreeMemory)>,
 }

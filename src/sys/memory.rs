@@ -458,6 +458,21 @@ pub(crate) fn measure_tree(proc_root: &Path, pid: i32, page_size: u64) -> Option
     (total.processes > 0).then_some(total)
 }
 
+/// The memory of `top`'s tree without the descendants of `below` (a process in it): a
+/// preforking master and the wrappers above it, without its children. Counted as
+/// [`measure_tree`] counts, from `smaps_rollup` (RSS where it cannot be read).
+pub(crate) fn measure_above(proc_root: &Path, top: i32, below: i32) -> u64 {
+    let under: HashSet<i32> = tree_pids(proc_root, below)
+        .into_iter()
+        .filter(|&pid| pid != below)
+        .collect();
+    tree_pids(proc_root, top)
+        .into_iter()
+        .filter(|pid| !under.contains(pid))
+        .filter_map(|pid| read_smaps_rollup(proc_root, pid).map(|r| r.charged()))
+        .sum()
+}
+
 /// molt's own resident memory, from `<proc_root>/self/statm`, else the `VmRSS` line of
 /// `<proc_root>/self/status`. `page_size` is the unit of `statm`.
 pub(crate) fn self_rss(proc_root: &Path, page_size: u64) -> Option<u64> {
@@ -1002,6 +1017,14 @@ Locked:                0 kB
                 exact: false
             }
         );
+    }
+
+    #[test]
+    fn measure_above_leaves_out_what_the_lower_process_forked() {
+        // 101's child 106 is left out; 101 itself, its parent 100 and sibling 102 count;
+        // 103 has no smaps_rollup and counts nothing here.
+        let above = measure_above(&fixture("tree"), 100, 101);
+        assert_eq!(above, (42_234 + 87_340 + 92_624) * 1024);
     }
 
     #[test]

@@ -20,6 +20,9 @@ mod hostile;
 mod lifecycle;
 /// Memory governance, recycling, autoscaling, status and metrics.
 mod memory;
+/// Preforking servers (Unicorn, gunicorn, Puma) adopted: their children governed by
+/// signals, their shared memory kept.
+mod prefork;
 /// The proxy: routing, bodies, streaming, upgrades, headers, queue limits.
 mod proxy;
 /// Responses read ahead of a slow client, in memory and then in a temporary file.

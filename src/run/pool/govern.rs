@@ -24,6 +24,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
+use super::worker::Target;
 use super::{State, Supervisor};
 use crate::budget;
 use crate::observe::event;
@@ -70,7 +71,7 @@ impl Reason {
         }
     }
 
-    fn is_memory(self) -> bool {
+    pub(super) fn is_memory(self) -> bool {
         matches!(self, Reason::Memory | Reason::Pool)
     }
 }
@@ -99,7 +100,7 @@ pub(crate) struct KillLoopGuard {
 }
 
 impl KillLoopGuard {
-    fn paused(&self, now: Instant) -> bool {
+    pub(super) fn paused(&self, now: Instant) -> bool {
         self.paused_until.is_some_and(|until| now < until)
     }
 
@@ -155,7 +156,15 @@ impl Supervisor {
             return;
         }
         self.sampling = true;
-        let targets = self.workers.iter().map(|w| (w.id, w.pid)).collect();
+        let targets = self
+            .workers
+            .iter()
+            .map(|w| Target {
+                id: w.id,
+                pid: w.pid,
+                prefork_port: w.brood.as_ref().map(|_| w.slot.addr.port()),
+            })
+            .collect();
         self.procs.measure(targets, self.events_tx.clone());
     }
 
@@ -202,9 +211,22 @@ impl Supervisor {
         // never sampled idle: then its first sample once ready stands in (larger by what
         // it grew until then), rather than leaving the pool at min_workers for good.
         let ready = || self.workers.iter().filter(|w| w.ready_since.is_some());
-        let idle = ready().filter_map(|w| w.mem.footprint).max();
+        // An adopted master's workers are its children: a child's first sample, most of
+        // it shared with the master, is what one more worker costs.
+        let children = || {
+            ready()
+                .filter_map(|w| w.brood.as_ref())
+                .flat_map(|b| &b.children)
+        };
+        let (idle, busy) = if self.mode == super::Mode::Prefork {
+            (None, children().filter_map(|c| c.mem.first_ready).max())
+        } else {
+            (
+                ready().filter_map(|w| w.mem.footprint).max(),
+                ready().filter_map(|w| w.mem.first_ready).max(),
+            )
+        };
         self.idle_footprint = idle.or(self.idle_footprint);
-        let busy = ready().filter_map(|w| w.mem.first_ready).max();
         self.facts.worker_footprint = self.idle_footprint.or(busy).or(self.facts.worker_footprint);
         let budget = budget::derive(&self.config, &self.facts);
         if budget.max_workers != self.budget.max_workers {
@@ -224,14 +246,15 @@ impl Supervisor {
         self.budget = budget;
     }
 
-    /// Total memory of the pool at the last sample.
+    /// Total memory of the pool at the last sample (an adopted master's tree holds its
+    /// children, so they count once).
     pub(super) fn pool_memory(&self) -> u64 {
         self.workers.iter().filter_map(|w| w.mem.now).sum()
     }
 
     /// Memory of the workers not already sent SIGKILL, whose memory the kernel is
     /// taking back: counting it would kill a second worker for the first one's size.
-    fn live_memory(&self) -> u64 {
+    pub(super) fn live_memory(&self) -> u64 {
         self.workers
             .iter()
             .filter(|w| !matches!(w.state, State::Stopping { deadline: None }))
@@ -247,7 +270,7 @@ impl Supervisor {
                 .workers
                 .iter()
                 .filter(|w| !matches!(w.state, State::Stopping { .. }))
-                .filter(|w| w.mem.now.is_some_and(|m| m > hard))
+                .filter(|w| own_memory(w).is_some_and(|m| m > hard))
                 .map(|w| w.id)
                 .collect();
             for id in over_hard {
@@ -259,23 +282,30 @@ impl Supervisor {
         let usable = self.budget.usable;
         let critical = usable + (self.budget.total.saturating_sub(usable)) / 2;
         if self.live_memory() + self.molt_rss > critical {
-            if let Some(id) = self.largest(|w| !matches!(w.state, State::Stopping { .. })) {
+            if self.mode == super::Mode::Prefork {
+                self.kill_largest_child(now);
+            } else if let Some(id) = self.largest(|w| !matches!(w.state, State::Stopping { .. })) {
                 self.kill(id, "memory_pool");
             }
         }
+        self.govern_children(paused, now);
         if paused {
             return;
         }
         let over_soft: Vec<u64> = self
             .workers
             .iter()
-            .filter(|w| w.is_ready() && w.mem.now.is_some_and(|m| m > soft))
+            .filter(|w| w.is_ready() && own_memory(w).is_some_and(|m| m > soft))
             .map(|w| w.id)
             .collect();
         for id in over_soft {
             self.request_recycle(id, Reason::Memory, now);
         }
-        if self.live_memory() > usable && self.recycling.is_none() {
+        // An adopted master's children are recycled one by one instead (see brood).
+        if self.live_memory() > usable
+            && self.recycling.is_none()
+            && self.mode != super::Mode::Prefork
+        {
             if let Some(id) = self.largest(super::Worker::is_ready) {
                 self.request_recycle(id, Reason::Pool, now);
             }
@@ -335,7 +365,12 @@ impl Supervisor {
         let Some(w) = self.workers.iter().find(|w| w.id == id) else {
             return;
         };
-        let footprint = w.mem.footprint;
+        self.record_churn(w.mem.footprint, cap, now);
+    }
+
+    /// Feeds the kill-loop guard with a memory recycle or kill for going over `cap` of a
+    /// worker (or child) whose boot footprint was `footprint`.
+    pub(super) fn record_churn(&mut self, footprint: Option<u64>, cap: u64, now: Instant) {
         let over_at_boot = footprint.is_some_and(|f| f > cap);
         if let Some(pause) = self.guard.record(over_at_boot, now) {
             let footprint = format_size(footprint.unwrap_or(0));
@@ -394,8 +429,12 @@ impl Supervisor {
     pub(super) fn advance_recycle(&mut self, now: Instant) {
         if self.recycling.is_none() {
             while let Some((id, reason)) = self.pending.pop_front() {
-                if self.worker_mut(id).is_some_and(|w| w.is_ready()) {
-                    let footprint = self.facts.worker_footprint.unwrap_or(0);
+                if let Some(w) = self.workers.iter().find(|w| w.id == id && w.is_ready()) {
+                    // A new instance of an adopted master costs what this one holds.
+                    let footprint = match &w.brood {
+                        Some(_) => w.mem.now.unwrap_or(0),
+                        None => self.facts.worker_footprint.unwrap_or(0),
+                    };
                     let replace_first = self.pool_memory() + footprint <= self.budget.usable;
                     self.recycling = Some(Recycle {
                         id,
@@ -418,7 +457,7 @@ impl Supervisor {
         let Some(w) = self.workers.iter().find(|w| w.id == recycle.id) else {
             return;
         };
-        let replacement_ready = others_ready >= self.desired;
+        let replacement_ready = others_ready >= self.instances_wanted();
         if w.is_ready() && (replacement_ready || !recycle.replace_first) {
             let growth = w.mem.growth;
             event!(
@@ -448,6 +487,12 @@ impl Supervisor {
         use crate::run::pool::scaler::{
             self, Decision, PoolView, ScaleSettings, WorkerPhase, WorkerView,
         };
+        match self.mode {
+            super::Mode::Pool => {}
+            super::Mode::Prefork => return self.scale_children(now),
+            // Until the first instance is known, it is the whole pool.
+            super::Mode::Deciding => return,
+        }
         let views: Vec<WorkerView> = self
             .workers
             .iter()
@@ -520,6 +565,18 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+/// The memory a worker is held to its caps by: its tree, less the children of an
+/// adopted master, which are governed one by one.
+fn own_memory(w: &super::Worker) -> Option<u64> {
+    match &w.brood {
+        Some(brood) => brood.own,
+        // Its tree may be a master with children: until it is known, it is not held to
+        // one worker's caps (the pool guard still holds it).
+        None if w.inspecting => None,
+        None => w.mem.now,
     }
 }
 

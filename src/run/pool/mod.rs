@@ -6,6 +6,8 @@
 //! immutable snapshot. Memory governance and recycling live in [`govern`]; the status
 //! report and metrics in [`report`].
 
+/// An adopted preforking master and its children, governed as the workers.
+mod brood;
 /// Memory samples, caps, the pool guard, recycling and the kill-loop guard.
 mod govern;
 /// One worker's memory over its life: now, peak, growth after warm-up.
@@ -86,6 +88,12 @@ struct Worker {
     lifetime_end: Option<Instant>,
     mem: MemStats,
     state: State,
+    /// Set when this instance is an adopted preforking master: its children.
+    brood: Option<brood::Brood>,
+    /// The `WEB_CONCURRENCY` it was started with.
+    web_concurrency: usize,
+    /// Ready, and its tree is being looked at for a preforking master.
+    inspecting: bool,
 }
 
 impl Worker {
@@ -105,6 +113,17 @@ impl Worker {
             State::Ready | State::Stopping { .. } => {}
         }
     }
+}
+
+/// How the command is run, once known (`MOLT_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One instance runs until its process tree tells whether it is a preforking master.
+    Deciding,
+    /// An instance per worker.
+    Pool,
+    /// One instance, a preforking master whose children are the workers.
+    Prefork,
 }
 
 /// Where molt is in its own life.
@@ -133,12 +152,14 @@ pub(crate) struct Supervisor {
     workers: Vec<Worker>,
     next_id: u64,
     phase: Phase,
+    mode: Mode,
     /// Boots that failed since the last success.
     boot_failures: u32,
     ever_ready: bool,
     /// No new worker starts before this (boot failure backoff).
     spawn_after: Instant,
-    /// Workers wanted now: `min_workers`, raised by the scaler under load.
+    /// Workers wanted now: `min_workers`, raised by the scaler under load. In prefork mode,
+    /// the children wanted of the one master.
     desired: usize,
     /// The worker being replaced now; at most one at a time so capacity never collapses.
     recycling: Option<govern::Recycle>,
@@ -198,6 +219,10 @@ impl Supervisor {
             workers: Vec::new(),
             next_id: 1,
             phase: Phase::Running,
+            mode: match config.mode {
+                crate::config::Mode::Pool => Mode::Pool,
+                crate::config::Mode::Auto | crate::config::Mode::Prefork => Mode::Deciding,
+            },
             boot_failures: 0,
             ever_ready: false,
             spawn_after: Instant::now(),
@@ -279,7 +304,15 @@ impl Supervisor {
                     self.request_recycle(id, Reason::Refused, now);
                 }
             }
-            Event::Sampled { samples, molt_rss } => self.on_sampled(samples, molt_rss, now),
+            Event::Sampled {
+                samples,
+                children,
+                molt_rss,
+            } => {
+                self.on_children(children, now);
+                self.on_sampled(samples, molt_rss, now);
+            }
+            Event::Inspected { id, found } => self.on_inspected(id, found, now),
             Event::Command(Command::Status(reply)) => {
                 let _ = reply.send(self.status_report(now));
             }
@@ -299,7 +332,10 @@ impl Supervisor {
     }
 
     fn on_ready(&mut self, id: u64, now: Instant) {
-        let Some(w) = self.worker_mut(id) else { return };
+        let inspect = self.mode != Mode::Pool;
+        let Some(w) = self.workers.iter_mut().find(|w| w.id == id) else {
+            return;
+        };
         if !matches!(w.state, State::Booting { .. }) {
             return;
         }
@@ -307,6 +343,11 @@ impl Supervisor {
         w.ready_since = Some(now);
         let boot_ms = now.duration_since(w.started).as_millis();
         event!(Info, "ready", worker = id, pid = w.pid, boot_ms = boot_ms);
+        if inspect {
+            w.inspecting = true;
+            let (pid, port) = (w.pid, w.slot.addr.port());
+            self.procs.inspect(id, pid, port, self.events_tx.clone());
+        }
         self.ever_ready = true;
         self.boot_failures = 0;
         self.first_ready.send_replace(true);
@@ -489,8 +530,17 @@ impl Supervisor {
         None
     }
 
+    /// Instances of the command wanted now: in prefork mode (and while deciding) one, whose
+    /// master forks the workers.
+    fn instances_wanted(&self) -> usize {
+        match self.mode {
+            Mode::Pool => self.desired,
+            Mode::Deciding | Mode::Prefork => 1,
+        }
+    }
+
     fn spawn_missing(&mut self, now: Instant) -> Option<Done> {
-        let target = self.desired;
+        let target = self.instances_wanted();
         // A worker being recycled is replaced before it drains when memory allows;
         // otherwise it still counts until it leaves.
         let replaced = self
@@ -532,10 +582,20 @@ impl Supervisor {
             })?;
         let id = self.next_id;
         self.next_id += 1;
+        // A preforking master forks WEB_CONCURRENCY children (gunicorn and Puma read it,
+        // Unicorn configs commonly do): as many as molt wants once it is adopted; in auto
+        // mode the first instance starts as a pool worker would, and is grown by signals.
+        let web_concurrency = match self.mode {
+            Mode::Prefork => self.desired,
+            Mode::Deciding if self.config.mode == crate::config::Mode::Prefork => {
+                self.config.min_workers
+            }
+            Mode::Deciding | Mode::Pool => self.config.worker_processes,
+        };
         let spec = Spawn {
             id,
             port,
-            web_concurrency: self.config.worker_processes,
+            web_concurrency,
             command: &self.command,
         };
         let pid = self.procs.spawn(&spec).map_err(BootFailure::CannotStart)?;
@@ -560,6 +620,9 @@ impl Supervisor {
             lifetime_end,
             mem: MemStats::default(),
             state: State::Booting { probe },
+            brood: None,
+            web_concurrency,
+            inspecting: false,
         });
         Ok(())
     }
@@ -590,14 +653,25 @@ impl Supervisor {
             return;
         }
         w.abort_task();
+        // An adopted master is told to stop its children gracefully and exit, by its own
+        // signal (Unicorn's TERM would drop its children's requests); anything left of the
+        // group is killed at the deadline as usual.
+        let (target, signal) = match &w.brood {
+            Some(brood) => (brood.master, brood.server.control().stop_master),
+            None => (w.pid, signal),
+        };
         event!(
             Info,
             "stop",
             worker = id,
-            pid = w.pid,
+            pid = target,
             signal = signal.as_str()
         );
-        self.procs.signal_group(w.pid, signal);
+        if w.brood.is_some() {
+            self.procs.signal(target, signal);
+        } else {
+            self.procs.signal_group(target, signal);
+        }
         w.slot.upstreams.clear();
         w.state = State::Stopping {
             deadline: Some(deadline),
@@ -637,7 +711,7 @@ impl Supervisor {
         };
         // A backoff deadline matters only while it is ahead and a worker is missing;
         // a past one would wake the loop at once, forever.
-        let missing = self.workers.iter().filter(|w| w.is_live()).count() < self.desired;
+        let missing = self.workers.iter().filter(|w| w.is_live()).count() < self.instances_wanted();
         let spawn = (self.phase == Phase::Running && missing && self.spawn_after > now)
             .then_some(self.spawn_after);
         let sample = (self.phase != Phase::Stopping && !self.sampling).then_some(self.next_sample);
@@ -674,11 +748,19 @@ mod tests {
 
     use super::*;
     use crate::sys::memory::TreeMemory;
+    use crate::sys::prefork::{Prefork, Server};
 
     #[derive(Default)]
     struct Record {
         spawned: Vec<(u64, Pid)>,
+        /// `WEB_CONCURRENCY` of each spawn.
+        concurrency: Vec<usize>,
+        /// Signals to process groups.
         signals: Vec<(Pid, Signal)>,
+        /// Signals to one process.
+        direct: Vec<(Pid, Signal)>,
+        /// Workers whose trees were inspected.
+        inspected: Vec<u64>,
     }
 
     struct Fake {
@@ -690,12 +772,23 @@ mod tests {
     impl Processes for Fake {
         fn spawn(&self, spec: &Spawn<'_>) -> std::io::Result<Pid> {
             let pid = Pid::from_raw(self.next_pid.fetch_add(1, Ordering::Relaxed));
+            let mut record = self.record.lock().expect("test lock");
+            record.spawned.push((spec.id, pid));
+            record.concurrency.push(spec.web_concurrency);
+            Ok(pid)
+        }
+
+        fn signal(&self, pid: Pid, signal: Signal) {
             self.record
                 .lock()
                 .expect("test lock")
-                .spawned
-                .push((spec.id, pid));
-            Ok(pid)
+                .direct
+                .push((pid, signal));
+        }
+
+        fn inspect(&self, id: u64, _pid: Pid, _port: u16, _events: mpsc::UnboundedSender<Event>) {
+            // Tests deliver what was found themselves.
+            self.record.lock().expect("test lock").inspected.push(id);
         }
 
         fn signal_group(&self, pid: Pid, signal: Signal) {
@@ -710,7 +803,7 @@ mod tests {
             Some(self.next_port.fetch_add(1, Ordering::Relaxed))
         }
 
-        fn measure(&self, _workers: Vec<(u64, Pid)>, _events: mpsc::UnboundedSender<Event>) {
+        fn measure(&self, _targets: Vec<worker::Target>, _events: mpsc::UnboundedSender<Event>) {
             // Tests deliver samples themselves.
         }
 
@@ -775,6 +868,10 @@ mod tests {
             self.record.lock().expect("test lock").signals.clone()
         }
 
+        fn direct(&self) -> Vec<(Pid, Signal)> {
+            self.record.lock().expect("test lock").direct.clone()
+        }
+
         fn pid(&self, id: u64) -> Pid {
             self.spawned()
                 .into_iter()
@@ -810,11 +907,14 @@ mod tests {
         }
     }
 
+    /// Pool mode: most tests are about instances of the command; the prefork tests below
+    /// ask for auto.
     fn config(workers: usize) -> Config {
         Config {
             min_workers: workers,
             max_boot_failures: 3,
             boot_timeout: Duration::from_secs(5),
+            mode: crate::config::Mode::Pool,
             ..Config::default()
         }
     }
@@ -1043,6 +1143,7 @@ mod tests {
                     (id, Some(tree))
                 })
                 .collect(),
+            children: Vec::new(),
             molt_rss: Some(5 * MB),
         }
     }
@@ -1202,5 +1303,277 @@ mod tests {
         // Its later, larger samples are growth, not footprint.
         h.step(sampled(&[(1, 90 * MB)]), 30);
         assert_eq!(h.sup.facts.worker_footprint, Some(50 * MB));
+    }
+
+    // -- Prefork: an adopted master, its children governed by signals --
+
+    const MASTER: i32 = 5000;
+
+    fn tree(bytes: u64, private: u64) -> TreeMemory {
+        TreeMemory {
+            bytes,
+            private,
+            processes: 1,
+            cpu_ticks: 0,
+            exact: true,
+        }
+    }
+
+    fn found(children: &[i32]) -> Event {
+        Event::Inspected {
+            id: 1,
+            found: Ok(Prefork {
+                master: MASTER,
+                server: Server::Unicorn,
+                children: children.to_vec(),
+            }),
+        }
+    }
+
+    /// A sample of worker 1 as an adopted master: its tree (master and children) and
+    /// each child's.
+    fn prefork_sample(master_own: u64, children: &[(i32, u64)]) -> Event {
+        let total = master_own + children.iter().map(|&(_, b)| b).sum::<u64>();
+        Event::Sampled {
+            samples: vec![(1, Some(tree(total, total)))],
+            children: vec![crate::run::event::ChildSamples {
+                id: 1,
+                own: master_own,
+                children: children
+                    .iter()
+                    .map(|&(pid, bytes)| (pid, tree(bytes, bytes / 4)))
+                    .collect(),
+            }],
+            molt_rss: Some(5 * MB),
+        }
+    }
+
+    fn auto(workers: usize) -> Config {
+        Config {
+            mode: crate::config::Mode::Auto,
+            ..capped(workers, 1024 * MB)
+        }
+    }
+
+    /// An auto-mode harness whose first instance became ready and was found to be a
+    /// Unicorn master with `children`.
+    fn adopted(config: Config, children: &[i32]) -> Harness {
+        let mut h = Harness::new(config);
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(found(children), 10);
+        h
+    }
+
+    #[tokio::test]
+    async fn auto_mode_starts_one_instance_and_adopts_a_preforking_master() {
+        let mut h = Harness::new(auto(3));
+        h.sup.reconcile(h.t0);
+        assert_eq!(h.spawned().len(), 1, "one instance until its tree is known");
+        h.step(Event::Ready { id: 1 }, 0);
+        assert_eq!(h.record.lock().expect("test lock").inspected, [1]);
+        assert_eq!(h.spawned().len(), 1);
+        h.step(found(&[5001]), 10);
+        assert_eq!(h.sup.mode, Mode::Prefork);
+        assert_eq!(h.spawned().len(), 1, "its master forks the workers");
+        // Three children wanted, one there: the master is asked for one more, then,
+        // once a sample shows it, for the next.
+        assert_eq!(h.direct(), [(Pid::from_raw(MASTER), Signal::SIGTTIN)]);
+        h.step(prefork_sample(20 * MB, &[(5001, 30 * MB)]), 100);
+        assert_eq!(h.direct().len(), 1, "one change at a time");
+        h.step(
+            prefork_sample(20 * MB, &[(5001, 30 * MB), (5002, 30 * MB)]),
+            200,
+        );
+        assert_eq!(h.direct().len(), 2);
+        h.step(
+            prefork_sample(
+                20 * MB,
+                &[(5001, 30 * MB), (5002, 30 * MB), (5003, 30 * MB)],
+            ),
+            300,
+        );
+        assert_eq!(h.direct().len(), 2, "three children: enough");
+        assert_eq!(
+            h.sup.workers[0].brood.as_ref().map(|b| b.children.len()),
+            Some(3)
+        );
+        assert_eq!(h.dispatcher.routable(), [1]);
+    }
+
+    #[tokio::test]
+    async fn auto_mode_keeps_pool_mode_for_a_single_process_app() {
+        let mut h = Harness::new(auto(3));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(
+            Event::Inspected {
+                id: 1,
+                found: Err(crate::sys::prefork::NotPrefork::SingleProcess {
+                    pid: 1000,
+                    title: "python3 app.py".into(),
+                }),
+            },
+            10,
+        );
+        assert_eq!(h.sup.mode, Mode::Pool);
+        assert_eq!(h.spawned().len(), 3, "the rest of the pool starts");
+        assert_eq!(h.record.lock().expect("test lock").concurrency, [1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn explicit_prefork_starts_the_master_with_the_children_wanted() {
+        let mut h = Harness::new(Config {
+            mode: crate::config::Mode::Prefork,
+            ..auto(3)
+        });
+        h.sup.reconcile(h.t0);
+        assert_eq!(h.record.lock().expect("test lock").concurrency, [3]);
+    }
+
+    #[tokio::test]
+    async fn the_masters_capacity_is_its_children() {
+        let mut h = adopted(auto(1), &[5001, 5002]);
+        let slot = Arc::clone(&h.sup.workers[0].slot);
+        let a = h.dispatcher.acquire().await.expect("one child free");
+        let b = h.dispatcher.acquire().await.expect("the other child free");
+        assert_eq!(slot.in_flight(), 2);
+        let third = tokio::time::timeout(Duration::from_millis(50), h.dispatcher.acquire()).await;
+        assert!(third.is_err(), "two children take two requests at once");
+        drop((a, b));
+        h.step(prefork_sample(20 * MB, &[(5001, 30 * MB)]), 100);
+        let _a = h.dispatcher.acquire().await.expect("one child free");
+        let second = tokio::time::timeout(Duration::from_millis(50), h.dispatcher.acquire()).await;
+        assert!(second.is_err(), "one child left, one request at once");
+    }
+
+    #[tokio::test]
+    async fn a_child_over_the_soft_cap_is_told_to_finish_and_exit_one_at_a_time() {
+        let mut h = adopted(auto(2), &[5001, 5002]);
+        // Soft cap 100MB: both children are over it, the larger goes first.
+        h.step(
+            prefork_sample(20 * MB, &[(5001, 110 * MB), (5002, 120 * MB)]),
+            100,
+        );
+        assert_eq!(h.direct(), [(Pid::from_raw(5002), Signal::SIGQUIT)]);
+        assert!(h.signals().is_empty(), "no group is signalled");
+        h.step(
+            prefork_sample(20 * MB, &[(5001, 110 * MB), (5002, 120 * MB)]),
+            200,
+        );
+        assert_eq!(h.direct().len(), 1, "one child at a time");
+        // 5002 is gone and the master forked 5003: the next recycle starts.
+        h.step(
+            prefork_sample(20 * MB, &[(5001, 110 * MB), (5003, 30 * MB)]),
+            300,
+        );
+        assert_eq!(
+            h.direct(),
+            [
+                (Pid::from_raw(5002), Signal::SIGQUIT),
+                (Pid::from_raw(5001), Signal::SIGQUIT)
+            ]
+        );
+        assert_eq!(h.sup.workers.len(), 1, "the master itself stays");
+    }
+
+    #[tokio::test]
+    async fn the_child_stop_signal_can_be_set() {
+        let mut h = adopted(
+            Config {
+                child_stop_signal: Some(Signal::SIGTERM),
+                ..auto(2)
+            },
+            &[5001, 5002],
+        );
+        h.step(
+            prefork_sample(20 * MB, &[(5001, 110 * MB), (5002, 30 * MB)]),
+            100,
+        );
+        assert_eq!(h.direct(), [(Pid::from_raw(5001), Signal::SIGTERM)]);
+    }
+
+    #[tokio::test]
+    async fn a_child_over_the_hard_cap_is_killed_at_once() {
+        let mut h = adopted(auto(2), &[5001, 5002]);
+        h.step(
+            prefork_sample(20 * MB, &[(5001, 200 * MB), (5002, 30 * MB)]),
+            100,
+        );
+        assert_eq!(h.direct(), [(Pid::from_raw(5001), Signal::SIGKILL)]);
+        assert!(
+            h.signals().is_empty(),
+            "the master and the other child live on"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_master_is_held_to_the_caps_by_its_own_memory() {
+        // 20MB of master and 3 x 90MB of children: 290MB in all, far over the 150MB hard
+        // cap, but no process is.
+        let mut h = adopted(auto(3), &[5001, 5002, 5003]);
+        h.step(
+            prefork_sample(
+                20 * MB,
+                &[(5001, 90 * MB), (5002, 90 * MB), (5003, 90 * MB)],
+            ),
+            100,
+        );
+        assert!(h.signals().is_empty());
+        assert!(h.direct().is_empty());
+        assert_eq!(h.spawned().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_children_are_retired_one_by_one_down_to_the_floor() {
+        let mut h = adopted(
+            Config {
+                idle_timeout: Duration::from_secs(10),
+                max_workers: Some(4),
+                ..auto(1)
+            },
+            &[5001, 5002, 5003],
+        );
+        let three = [(5001, 30 * MB), (5002, 30 * MB), (5003, 30 * MB)];
+        h.step(prefork_sample(20 * MB, &three), 1_000);
+        h.tick(10_999);
+        assert!(h.direct().is_empty());
+        h.step(prefork_sample(20 * MB, &three), 11_000);
+        assert_eq!(h.direct(), [(Pid::from_raw(MASTER), Signal::SIGTTOU)]);
+        let two = [(5001, 30 * MB), (5002, 30 * MB)];
+        h.step(prefork_sample(20 * MB, &two), 12_000);
+        h.step(prefork_sample(20 * MB, &two), 21_000);
+        assert_eq!(h.direct().len(), 1, "another idle period first");
+        h.step(prefork_sample(20 * MB, &two), 22_100);
+        assert_eq!(h.direct().len(), 2);
+        let one = [(5001, 30 * MB)];
+        h.step(prefork_sample(20 * MB, &one), 23_000);
+        h.step(prefork_sample(20 * MB, &one), 60_000);
+        assert_eq!(h.direct().len(), 2, "never below one child");
+    }
+
+    #[tokio::test]
+    async fn a_master_that_does_not_fork_on_request_is_run_as_a_pool_worker() {
+        let mut h = adopted(auto(2), &[5001]);
+        assert_eq!(h.direct(), [(Pid::from_raw(MASTER), Signal::SIGTTIN)]);
+        h.step(prefork_sample(20 * MB, &[(5001, 30 * MB)]), 5_000);
+        assert_eq!(h.sup.mode, Mode::Prefork, "still waiting");
+        h.step(prefork_sample(20 * MB, &[(5001, 30 * MB)]), 10_010);
+        assert_eq!(h.sup.mode, Mode::Pool);
+        assert!(h.sup.workers[0].brood.is_none());
+        assert_eq!(h.spawned().len(), 2, "a second instance adds the capacity");
+    }
+
+    #[tokio::test]
+    async fn an_adopted_master_is_stopped_by_its_own_graceful_signal() {
+        let mut h = adopted(auto(1), &[5001]);
+        h.step(
+            Event::Shutdown {
+                signal: Signal::SIGTERM,
+            },
+            100,
+        );
+        h.step(Event::ProxyIdle, 110);
+        assert_eq!(h.direct(), [(Pid::from_raw(MASTER), Signal::SIGQUIT)]);
     }
 }

@@ -44,12 +44,17 @@ impl Supervisor {
     pub(super) fn status_report(&self, now: Instant) -> StatusReport {
         let ticks = crate::sys::memory::clock_ticks_per_second();
         #[allow(clippy::cast_precision_loss, reason = "seconds for people to read")]
-        let workers = self
-            .workers
-            .iter()
-            .map(|w| WorkerRow {
+        let cpu_s = |ticks_used: u64| ticks_used as f64 / ticks as f64;
+        let mut workers = Vec::new();
+        for w in &self.workers {
+            workers.push(WorkerRow {
                 id: w.id,
                 pid: w.pid.as_raw(),
+                role: if w.brood.is_some() {
+                    "master"
+                } else {
+                    "worker"
+                },
                 state: match w.state {
                     State::Booting { .. } => "booting",
                     State::Ready if self.recycling.as_ref().is_some_and(|r| r.id == w.id) => {
@@ -60,15 +65,37 @@ impl Supervisor {
                     State::Stopping { .. } => "stopping",
                 },
                 age_s: now.duration_since(w.started).as_secs(),
-                requests: w.slot.served(),
-                in_flight: w.slot.in_flight(),
-                memory: w.mem.now,
+                requests: Some(w.slot.served()),
+                in_flight: Some(w.slot.in_flight()),
+                // A master's own: its children have rows of their own.
+                memory: match &w.brood {
+                    Some(brood) => brood.own,
+                    None => w.mem.now,
+                },
                 peak: w.mem.peak,
                 growth_per_request: w.mem.growth.map(|g| g.per_request),
                 growth_per_hour: w.mem.growth.map(|g| g.per_hour),
-                cpu_s: w.mem.cpu_ticks as f64 / ticks as f64,
-            })
-            .collect();
+                cpu_s: cpu_s(w.mem.cpu_ticks),
+            });
+            let Some(brood) = &w.brood else { continue };
+            for child in &brood.children {
+                let retiring = brood.retiring.is_some_and(|r| r.pid == child.pid);
+                workers.push(WorkerRow {
+                    id: w.id,
+                    pid: child.pid,
+                    role: "child",
+                    state: if retiring { "recycling" } else { "ready" },
+                    age_s: now.duration_since(child.seen).as_secs(),
+                    requests: None,
+                    in_flight: None,
+                    memory: child.mem.now,
+                    peak: child.mem.peak,
+                    growth_per_request: None,
+                    growth_per_hour: child.mem.growth.map(|g| g.per_hour),
+                    cpu_s: cpu_s(child.mem.cpu_ticks),
+                });
+            }
+        }
         StatusReport {
             pid: std::process::id(),
             budget: self.budget.total,
@@ -93,6 +120,15 @@ impl Supervisor {
                 .paused_until
                 .filter(|until| *until > now)
                 .map(|until| until.duration_since(now).as_secs()),
+            mode: match self.mode {
+                super::Mode::Deciding => "deciding",
+                super::Mode::Pool => "pool",
+                super::Mode::Prefork => "prefork",
+            },
+            server: self
+                .workers
+                .iter()
+                .find_map(|w| w.brood.as_ref().map(|b| b.server.name())),
             workers,
         }
     }
@@ -104,13 +140,22 @@ impl Supervisor {
         };
         self.next_metrics = Some(now + every);
         let (requests, queue_p95) = self.dispatcher.take_stats();
-        let ready = self.workers.iter().filter(|w| w.is_ready()).count();
+        // In prefork mode the workers are the children of the adopted master.
+        let children: Option<usize> = (self.mode == super::Mode::Prefork).then(|| {
+            self.workers
+                .iter()
+                .filter_map(|w| w.brood.as_ref())
+                .map(|b| b.children.len())
+                .sum()
+        });
+        let ready =
+            children.unwrap_or_else(|| self.workers.iter().filter(|w| w.is_ready()).count());
         let mut line = format!(
             "molt at=metrics sample#molt.workers={} sample#molt.workers.ready={ready} \
              sample#molt.memory.pool={} sample#molt.memory.molt={} sample#molt.memory.usable={} \
              sample#molt.memory.limit={} sample#molt.queue={} count#molt.requests={requests} \
              measure#molt.queue_wait.p95={}ms count#molt.kills={}",
-            self.workers.len(),
+            children.unwrap_or(self.workers.len()),
             mb(self.pool_memory()),
             mb(self.molt_rss),
             mb(self.budget.usable),

@@ -25,7 +25,7 @@ pub(crate) struct Slot {
     in_flight: AtomicUsize,
     served: AtomicU64,
     /// Requests after which the worker takes no more (`MOLT_MAX_REQUESTS` with jitter).
-    request_limit: u64,
+    request_limit: AtomicU64,
     created: Instant,
     /// When `in_flight` last dropped to zero, in milliseconds after `created`.
     idle_since_ms: AtomicU64,
@@ -56,7 +56,7 @@ impl Slot {
             pid,
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
-            request_limit: request_limit.unwrap_or(u64::MAX),
+            request_limit: AtomicU64::new(request_limit.unwrap_or(u64::MAX)),
             created: Instant::now(),
             idle_since_ms: AtomicU64::new(0),
             idle: Notify::new(),
@@ -76,6 +76,11 @@ impl Slot {
 
     /// Whether the worker takes one more request while it holds `busy`; `default` is the
     /// dispatcher's capacity, 0 unlimited.
+    /// Gives the worker the dispatcher's capacity again.
+    pub(crate) fn inherit_capacity(&self) {
+        self.capacity.store(INHERIT, Ordering::Release);
+    }
+
     fn admits(&self, busy: usize, default: usize) -> bool {
         match self.capacity.load(Ordering::Acquire) {
             INHERIT => default == 0 || busy < default,
@@ -102,7 +107,12 @@ impl Slot {
 
     /// Whether the worker has been handed all the requests it may serve.
     pub(crate) fn at_request_limit(&self) -> bool {
-        self.served() >= self.request_limit
+        self.served() >= self.request_limit.load(Ordering::Relaxed)
+    }
+
+    /// Lifts the request limit: an adopted preforking master's requests are its children's.
+    pub(crate) fn clear_request_limit(&self) {
+        self.request_limit.store(u64::MAX, Ordering::Relaxed);
     }
 
     /// Requests this worker has been handed so far.
@@ -362,7 +372,9 @@ impl Dispatcher {
         let busy = slot.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         slot.peak.fetch_max(busy, Ordering::AcqRel);
         self.handed.fetch_add(1, Ordering::Relaxed);
-        if slot.served.fetch_add(1, Ordering::Relaxed) + 1 == slot.request_limit {
+        if slot.served.fetch_add(1, Ordering::Relaxed) + 1
+            == slot.request_limit.load(Ordering::Relaxed)
+        {
             // The worker takes no more requests; the supervisor replaces it.
             self.attention.notify_one();
         }

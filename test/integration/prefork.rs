@@ -1,0 +1,377 @@
+//! Preforking servers under molt: real Unicorn, gunicorn and Puma masters found through
+//! their wrappers and adopted, their children governed one by one with the servers' own
+//! signals, and the memory they share copy-on-write kept.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    descendants_of, free_port, get, port_open, status_json, temp_path, tools_present, wait_until,
+    Molt,
+};
+
+/// Longest a server takes to boot and be adopted here.
+const ADOPTED: Duration = Duration::from_secs(20);
+
+fn app_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("test/fixtures/apps/prefork")
+}
+
+/// The children `molt status --json` shows.
+fn children(socket: &Path) -> Vec<u64> {
+    status_json(socket)["workers"]
+        .as_array()
+        .expect("workers is an array")
+        .iter()
+        .filter(|w| w["role"] == "child")
+        .map(|w| w["pid"].as_u64().expect("a pid"))
+        .collect()
+}
+
+/// Starts molt in the prefork fixture's directory on `command`, with `envs`.
+fn molt(command: &str, envs: &[(&str, &str)]) -> (Molt, PathBuf) {
+    let socket = temp_path("prefork.sock");
+    let mut builder = Molt::builder()
+        .cwd(app_dir())
+        .env("MOLT_CONTROL_SOCKET", &socket)
+        .env("MOLT_SAMPLE_INTERVAL", "100ms")
+        .env("MOLT_MEMORY_LIMIT", "1GB");
+    for (key, value) in envs {
+        builder = builder.env(key, value);
+    }
+    (builder.args(["run", "--", command]).spawn(), socket)
+}
+
+/// Waits for molt to adopt the master and show `count` children.
+fn wait_adopted(molt: &Molt, socket: &Path, server: &str, count: usize) {
+    assert!(
+        molt.wait_for_log(
+            &format!("at=mode mode=prefork worker=1 server={server}"),
+            ADOPTED
+        ),
+        "{server} was not adopted:\n{}",
+        molt.log()
+    );
+    assert!(
+        wait_until(ADOPTED, || children(socket).len() == count),
+        "expected {count} children, status shows {:?}:\n{}",
+        children(socket),
+        molt.log()
+    );
+}
+
+/// Runs `clients` threads on `path` until `stop`; returns (ok, failed).
+fn load(port: u16, clients: usize, path: &str, stop: &Arc<AtomicBool>) -> (usize, usize) {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (ok, failed, stop, path) = (
+                Arc::clone(&ok),
+                Arc::clone(&failed),
+                Arc::clone(stop),
+                path.to_owned(),
+            );
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match get(port, &path) {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("load thread");
+    }
+    (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+}
+
+#[test]
+fn unicorn_behind_a_start_script_is_adopted_and_grown_by_signals() {
+    if !tools_present(&["unicorn"]) {
+        return;
+    }
+    let (mut molt, socket) = molt("./start", &[("MOLT_MIN_WORKERS", "2")]);
+    wait_adopted(&molt, &socket, "unicorn", 2);
+    assert_eq!(
+        molt.count_log("at=spawn "),
+        1,
+        "one instance: its master forks"
+    );
+    assert!(molt.log().contains("signal=SIGTTIN"), "{}", molt.log());
+    assert_eq!(get(molt.port(), "/").expect("served").status, 200);
+    let status = status_json(&socket);
+    assert_eq!(status["mode"], "prefork");
+    assert_eq!(status["server"], "unicorn");
+    // SIGTERM to every process of the dyno, as Heroku stops one: everything stops.
+    assert!(molt.stop(true).success());
+    assert!(
+        molt.log().contains("signal=SIGQUIT"),
+        "the master is stopped gracefully:\n{}",
+        molt.log()
+    );
+}
+
+#[test]
+fn gunicorn_preloaded_under_bash_is_adopted() {
+    if !tools_present(&["gunicorn"]) {
+        return;
+    }
+    let (mut molt, socket) = molt(
+        "cd . && gunicorn --preload -b 127.0.0.1:$PORT wsgi:app; echo gunicorn exited",
+        &[("MOLT_MIN_WORKERS", "2")],
+    );
+    wait_adopted(&molt, &socket, "gunicorn", 2);
+    assert_eq!(molt.count_log("at=spawn "), 1);
+    assert_eq!(get(molt.port(), "/").expect("served").status, 200);
+    assert!(molt.stop(true).success());
+}
+
+#[test]
+fn puma_in_cluster_mode_is_adopted() {
+    if !tools_present(&["puma"]) {
+        return;
+    }
+    let (mut molt, socket) = molt("puma -C puma.rb config.ru", &[("MOLT_MIN_WORKERS", "2")]);
+    wait_adopted(&molt, &socket, "puma", 2);
+    assert_eq!(get(molt.port(), "/").expect("served").status, 200);
+    assert!(molt.stop(true).success());
+}
+
+#[test]
+fn a_child_over_its_soft_cap_is_replaced_by_a_fork_and_no_request_fails() {
+    if !tools_present(&["unicorn"]) {
+        return;
+    }
+    let (mut molt, socket) = molt(
+        "unicorn -c unicorn.rb config.ru",
+        &[
+            ("MOLT_MIN_WORKERS", "2"),
+            ("MOLT_MAX_WORKERS", "2"),
+            ("MOLT_WORKER_MEMORY", "30MB"),
+            ("MOLT_WORKER_MEMORY_HARD", "200MB"),
+        ],
+    );
+    wait_adopted(&molt, &socket, "unicorn", 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (stop, port) = (Arc::clone(&stop), molt.port());
+        // About 100 requests a second, 25 MB a second across the children: each reaches
+        // its cap over many samples, as a leak does, rather than at its first.
+        thread::spawn(move || load(port, 2, "/leak?kb=256&ms=20", &stop))
+    };
+    let recycled = wait_until(Duration::from_secs(90), || {
+        molt.count_log("at=recycle worker=1 child=") >= 10
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = loader.join().expect("load");
+    let log = molt.log();
+    eprintln!(
+        "{ok} requests, {failed} failed, {} child recycles, {} children adopted",
+        molt.count_log("at=recycle worker=1 child="),
+        molt.count_log("action=adopted")
+    );
+    assert!(recycled, "fewer than 10 child recycles:\n{log}");
+    assert_eq!(failed, 0, "{log}");
+    // Each child recycled was replaced by a fork its master made, which molt adopted (the
+    // first child, found with the master, and the one added by TTIN come on top).
+    assert!(
+        wait_until(ADOPTED, || molt.count_log("action=adopted") >= 10),
+        "{log}"
+    );
+    assert_eq!(
+        molt.count_log("at=spawn "),
+        1,
+        "no instance was booted again"
+    );
+    assert_eq!(molt.count_log("at=kill"), 0, "{log}");
+    assert!(molt.stop(true).success());
+}
+
+#[test]
+fn a_burst_adds_children_and_idle_removes_them() {
+    if !tools_present(&["gunicorn"]) {
+        return;
+    }
+    let (mut molt, socket) = molt(
+        "gunicorn --preload -b 127.0.0.1:$PORT wsgi:app",
+        &[
+            ("MOLT_MIN_WORKERS", "1"),
+            ("MOLT_MAX_WORKERS", "3"),
+            ("MOLT_WORKER_CONCURRENCY", "1"),
+            ("MOLT_IDLE_TIMEOUT", "1s"),
+        ],
+    );
+    wait_adopted(&molt, &socket, "gunicorn", 1);
+    let port = molt.port();
+    let burst: Vec<_> = (0..6)
+        .map(|_| thread::spawn(move || get(port, "/sleep?ms=1500").map(|r| r.status)))
+        .collect();
+    let grown = wait_until(Duration::from_secs(10), || children(&socket).len() == 3);
+    for request in burst {
+        assert_eq!(request.join().expect("request").expect("answered"), 200);
+    }
+    assert!(
+        grown,
+        "the burst did not grow the children to 3:\n{}",
+        molt.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || children(&socket).len() == 1),
+        "idle children were not removed:\n{}",
+        molt.log()
+    );
+    assert!(molt.count_log("signal=SIGTTIN") >= 2, "{}", molt.log());
+    assert!(molt.count_log("signal=SIGTTOU") >= 2, "{}", molt.log());
+    assert!(molt.stop(true).success());
+}
+
+#[test]
+fn a_child_over_its_hard_cap_is_killed_and_only_its_request_fails() {
+    if !tools_present(&["unicorn"]) {
+        return;
+    }
+    let (mut molt, socket) = molt(
+        "unicorn -c unicorn.rb config.ru",
+        &[
+            ("MOLT_MIN_WORKERS", "2"),
+            ("MOLT_MAX_WORKERS", "2"),
+            ("MOLT_WORKER_MEMORY", "60MB"),
+            ("MOLT_WORKER_MEMORY_HARD", "90MB"),
+        ],
+    );
+    wait_adopted(&molt, &socket, "unicorn", 2);
+    let port = molt.port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let steady = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || load(port, 1, "/sleep?ms=20", &stop))
+    };
+    let runaway = get(port, "/grab?mb=400").map(|r| r.status);
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = steady.join().expect("load");
+    let log = molt.log();
+    assert!(
+        matches!(runaway, Ok(502) | Err(_)),
+        "the runaway request: {runaway:?}\n{log}"
+    );
+    assert!(log.contains("reason=memory_hard"), "{log}");
+    assert!(ok > 0, "{log}");
+    assert_eq!(failed, 0, "the other child's requests: {log}");
+    assert!(
+        wait_until(ADOPTED, || children(&socket).len() == 2),
+        "the master forks a replacement:\n{log}"
+    );
+    assert!(molt.stop(true).success());
+}
+
+#[test]
+fn a_preforking_server_molt_does_not_know_stays_in_pool_mode() {
+    if !tools_present(&["node"]) {
+        return;
+    }
+    // A Node cluster whose workers share the listening socket (as a preforking server's
+    // children do) under a title molt does not know.
+    let script = temp_path("cluster.js");
+    std::fs::write(
+        &script,
+        "const cluster = require('node:cluster'); const http = require('node:http');\n\
+         cluster.schedulingPolicy = cluster.SCHED_NONE;\n\
+         if (cluster.isPrimary) { for (let i = 0; i < 2; i++) cluster.fork(); }\n\
+         else { http.createServer((q, s) => s.end('ok')).listen(process.env.PORT, '127.0.0.1'); }\n",
+    )
+    .expect("write the script");
+    let (mut molt, socket) = molt(
+        &format!("node {}", script.display()),
+        &[("MOLT_MIN_WORKERS", "2")],
+    );
+    assert!(
+        molt.wait_for_log("at=mode mode=pool worker=1 reason=unknown_server", ADOPTED),
+        "{}",
+        molt.log()
+    );
+    assert!(
+        wait_until(ADOPTED, || molt.count_log("at=ready ") == 2),
+        "pool mode starts the second instance:\n{}",
+        molt.log()
+    );
+    assert_eq!(status_json(&socket)["mode"], "pool");
+    assert!(molt.stop(true).success());
+}
+
+/// PSS plus swapped PSS of `pid` and its descendants, in bytes.
+fn tree_pss(pid: u32) -> u64 {
+    std::iter::once(pid)
+        .chain(descendants_of(pid))
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+        .map(|text| {
+            text.lines()
+                .filter(|l| l.starts_with("Pss:") || l.starts_with("SwapPss:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+                * 1024
+        })
+        .sum()
+}
+
+/// The same Unicorn app with 2 workers, plain and under molt (prefork mode chosen by
+/// itself): the pool holds no more than 5% more than the plain server, idle and after the
+/// same requests. molt's own memory is not part of the pool.
+#[test]
+fn under_molt_a_preforked_pool_costs_what_the_plain_server_does() {
+    if !tools_present(&["unicorn"]) {
+        return;
+    }
+    let plain_port = free_port();
+    let mut plain = Command::new("unicorn")
+        .args(["-c", "unicorn.rb", "config.ru"])
+        .current_dir(app_dir())
+        .env("PORT", plain_port.to_string())
+        .env("WEB_CONCURRENCY", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start plain unicorn");
+    let (mut molt, socket) = molt(
+        "unicorn -c unicorn.rb config.ru",
+        &[("MOLT_MIN_WORKERS", "2"), ("MOLT_MAX_WORKERS", "2")],
+    );
+    assert!(wait_until(ADOPTED, || port_open(plain_port)));
+    assert!(wait_until(ADOPTED, || descendants_of(plain.id()).len() == 2));
+    wait_adopted(&molt, &socket, "unicorn", 2);
+    let pool_pid = {
+        let kids = crate::support::children_of(molt.pid());
+        assert_eq!(kids.len(), 1, "molt has one instance");
+        kids[0]
+    };
+    let settle = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < settle {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let ratio = |label: &str| {
+        let (plain_pss, molt_pss) = (tree_pss(plain.id()), tree_pss(pool_pid));
+        #[allow(clippy::cast_precision_loss)]
+        let ratio = molt_pss as f64 / plain_pss as f64;
+        eprintln!(
+            "{label}: plain {plain_pss} bytes, under molt {molt_pss} bytes, ratio {ratio:.3}"
+        );
+        ratio
+    };
+    let idle = ratio("idle");
+    for _ in 0..100 {
+        assert_eq!(get(plain_port, "/").expect("plain").status, 200);
+        assert_eq!(get(molt.port(), "/").expect("molt").status, 200);
+    }
+    let served = ratio("after 100 requests");
+    let _ = plain.kill();
+    let _ = plain.wait();
+    assert!(idle <= 1.05, "idle: {idle:.3}");
+    assert!(served <= 1.05, "after requests: {served:.3}");
+    assert!(molt.stop(true).success());
+}
