@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     descendants_of, free_port, get, port_open, status_json, temp_path, tools_present, wait_until,
-    Molt,
+    Molt, SIGHUP,
 };
 
 /// Longest a server takes to boot and be adopted here.
@@ -373,5 +373,40 @@ fn under_molt_a_preforked_pool_costs_what_the_plain_server_does() {
     let _ = plain.wait();
     assert!(idle <= 1.05, "idle: {idle:.3}");
     assert!(served <= 1.05, "after requests: {served:.3}");
+    assert!(molt.stop(true).success());
+}
+
+/// SIGHUP (or `molt restart`) replaces the master itself: a new instance is booted and
+/// adopted, the old one drains, and no request fails.
+#[test]
+fn a_rolling_restart_replaces_the_master_and_no_request_fails() {
+    if !tools_present(&["unicorn"]) {
+        return;
+    }
+    let (mut molt, socket) = molt(
+        "unicorn -c unicorn.rb config.ru",
+        &[("MOLT_MIN_WORKERS", "2")],
+    );
+    wait_adopted(&molt, &socket, "unicorn", 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (stop, port) = (Arc::clone(&stop), molt.port());
+        thread::spawn(move || load(port, 2, "/sleep?ms=20", &stop))
+    };
+    thread::sleep(Duration::from_millis(300));
+    molt.signal(SIGHUP);
+    let replaced = molt.wait_for_log("at=mode mode=prefork worker=2 server=unicorn", ADOPTED)
+        && molt.wait_for_log("at=exit worker=1 ", ADOPTED);
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = loader.join().expect("load");
+    let log = molt.log();
+    assert!(replaced, "{log}");
+    assert!(ok > 0, "{log}");
+    assert_eq!(failed, 0, "{log}");
+    assert!(
+        wait_until(ADOPTED, || children(&socket).len() == 2),
+        "the new master's children:\n{log}"
+    );
     assert!(molt.stop(true).success());
 }
