@@ -221,6 +221,8 @@ fn plan(flags: &SettingFlags) -> ExitCode {
                 "{}",
                 budget::plan_text(&budget::derive(&loaded.config, &facts))
             );
+            println!();
+            print!("{}", config::mode_text(&loaded.config));
             ExitCode::SUCCESS
         }
         Err(code) => code,

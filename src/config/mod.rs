@@ -43,7 +43,7 @@ mod testing;
 pub(crate) use error::ConfigError;
 use error::{suggest, unknown_env_warnings};
 use file::{read_file, unknown_file_keys, CONFIG_ENV};
-pub(crate) use render::plan_text;
+pub(crate) use render::{mode_text, plan_text};
 use settings::{Kind, Raw, Setting, SETTINGS};
 
 /// When the public port is bound.

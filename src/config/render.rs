@@ -5,8 +5,24 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::settings::{Kind, SETTINGS};
-use super::{default_control_socket, Config, Loaded};
+use super::{default_control_socket, Config, Loaded, Mode};
 use crate::units::format_duration;
+
+/// How `molt run` will run the command, and why, for `molt plan`.
+pub(crate) fn mode_text(config: &Config) -> String {
+    let why = match config.mode {
+        Mode::Auto => {
+            "auto: prefork if the first instance is a Unicorn, gunicorn or Puma master whose \
+             children share its listening socket (seen once it is ready), else pool"
+        }
+        Mode::Pool => "pool: an instance of the command per worker, as MOLT_MODE says",
+        Mode::Prefork => {
+            "prefork: one instance with WEB_CONCURRENCY=min_workers, its master's children the \
+             workers, as MOLT_MODE says (pool if it turns out not to be a preforking master)"
+        }
+    };
+    format!("mode  {why}\n")
+}
 
 /// The `molt plan` table: every setting, its effective value and its source, aligned.
 pub(crate) fn plan_text(loaded: &Loaded) -> String {
@@ -86,6 +102,19 @@ fn readme_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn molt_plan_says_how_the_mode_is_chosen() {
+        let shown = |mode| {
+            mode_text(&Config {
+                mode,
+                ..Config::default()
+            })
+        };
+        assert!(shown(Mode::Auto).starts_with("mode  auto: prefork if the first instance"));
+        assert!(shown(Mode::Pool).starts_with("mode  pool: "));
+        assert!(shown(Mode::Prefork).starts_with("mode  prefork: one instance"));
+    }
     use crate::config::load;
     use crate::config::settings::Raw;
     use crate::config::testing::{env, flags, TempDir};
