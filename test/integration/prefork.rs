@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{
     descendants_of, free_port, get, port_open, status_json, temp_path, tools_present, wait_until,
@@ -320,40 +320,49 @@ fn tree_pss(pid: u32) -> u64 {
         .sum()
 }
 
-/// The same Unicorn app with 2 workers, plain and under molt (prefork mode chosen by
-/// itself): the pool holds no more than 5% more than the plain server, idle and after the
-/// same requests. molt's own memory is not part of the pool.
-#[test]
-fn under_molt_a_preforked_pool_costs_what_the_plain_server_does() {
-    if !tools_present(&["unicorn"]) {
-        return;
-    }
+/// Runs `program args` in `dir` as a plain server with 2 workers, and under molt (prefork
+/// mode chosen by itself) as `command` with 2 children, side by side with `envs`; returns
+/// the ratio of the pool's memory under molt to the plain server's, idle and after the same
+/// 100 requests. molt's own process is not part of the pool.
+fn memory_against_plain(
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+    command: &str,
+    envs: &[(&str, &str)],
+) -> (f64, f64) {
     let plain_port = free_port();
-    let mut plain = Command::new("unicorn")
-        .args(["-c", "unicorn.rb", "config.ru"])
-        .current_dir(app_dir())
+    let mut plain = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .envs(envs.iter().copied())
         .env("PORT", plain_port.to_string())
         .env("WEB_CONCURRENCY", "2")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start plain unicorn");
-    let (mut molt, socket) = molt(
-        "unicorn -c unicorn.rb config.ru",
-        &[("MOLT_MIN_WORKERS", "2"), ("MOLT_MAX_WORKERS", "2")],
-    );
+        .expect("start the plain server");
+    let socket = temp_path("prefork.sock");
+    let mut builder = Molt::builder()
+        .cwd(dir)
+        .env("MOLT_CONTROL_SOCKET", &socket)
+        .env("MOLT_SAMPLE_INTERVAL", "100ms")
+        .env("MOLT_MIN_WORKERS", "2")
+        .env("MOLT_MAX_WORKERS", "2");
+    for (key, value) in envs {
+        builder = builder.env(key, value);
+    }
+    let mut molt = builder.args(["run", "--", command]).spawn();
     assert!(wait_until(ADOPTED, || port_open(plain_port)));
-    assert!(wait_until(ADOPTED, || descendants_of(plain.id()).len() == 2));
+    assert!(wait_until(ADOPTED, || descendants_of(plain.id()).len() >= 2));
     wait_adopted(&molt, &socket, "unicorn", 2);
     let pool_pid = {
         let kids = crate::support::children_of(molt.pid());
         assert_eq!(kids.len(), 1, "molt has one instance");
         kids[0]
     };
-    let settle = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < settle {
-        thread::sleep(Duration::from_millis(100));
-    }
+    // Let both settle: the children's first pages are touched as they start.
+    thread::sleep(Duration::from_secs(1));
     let ratio = |label: &str| {
         let (plain_pss, molt_pss) = (tree_pss(plain.id()), tree_pss(pool_pid));
         #[allow(clippy::cast_precision_loss)]
@@ -371,9 +380,96 @@ fn under_molt_a_preforked_pool_costs_what_the_plain_server_does() {
     let served = ratio("after 100 requests");
     let _ = plain.kill();
     let _ = plain.wait();
+    assert!(molt.stop(true).success());
+    (idle, served)
+}
+
+/// A Rack app on Unicorn with 2 workers costs no more under molt than plain (within 5%).
+#[test]
+fn under_molt_a_preforked_pool_costs_what_the_plain_server_does() {
+    if !tools_present(&["unicorn"]) {
+        return;
+    }
+    let (idle, served) = memory_against_plain(
+        &app_dir(),
+        "unicorn",
+        &["-c", "unicorn.rb", "config.ru"],
+        "unicorn -c unicorn.rb config.ru",
+        &[],
+    );
     assert!(idle <= 1.05, "idle: {idle:.3}");
     assert!(served <= 1.05, "after requests: {served:.3}");
-    assert!(molt.stop(true).success());
+}
+
+/// A Rails app (`rails new --minimal`, offline with Debian's gems) on Unicorn with
+/// `preload_app`, run through `bundle exec`: adopted, and no more memory than plain.
+#[test]
+fn a_rails_app_under_bundle_exec_keeps_its_sharing() {
+    if !tools_present(&["rails", "bundle", "unicorn"]) {
+        return;
+    }
+    let dir = temp_path("rails");
+    std::fs::create_dir_all(&dir).expect("a directory for the app");
+    let new = Command::new("rails")
+        .args([
+            "new",
+            "app",
+            "--minimal",
+            "--skip-bundle",
+            "--skip-git",
+            "--skip-test",
+            "--skip-system-test",
+            "--skip-active-record",
+            "--skip-javascript",
+            "--skip-sprockets",
+        ])
+        .current_dir(&dir)
+        .output()
+        .expect("rails new runs");
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    let app = dir.join("app");
+    std::fs::write(
+        app.join("Gemfile"),
+        "source 'https://rubygems.org'\ngem 'rails', '~> 6.1'\ngem 'unicorn'\n",
+    )
+    .expect("write the Gemfile");
+    std::fs::write(
+        app.join("config/routes.rb"),
+        "Rails.application.routes.draw do\n  get '/', to: proc { [200, { 'content-type' => \
+         'text/plain' }, [\"pid=#{Process.pid}\\n\"]] }\nend\n",
+    )
+    .expect("write the routes");
+    std::fs::copy(app_dir().join("unicorn.rb"), app.join("config/unicorn.rb"))
+        .expect("copy the Unicorn config");
+    let bundle = Command::new("bundle")
+        .args(["install", "--local"])
+        .current_dir(&app)
+        .output()
+        .expect("bundle runs");
+    assert!(
+        bundle.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bundle.stdout)
+    );
+    let secret = "0".repeat(64);
+    let envs = [
+        ("RAILS_ENV", "production"),
+        ("SECRET_KEY_BASE", secret.as_str()),
+    ];
+    let (idle, served) = memory_against_plain(
+        &app,
+        "bundle",
+        &["exec", "unicorn", "-c", "config/unicorn.rb"],
+        "bundle exec unicorn -c config/unicorn.rb",
+        &envs,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(idle <= 1.05, "idle: {idle:.3}");
+    assert!(served <= 1.05, "after requests: {served:.3}");
 }
 
 /// SIGHUP (or `molt restart`) replaces the master itself: a new instance is booted and
