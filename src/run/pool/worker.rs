@@ -41,28 +41,22 @@ pub(crate) enum AppCommand {
 impl AppCommand {
     /// Interprets the words after `--`. Heroku runs Procfile lines with bash, and Procfiles
     /// use bashisms, so a single string runs under bash (sh where bash is absent).
-    pub(crate) fn from_words(mut words: Vec<String>) -> Result<Self, String> {
+    pub(crate) fn from_words(mut words: Vec<String>) -> Result<Self, CommandError> {
         match words.len() {
-            0 => Err("no command given: use `molt run -- COMMAND`".to_owned()),
+            0 => Err(CommandError::Missing),
             1 => {
                 let shell = which::which("bash")
                     .or_else(|_| which::which("sh"))
-                    .map_err(|_| {
-                        "neither bash nor sh is on PATH; molt needs one to run a command line"
-                            .to_owned()
-                    })?;
+                    .map_err(|_| CommandError::NoShell)?;
                 Ok(AppCommand::Shell {
                     shell,
                     line: words.remove(0),
                 })
             }
             _ => {
-                which::which(&words[0]).map_err(|_| {
-                    format!(
-                        "command not found: {}; check the command and PATH",
-                        words[0]
-                    )
-                })?;
+                if which::which(&words[0]).is_err() {
+                    return Err(CommandError::NotFound(words.remove(0)));
+                }
                 Ok(AppCommand::Argv(words))
             }
         }
@@ -83,6 +77,31 @@ impl AppCommand {
                     Command::new(words.next().expect("from_words keeps at least one word"));
                 cmd.args(words);
                 cmd
+            }
+        }
+    }
+}
+
+/// Why the words after `--` are not a command molt can run.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CommandError {
+    Missing,
+    NoShell,
+    NotFound(String),
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::Missing => f.write_str("no command given: use `molt run -- COMMAND`"),
+            CommandError::NoShell => {
+                f.write_str("neither bash nor sh is on PATH; molt needs one to run a command line")
+            }
+            CommandError::NotFound(program) => {
+                write!(
+                    f,
+                    "command not found: {program}; check the command and PATH"
+                )
             }
         }
     }
@@ -410,10 +429,13 @@ mod tests {
             several,
             AppCommand::Argv(vec!["sh".into(), "-c".into(), "x".into()])
         );
-        assert!(AppCommand::from_words(vec![]).is_err());
+        assert_eq!(
+            AppCommand::from_words(vec![]).err(),
+            Some(CommandError::Missing)
+        );
         let missing = AppCommand::from_words(vec!["no-such-program-molt".into(), "x".into()]);
         assert_eq!(
-            missing.err().as_deref(),
+            missing.err().map(|e| e.to_string()).as_deref(),
             Some("command not found: no-such-program-molt; check the command and PATH")
         );
     }
