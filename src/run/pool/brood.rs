@@ -286,6 +286,9 @@ impl Supervisor {
                 }
                 self.set_brood_capacity(id);
             }
+            // The instance exited while it was looked at: its exit is handled as any
+            // worker's, and its replacement is looked at in turn.
+            Err(NotPrefork::Gone { .. }) => {}
             Err(why) => {
                 let level_warn = explicit || self.mode == Mode::Prefork;
                 let detail = why.to_string();

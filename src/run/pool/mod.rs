@@ -1422,6 +1422,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_instance_gone_while_looked_at_decides_nothing() {
+        let mut h = Harness::new(auto(3));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(
+            Event::Inspected {
+                id: 1,
+                found: Err(crate::sys::prefork::NotPrefork::Gone { pid: 1000 }),
+            },
+            10,
+        );
+        assert_eq!(h.sup.mode, Mode::Deciding);
+        assert_eq!(h.spawned().len(), 1);
+    }
+
+    #[tokio::test]
     async fn explicit_prefork_starts_the_master_with_the_children_wanted() {
         let mut h = Harness::new(Config {
             mode: crate::config::Mode::Prefork,
