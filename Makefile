@@ -14,10 +14,15 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-# The leak story: the leaking app in test/demo/app built with the buildpack and run with a
-# 512MB budget beside the same app without molt, under the same load for a minute; prints a
-# table and plots memory over time to target/demo/memory.svg and .png.
-demo: build
+# The leak story: the leaking Rack app in test/demo/app (Unicorn, 2 workers) built with the
+# buildpack and run with a 512MB budget beside the same app on Unicorn alone, each in a
+# 512MB memory cgroup where the machine allows it, under the same load for a minute; prints
+# a table and plots memory over time to target/demo/memory.svg and .png. Ruby, Rack,
+# Unicorn and matplotlib come first (Debian's packages; installed when run as root), so a
+# missing one stops the demo before the build.
+demo:
+	bash test/demo/setup.sh
+	$(MAKE) --no-print-directory build
 	bash test/demo/run.sh target/release/molt
 
 # Every benchmark in test/bench/ (proxy overhead against nginx and the bare upstream,
