@@ -23,6 +23,7 @@ for arg in "$@"; do
 done
 if [ ${#names[@]} -eq 0 ]; then
   names=(proxy footprint recycle startup alloc connections soak)
+  names+=(prefork)
 fi
 if [ ${#smoke[@]} -gt 0 ]; then
   export BENCH_OUT=${BENCH_OUT:-$root/target/bench/smoke}
@@ -41,6 +42,7 @@ declare -A csvs=(
   [proxy]=proxy.csv
   [footprint]=footprint.csv
   [recycle]=recycle.csv
+  [prefork]="prefork-memory.csv prefork-recycle.csv"
   [startup]="startup-accept.csv startup-scale.csv"
   [alloc]=alloc.csv
   [connections]=connections.csv
