@@ -650,6 +650,9 @@ impl Supervisor {
             deadline,
         });
         self.procs.signal(Pid::from_raw(pid), signal);
+        // molt cannot tell which kept-alive connection is the retiring child's: none made
+        // before it was told is reused, so it gets no request after the one it holds.
+        w.slot.upstreams.forget();
         self.counters.count_recycle(reason);
     }
 
@@ -679,6 +682,7 @@ impl Supervisor {
             brood.retiring = None;
         }
         self.procs.signal(Pid::from_raw(pid), Signal::SIGKILL);
+        w.slot.upstreams.forget();
         self.counters.kills += 1;
         self.set_brood_capacity(id);
     }

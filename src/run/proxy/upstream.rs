@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -32,11 +33,18 @@ pub(crate) struct Upstream {
     /// A second descriptor of the connection's socket, to look at it while hyper owns the
     /// first; `None` when the descriptor limit left none to spare.
     probe: Option<OwnedFd>,
+    /// The [`IdleUpstreams`] generation it was opened in; it is not reused once that has
+    /// passed.
+    generation: u64,
 }
 
 impl Upstream {
     pub(crate) fn new(send: SendRequest<UpstreamBody>, probe: Option<OwnedFd>) -> Self {
-        Upstream { send, probe }
+        Upstream {
+            send,
+            probe,
+            generation: 0,
+        }
     }
 
     /// Whether the worker has ended or broken this idle connection: an idle HTTP/1.1
@@ -75,7 +83,11 @@ fn peer_done(socket: &OwnedFd) -> bool {
 
 /// A worker's idle kept-alive connections, most recently used last.
 #[derive(Default)]
-pub(crate) struct IdleUpstreams(Mutex<Vec<(Upstream, Instant)>>);
+pub(crate) struct IdleUpstreams {
+    idle: Mutex<Vec<(Upstream, Instant)>>,
+    /// Raised by [`IdleUpstreams::forget`]: connections opened before it go once used.
+    generation: AtomicU64,
+}
 
 impl IdleUpstreams {
     /// Takes an idle keep-alive connection, most recently used first.
@@ -94,7 +106,7 @@ impl IdleUpstreams {
 
     /// Returns a connection whose last exchange completed, for reuse.
     pub(crate) fn put(&self, conn: Upstream) {
-        if conn.send.is_closed() {
+        if conn.send.is_closed() || conn.generation != self.generation.load(Ordering::Acquire) {
             return;
         }
         let mut idle = self.lock();
@@ -109,10 +121,19 @@ impl IdleUpstreams {
         self.lock().clear();
     }
 
+    /// Drops every idle connection and keeps none in use now once it is done: an adopted
+    /// master's child was told to stop, and a server may keep serving the kept-alive
+    /// connections it holds (Puma's child does, after TERM, as long as they stay busy), so
+    /// only new connections, which go to children still accepting, may follow.
+    pub(crate) fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.clear();
+    }
+
     fn lock(&self) -> MutexGuard<'_, Vec<(Upstream, Instant)>> {
         // Every change under the lock is one push, pop, drain or clear, none of which can
         // panic half-way, so a poisoned lock still guards a whole list.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A ready connection to the worker at `addr`: an idle kept-alive one, else a new one.
@@ -122,7 +143,9 @@ impl IdleUpstreams {
                 return Ok(conn);
             }
         }
-        open(addr).await
+        let mut conn = open(addr).await?;
+        conn.generation = self.generation.load(Ordering::Acquire);
+        Ok(conn)
     }
 }
 
@@ -255,5 +278,34 @@ mod tests {
         while !peer_done(&probe) {
             assert!(Instant::now() < deadline, "the peer's end of stream");
         }
+    }
+
+    /// A child of an adopted master that was told to stop may go on serving the
+    /// connections it holds (Puma's does): none opened before is reused after.
+    #[tokio::test]
+    async fn connections_opened_before_forget_are_not_reused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = tokio::spawn(async move {
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                held.push(listener.accept().await.expect("accept"));
+            }
+            held
+        });
+        let idle = IdleUpstreams::default();
+        let kept = idle.connect(addr).await.expect("connect");
+        idle.put(kept);
+        assert!(idle.take().is_some(), "an idle connection is reused");
+        let before = idle.connect(addr).await.expect("connect");
+        idle.forget();
+        idle.put(before);
+        assert!(idle.take().is_none(), "one made before forget is not");
+        let after = idle.connect(addr).await.expect("connect");
+        idle.put(after);
+        assert!(idle.take().is_some(), "one made after it is");
+        drop(accepted);
     }
 }
