@@ -4,6 +4,12 @@
 mod conn;
 /// Least-busy routing, the bounded request queue, and worker leases.
 mod dispatch;
+/// Per-worker in-flight limit learned from latency.
+#[allow(
+    dead_code,
+    reason = "wired into dispatch by the learned-concurrency change"
+)]
+mod limiter;
 /// One worker's memory over its life: now, peak, growth after warm-up.
 mod memstats;
 /// The HTTP/1.1 reverse proxy on the public port.
