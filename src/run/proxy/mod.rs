@@ -19,6 +19,12 @@ pub(crate) mod failure;
 mod head;
 /// Binding the public port and handing it to the accept loop.
 pub(crate) mod listen;
+/// Per-worker in-flight limit learned from latency.
+#[allow(
+    dead_code,
+    reason = "wired into dispatch by the learned-concurrency change"
+)]
+pub(crate) mod limiter;
 /// Response bodies from a worker to a client, read ahead of a slow client.
 mod relay;
 /// Request bodies read whole before a worker is leased: memory, then a temporary file.
