@@ -35,6 +35,7 @@ use crate::observe::event;
 use crate::run::error::{BootFailure, Fatal};
 use crate::run::event::Event;
 use crate::run::proxy::dispatch::{Dispatcher, Slot};
+use crate::run::proxy::limiter::LimiterSettings;
 use crate::sys::Exit;
 use memstats::MemStats;
 use worker::{AppCommand, Processes, Spawn};
@@ -551,10 +552,15 @@ impl Supervisor {
             let ms = u64::try_from(life.as_millis()).unwrap_or(u64::MAX);
             now + Duration::from_millis(govern::with_jitter(ms, self.config.jitter, &mut self.rng))
         });
+        let mut slot = Slot::new(id, addr, pid.as_raw(), request_limit);
+        // MOLT_WORKER_CONCURRENCY=auto: the worker learns its capacity from its latency.
+        if let Some(settings) = LimiterSettings::from_config(&self.config) {
+            slot = slot.learning(settings);
+        }
         self.workers.push(Worker {
             id,
             pid,
-            slot: Arc::new(Slot::new(id, addr, pid.as_raw(), request_limit)),
+            slot: Arc::new(slot),
             started: now,
             ready_since: None,
             lifetime_end,

@@ -47,7 +47,8 @@ impl Supervisor {
         let workers = self
             .workers
             .iter()
-            .map(|w| WorkerRow {
+            .map(|w| (w, w.slot.learned()))
+            .map(|(w, learned)| WorkerRow {
                 id: w.id,
                 pid: w.pid.as_raw(),
                 state: match w.state {
@@ -67,6 +68,10 @@ impl Supervisor {
                 growth_per_request: w.mem.growth.map(|g| g.per_request),
                 growth_per_hour: w.mem.growth.map(|g| g.per_hour),
                 cpu_s: w.mem.cpu_ticks as f64 / ticks as f64,
+                limit: self.dispatcher.capacity_of(&w.slot),
+                learned: learned.is_some(),
+                latency_baseline: learned.and_then(|l| l.baseline),
+                latency_last: learned.and_then(|l| l.last_window),
             })
             .collect();
         StatusReport {
@@ -122,6 +127,16 @@ impl Supervisor {
         for reason in REASONS {
             let count = self.counters.recycles[reason_index(reason)];
             let _ = write!(line, " count#molt.recycles.{reason}={count}");
+        }
+        // What the ready workers take at once together; not given when one is unlimited.
+        let limits: Option<usize> = self
+            .workers
+            .iter()
+            .filter(|w| w.is_ready())
+            .map(|w| self.dispatcher.capacity_of(&w.slot))
+            .sum();
+        if let Some(total) = limits {
+            let _ = write!(line, " sample#molt.concurrency.limit={total}");
         }
         if let Some(largest) = self.workers.iter().filter_map(|w| w.mem.now).max() {
             let _ = write!(line, " sample#molt.memory.worker.max={}", mb(largest));

@@ -42,7 +42,9 @@
 //!    latency at low concurrency says nothing about a higher one, and a lightly loaded
 //!    worker would otherwise drift to the maximum. Netflix's limiters guard the same way
 //!    from half the limit; here the limit itself must be reached. Between the two
-//!    tolerances the limit holds.
+//!    tolerances the limit holds. The first window, which becomes the baseline (rule 5), is
+//!    clean by definition, so a worker kept full probes after its first window: from a
+//!    start of 1 that saves 32 answers taken one at a time.
 //! 4. **Probes back off.** A probe after which the worker queued failed: the next one
 //!    waits for twice as many clean windows, up to [`MAX_PROBE_WAIT`]. One after which
 //!    latency stayed within [`PROBE_SUCCESS`] succeeded and resets the wait. A worker at
@@ -73,6 +75,27 @@
 //!    not queueing. Each check either confirms the baseline, which ends the checks, or
 //!    lowers it, so a worker makes only a few, unlike Envoy's periodic drop to a fixed
 //!    floor, which for a Node worker at 100 means a stall every time.
+//! 7. **Queueing that few requests pay for.** Some servers do not share out their
+//!    threads fairly: Puma serves up to ten requests of one kept-alive connection in a
+//!    row, so with more requests than threads most answers are as fast as ever and a few
+//!    wait for seconds. The interquartile mean leaves those few out, which is what it is
+//!    for, so it would see no queueing at any concurrency; and the few are answered so
+//!    late that most fall outside the window, or are left out as sent under an older
+//!    limit. The mean latency by Little's law, the window's mean in-flight count over its
+//!    rate of answers, does not miss them: with the worker's throughput at its ceiling,
+//!    it grows with concurrency as on a fair server. So it is compared too, with a
+//!    baseline of its own: the average over windows that showed no queueing (the first
+//!    [`MEAN_WINDOWS`] clean ones, then those at their concurrency or below), used once it
+//!    rests on that many. More than [`MEAN_GROW_TOLERANCE`] times that baseline
+//!    makes a window not clean, so the limit stops rising one step past the threads;
+//!    more than [`MEAN_QUEUE_TOLERANCE`] times it in two windows in a row at one limit,
+//!    or more than [`MEAN_SHRINK_TOLERANCE`] times it in one, is queueing, shrinking the
+//!    limit by that ratio. These bounds are wide because a rate over 32 answers varies a
+//!    lot when a few requests are slow anyway (a report among page views, slow whatever
+//!    the concurrency): tighter ones made such a worker shrink on noise, while a gate
+//!    that only holds the limit back costs such a worker little. A window that
+//!    spans less than two latencies has no such mean (a rate needs a longer time), which
+//!    leaves rule 7 to workers whose windows are long, the ones with few threads.
 //!
 //! # Use
 //!
@@ -82,13 +105,18 @@
 //! the answer; see [`Limiter::on_sample`]. A sample costs a few comparisons and a copy into
 //! a fixed array; every [`WINDOW`] samples one in-place sort of that array and a few
 //! floating-point operations decide. Nothing allocates after [`Limiter::new`].
+//!
+//! In molt each worker's [`Slot`](super::dispatch::Slot) holds one, behind a lock of its
+//! own, and copies its limit into the capacity the dispatcher reads;
+//! [`LimiterSettings::from_config`] gives its bounds.
 
 use std::time::{Duration, Instant};
 
-/// Default most requests one worker is given at once. A Node worker that is truly flat
-/// beyond this is better served by a second worker than by a deeper single queue, and 128
-/// keeps a wrong estimate from putting the whole queue on one worker.
-pub(crate) const DEFAULT_MAX_LIMIT: usize = 128;
+use crate::config::{Concurrency, Config};
+
+/// Default most requests one worker is given at once: `MOLT_MAX_CONCURRENCY`'s default,
+/// where its reason is given.
+pub(crate) const DEFAULT_MAX_LIMIT: usize = crate::config::DEFAULT_MAX_CONCURRENCY;
 
 /// Samples per decision. With 32, a window's interquartile mean varies by about 3 % (one
 /// standard deviation) under ±20 % noise, so that one request too many for a five-thread
@@ -107,6 +135,28 @@ const PROBE_SUCCESS: f64 = 1.05;
 /// limit. A five-thread worker at six requests is 1.2 times slower; above ten threads one
 /// request too many falls inside the tolerance, which costs little at that size.
 const SHRINK_TOLERANCE: f64 = 1.15;
+
+/// A window whose mean latency by Little's law is more than this times the mean baseline
+/// is queueing, even when its interquartile mean is flat (rule 7). Wide, because such
+/// a mean varies a lot under a slow tail.
+const MEAN_SHRINK_TOLERANCE: f64 = 3.0;
+
+/// A window whose mean latency by Little's law is more than this times the mean baseline
+/// is not clean, and does not grow the limit (rule 7): one request more than five threads
+/// makes it 1.2 times the baseline, and the first window after a rise may show less.
+const MEAN_GROW_TOLERANCE: f64 = 1.1;
+
+/// Two windows in a row at one limit whose mean latency by Little's law is more than this
+/// times the mean baseline are queueing (rule 7). Two, because such a mean varies a lot
+/// under a slow tail: one window this high is common, two in a row rare.
+const MEAN_QUEUE_TOLERANCE: f64 = 1.25;
+
+/// Weight of a new window in the mean baseline's moving average, once it rests on more
+/// windows than its inverse; before, every window counts alike.
+const MEAN_WEIGHT: f64 = 0.125;
+
+/// Windows the mean baseline must rest on before rule 7 applies.
+const MEAN_WINDOWS: u32 = 3;
 
 /// Most clean windows a probe waits for after probes failed in a row: a worker at its
 /// true limit probes once in about 300 answers, and one that can take more again finds
@@ -130,6 +180,24 @@ pub(crate) struct LimiterSettings {
     pub(crate) max: usize,
 }
 
+impl LimiterSettings {
+    /// Each worker's bounds under `MOLT_WORKER_CONCURRENCY=auto`, or `None` when the
+    /// concurrency is fixed. A worker told to run `MOLT_WORKER_PROCESSES` processes (its
+    /// `WEB_CONCURRENCY`) serves at least one request per process, so it starts there;
+    /// `MOLT_MAX_CONCURRENCY` bounds it.
+    pub(crate) fn from_config(config: &Config) -> Option<Self> {
+        match config.worker_concurrency {
+            Concurrency::Auto => Some(LimiterSettings {
+                initial: config
+                    .worker_processes
+                    .clamp(1, config.max_concurrency.max(1)),
+                max: config.max_concurrency.max(1),
+            }),
+            Concurrency::Fixed(_) => None,
+        }
+    }
+}
+
 impl Default for LimiterSettings {
     fn default() -> Self {
         LimiterSettings {
@@ -144,6 +212,13 @@ impl Default for LimiterSettings {
 struct Observed {
     /// Interquartile mean of the window's latencies, in seconds.
     latency: f64,
+    /// The mean latency by Little's law, in seconds: the mean in-flight count over the
+    /// rate of answers. Unlike a mean of the samples it counts the requests that take so
+    /// long that their answers fall outside the window (rule 7). `None` when the window
+    /// spans less than two latencies (a rate needs a longer time than one request takes,
+    /// or it only measures how the answers happened to bunch), or when two of its answers
+    /// came more than two latencies apart (the worker sat idle in between).
+    mean: Option<f64>,
     /// Mean in-flight count at which the window's requests were sent.
     in_flight: f64,
     /// Whether at least half of them were sent with the worker at its limit.
@@ -157,6 +232,11 @@ struct Window {
     len: usize,
     in_flight_sum: usize,
     at_limit: usize,
+    /// When its first answer came.
+    first_at: Option<Instant>,
+    /// When its last answer came, and the longest time between two of its answers.
+    last_at: Option<Instant>,
+    longest_gap: Duration,
 }
 
 impl Window {
@@ -166,6 +246,9 @@ impl Window {
             len: 0,
             in_flight_sum: 0,
             at_limit: 0,
+            first_at: None,
+            last_at: None,
+            longest_gap: Duration::ZERO,
         }
     }
 
@@ -173,10 +256,23 @@ impl Window {
         self.len = 0;
         self.in_flight_sum = 0;
         self.at_limit = 0;
+        self.first_at = None;
+        self.last_at = None;
+        self.longest_gap = Duration::ZERO;
     }
 
     /// Adds one sample; returns the window's summary when this one filled it.
-    fn push(&mut self, latency: Duration, in_flight: usize, at_limit: bool) -> Option<Observed> {
+    fn push(
+        &mut self,
+        latency: Duration,
+        in_flight: usize,
+        at_limit: bool,
+        now: Instant,
+    ) -> Option<Observed> {
+        let first_at = *self.first_at.get_or_insert(now);
+        if let Some(last) = self.last_at.replace(now) {
+            self.longest_gap = self.longest_gap.max(now.saturating_duration_since(last));
+        }
         self.latencies[self.len] = latency;
         self.len += 1;
         self.in_flight_sum = self.in_flight_sum.saturating_add(in_flight);
@@ -188,9 +284,18 @@ impl Window {
         self.latencies.sort_unstable();
         let middle = &self.latencies[WINDOW / 4..WINDOW - WINDOW / 4];
         let latency = middle.iter().map(Duration::as_secs_f64).sum::<f64>() / to_f64(middle.len());
+        let in_flight = to_f64(self.in_flight_sum) / to_f64(WINDOW);
+        // WINDOW - 1 answers came after the first, in this time.
+        let span = now.saturating_duration_since(first_at).as_secs_f64();
+        // A gap of two latencies without an answer means the worker sat idle for a
+        // while (the clients paused), and a rate over idle time is no mean latency.
+        let busy = self.longest_gap.as_secs_f64() <= 2.0 * latency;
+        let mean = (span >= 2.0 * latency && busy)
+            .then(|| (in_flight * span / to_f64(WINDOW - 1)).max(MIN_LATENCY.as_secs_f64()));
         let observed = Observed {
             latency,
-            in_flight: to_f64(self.in_flight_sum) / to_f64(WINDOW),
+            mean,
+            in_flight,
             saturated: self.at_limit * 2 >= WINDOW,
         };
         self.clear();
@@ -240,6 +345,68 @@ impl Baseline {
     }
 }
 
+/// The mean latency (by Little's law) the worker shows without queueing (rule 7).
+#[derive(Debug, Clone, Copy)]
+struct MeanBaseline {
+    /// In seconds: the average of the windows learnt, moving once there are many;
+    /// `None` until a window had a mean.
+    mean: Option<f64>,
+    /// The concurrency it stands for: the highest of the windows it formed from.
+    at: f64,
+    /// Windows averaged in so far.
+    windows: u32,
+}
+
+impl MeanBaseline {
+    fn of(window: Observed) -> Self {
+        MeanBaseline {
+            mean: window.mean,
+            at: window.in_flight,
+            windows: u32::from(window.mean.is_some()),
+        }
+    }
+
+    /// How much slower the window's mean is than the baseline's; 1 while either is not
+    /// known, or the baseline rests on fewer than [`MEAN_WINDOWS`] windows: one window's
+    /// mean can be far from the typical one, and a baseline that low would read every
+    /// ordinary window as queueing.
+    fn ratio(&self, window: Observed) -> f64 {
+        match (window.mean, self.mean) {
+            (Some(now), Some(base)) if self.windows >= MEAN_WINDOWS => now / base,
+            _ => 1.0,
+        }
+    }
+
+    /// Averages in a window that shows no queueing: one taken at the baseline's
+    /// concurrency or below, or, while the baseline forms, one that is clean (`clean`: its
+    /// interquartile mean agrees with the baseline, and its mean is within
+    /// [`MEAN_GROW_TOLERANCE`]). A window at a higher concurrency whose mean is higher may
+    /// hold queueing, which would carry the baseline up with the limit.
+    fn learn(&mut self, window: Observed, clean: bool) {
+        let Some(mean) = window.mean else { return };
+        let Some(base) = self.mean else {
+            *self = MeanBaseline::of(window);
+            return;
+        };
+        let ratio = mean / base;
+        let low = window.in_flight <= self.at + 0.5 && ratio <= MEAN_SHRINK_TOLERANCE;
+        // Until the baseline is established, clean windows at a higher concurrency count
+        // too, and raise the concurrency it stands for: a limit rising from 1 takes one
+        // window at each step. After, they would let it creep: a window at one request
+        // more than the threads is clean now and then by chance, and each one would carry
+        // the baseline, and with it the limit, a little higher.
+        let forming = self.windows < MEAN_WINDOWS && clean && ratio <= MEAN_GROW_TOLERANCE;
+        if forming {
+            self.at = self.at.max(window.in_flight);
+        }
+        if low || forming {
+            self.windows = self.windows.saturating_add(1);
+            let weight = (1.0 / f64::from(self.windows)).max(MEAN_WEIGHT);
+            self.mean = Some(base + weight * (mean - base));
+        }
+    }
+}
+
 /// The last change of the limit whose outcome is still to be judged.
 #[derive(Debug, Clone, Copy)]
 enum Pending {
@@ -262,6 +429,8 @@ pub(crate) struct Limiter {
     changed_at: Option<Instant>,
     window: Window,
     baseline: Option<Baseline>,
+    /// Set with `baseline`, whenever that is set anew.
+    mean_baseline: Option<MeanBaseline>,
     pending: Pending,
     /// The window that started the current run of shrinks, while latency has stayed
     /// high since: if cutting concurrency does not bring latency down, the app itself got
@@ -269,10 +438,20 @@ pub(crate) struct Limiter {
     shrunk_from: Option<Observed>,
     /// Clean, saturated windows needed before the next probe upward.
     probe_wait: u32,
+    /// The limit of the last probe that failed, until the baseline is re-learnt: the
+    /// limit approaches it one step at a time.
+    failed_at: Option<usize>,
     /// Clean, saturated windows since the last change.
     clean: u32,
     /// Windows since the baseline was last checked.
     since_check: u32,
+    /// The last closed window's latency, in seconds, for `molt status`.
+    last_window: Option<f64>,
+    /// The last window's mean (rule 7) was beyond [`MEAN_QUEUE_TOLERANCE`], at this limit.
+    mean_high: bool,
+    /// A window has shown queueing: the limit has met a value the worker cannot pass.
+    /// Until then it has only risen, or held, from where it started.
+    queued_once: bool,
 }
 
 impl Limiter {
@@ -284,17 +463,40 @@ impl Limiter {
             changed_at: None,
             window: Window::new(),
             baseline: None,
+            mean_baseline: None,
             pending: Pending::Nothing,
             shrunk_from: None,
             probe_wait: 1,
+            failed_at: None,
             clean: 0,
             since_check: 0,
+            last_window: None,
+            mean_high: false,
+            queued_once: false,
         }
     }
 
     /// Requests the worker may hold at once now; always within `1..=max`.
     pub(crate) fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// The latency the worker shows without queueing, once one window has closed.
+    pub(crate) fn baseline(&self) -> Option<Duration> {
+        self.baseline.map(|b| Duration::from_secs_f64(b.latency))
+    }
+
+    /// The latency of the last closed window (its interquartile mean).
+    pub(crate) fn last_window(&self) -> Option<Duration> {
+        self.last_window.map(Duration::from_secs_f64)
+    }
+
+    /// Whether the limit is still finding its level from below: no window has shown
+    /// queueing yet and the limit is under its maximum, so while the worker is kept full
+    /// the limit goes on rising. Requests queued for such a worker wait for its growth,
+    /// not for another worker (see the scaler).
+    pub(crate) fn is_rising(&self) -> bool {
+        !self.queued_once && self.limit < self.max
     }
 
     /// Records one answered request.
@@ -317,7 +519,7 @@ impl Limiter {
         let at_limit = in_flight >= self.limit;
         if let Some(window) = self
             .window
-            .push(latency.max(MIN_LATENCY), in_flight, at_limit)
+            .push(latency.max(MIN_LATENCY), in_flight, at_limit, now)
         {
             self.decide(window, now);
         }
@@ -329,31 +531,49 @@ impl Limiter {
             self.limit = limit;
             self.changed_at = Some(now);
             self.clean = 0;
+            self.mean_high = false;
             // Samples already gathered were taken under the old limit.
             self.window.clear();
         }
     }
 
     fn decide(&mut self, window: Observed, now: Instant) {
-        let Some(mut baseline) = self.baseline else {
-            self.baseline = Some(Baseline::of(window));
-            return;
-        };
+        self.last_window = Some(window.latency);
         let pending = std::mem::replace(&mut self.pending, Pending::Nothing);
+        let first = self.baseline.is_none();
+        let mut baseline = self.baseline.unwrap_or_else(|| Baseline::of(window));
+        let mut mean_baseline = self
+            .mean_baseline
+            .unwrap_or_else(|| MeanBaseline::of(window));
         if let Pending::Checking { restore } = pending {
             baseline.learn(window, true);
+            mean_baseline.learn(window, window.latency <= baseline.latency * GROW_TOLERANCE);
             self.baseline = Some(baseline);
+            self.mean_baseline = Some(mean_baseline);
             self.set_limit(restore, now);
             return;
         }
-        if self.limit == 1 {
+        if first {
+            // The first window is the baseline, and so clean by definition: taken at the
+            // limit, it leads to the first probe at once rather than a window later, which
+            // at a start of 1 is 32 more answers, one at a time, before the limit can move.
+        } else if self.limit == 1 {
             // Alone on the worker, a request waits behind none of molt's: its latency is
             // the latency without queueing, whatever it is now. Without this, a worker
             // already at 1 whose app got slower could never re-learn its baseline, since
             // there is no lower limit left to shrink to.
+            // The mean, noisier, is still averaged, as one window's mean would be a poor
+            // baseline for the windows after it, unless the app itself got faster or
+            // slower.
+            if (window.latency / baseline.latency - 1.0).abs() > GROW_TOLERANCE - 1.0 {
+                mean_baseline = MeanBaseline::of(window);
+            } else {
+                mean_baseline.learn(window, true);
+            }
             baseline = Baseline::of(window);
         } else {
             baseline.learn(window, false);
+            mean_baseline.learn(window, window.latency <= baseline.latency * GROW_TOLERANCE);
         }
         if let Some(before) = self.shrunk_from {
             if window.latency > baseline.latency * SHRINK_TOLERANCE
@@ -365,20 +585,33 @@ impl Limiter {
                 let queueing = before.latency * window.in_flight / before.in_flight;
                 if window.latency >= f64::midpoint(before.latency, queueing) {
                     baseline = Baseline::of(window);
+                    mean_baseline = MeanBaseline::of(window);
+                    self.failed_at = None;
                 }
             }
         }
         self.baseline = Some(baseline);
-        let ratio = window.latency / baseline.latency;
+        self.mean_baseline = Some(mean_baseline);
+        let mean_ratio = mean_baseline.ratio(window);
+        let mut ratio = window.latency / baseline.latency;
+        // Queueing that only a few requests pay for (rule 7): far beyond the baseline in
+        // one window, or clearly beyond it in two in a row at the same limit.
+        let high = mean_ratio > MEAN_QUEUE_TOLERANCE;
+        if mean_ratio > MEAN_SHRINK_TOLERANCE || (high && self.mean_high) {
+            ratio = ratio.max(mean_ratio);
+        }
+        self.mean_high = high;
         let probed = matches!(pending, Pending::Grew);
 
         if ratio > SHRINK_TOLERANCE {
+            self.queued_once = true;
             self.clean = 0;
             let parallel = round_to_usize(window.in_flight / ratio);
             let target = parallel.max(self.limit.div_ceil(2)).min(self.limit - 1);
             if target >= 1 {
                 if probed {
                     self.probe_wait = self.probe_wait.saturating_mul(2).min(MAX_PROBE_WAIT);
+                    self.failed_at = Some(self.limit);
                 }
                 self.shrunk_from.get_or_insert(window);
                 self.set_limit(target, now);
@@ -387,7 +620,7 @@ impl Limiter {
         }
         // Latency is back in range: the shrinks that led here were justified.
         self.shrunk_from = None;
-        if ratio <= GROW_TOLERANCE {
+        if ratio <= GROW_TOLERANCE && mean_ratio <= MEAN_GROW_TOLERANCE {
             if probed && ratio <= PROBE_SUCCESS {
                 self.probe_wait = 1;
             }
@@ -395,9 +628,14 @@ impl Limiter {
                 self.clean = self.clean.saturating_add(1);
                 if self.clean >= self.probe_wait && self.limit < self.max {
                     // Big steps while probes succeed, one at a time next to a limit where
-                    // one failed.
-                    let step = if self.probe_wait == 1 {
-                        self.limit.isqrt()
+                    // one failed: a step that would reach or pass the last failed probe
+                    // (one lucky window can make a probe look a success) is one.
+                    let big = self.limit.isqrt();
+                    let clear = self
+                        .failed_at
+                        .is_none_or(|failed| self.limit.saturating_add(big) < failed);
+                    let step = if self.probe_wait == 1 && clear {
+                        big
                     } else {
                         1
                     };
@@ -675,6 +913,140 @@ mod tests {
         let zero_max = LimiterSettings { initial: 3, max: 0 };
         assert_eq!(Limiter::new(zero_max).limit(), 1);
         assert_eq!(LimiterSettings::default().max, 128);
+    }
+
+    #[test]
+    fn a_full_worker_probes_after_its_first_window() {
+        // At a start of 1 each window is 32 answers one at a time (3.2 s at 100 ms); the
+        // first one is the baseline and is clean by definition, so it is also the first
+        // step up, not a window more.
+        let curve = |n, _| threads(5, 50 * MS, n);
+        let mut sim = Sim::new(settings(1), 20, &curve);
+        assert!(sim.limiter.is_rising());
+        assert_eq!(
+            (sim.limiter.baseline(), sim.limiter.last_window()),
+            (None, None)
+        );
+        sim.run(WINDOW);
+        assert_eq!(sim.limiter.limit(), 2);
+        let baseline = sim.limiter.baseline().unwrap();
+        assert!(baseline.abs_diff(50 * MS) < MS, "{baseline:?}");
+        assert_eq!(sim.limiter.last_window(), Some(baseline));
+        assert!(sim.limiter.is_rising());
+    }
+
+    #[test]
+    fn the_limit_stops_rising_once_a_window_shows_queueing() {
+        let curve = |n, _| threads(1, 50 * MS, n);
+        let mut sim = Sim::new(settings(1), 20, &curve);
+        sim.run(WINDOW);
+        assert_eq!(sim.limiter.limit(), 2, "the first probe");
+        assert!(sim.limiter.is_rising());
+        // The probe's window is twice as slow: back to 1, and the level is found.
+        sim.run(WINDOW + 2);
+        assert_eq!(sim.limiter.limit(), 1);
+        assert!(!sim.limiter.is_rising());
+        let last = sim.limiter.last_window().unwrap();
+        assert!(last.abs_diff(100 * MS) < 2 * MS, "{last:?}");
+
+        // A limit at its maximum does not rise either.
+        let flat = |_, _| 10 * MS;
+        let bounded = LimiterSettings { initial: 1, max: 2 };
+        let mut sim = Sim::new(bounded, 20, &flat);
+        sim.run(WINDOW);
+        assert_eq!(sim.limiter.limit(), 2);
+        assert!(!sim.limiter.is_rising());
+    }
+
+    #[test]
+    fn settings_follow_the_configuration() {
+        use crate::config::{Concurrency, Config};
+        let auto = Config::default();
+        assert_eq!(
+            LimiterSettings::from_config(&auto),
+            Some(LimiterSettings {
+                initial: 1,
+                max: DEFAULT_MAX_LIMIT
+            })
+        );
+        let processes = Config {
+            worker_processes: 4,
+            max_concurrency: 3,
+            ..Config::default()
+        };
+        assert_eq!(
+            LimiterSettings::from_config(&processes),
+            Some(LimiterSettings { initial: 3, max: 3 }),
+            "MOLT_WORKER_PROCESSES implies a start, within the bound"
+        );
+        for fixed in [0, 1, 8] {
+            let config = Config {
+                worker_concurrency: Concurrency::Fixed(fixed),
+                ..Config::default()
+            };
+            assert_eq!(LimiterSettings::from_config(&config), None);
+        }
+    }
+
+    #[test]
+    fn queueing_that_few_requests_pay_for_still_stops_the_limit() {
+        // Puma serves up to ten requests of one kept-alive connection in a row: beyond its
+        // threads, nine answers in ten are as fast as ever and the tenth waits for all the
+        // extra ones, so that the mean grows as on a fair server (Little's law) while the
+        // interquartile mean stays flat. Without rule 7 the limit rose to the maximum.
+        let sent = std::cell::Cell::new(0u32);
+        let base = 50 * MS;
+        let curve = move |n: usize, _| {
+            sent.set(sent.get() + 1);
+            let n = u32::try_from(n).unwrap();
+            if n <= 5 || sent.get() % 10 != 0 {
+                base
+            } else {
+                // Ten times the excess, on one request in ten: a mean of base * n / 5.
+                base + base * 10 * (n - 5) / 5
+            }
+        };
+        let mut sim = Sim::new(settings(1), 50, &curve);
+        sim.run(6000);
+        let (low, high, _) = sim.span(3000, 6000);
+        let share = sim.throughput(3000, 6000) / (5.0 / base.as_secs_f64());
+        println!(
+            "limiter 5 threads, unfair: settled {low}..={high}, final {}, throughput {share:.2} of best",
+            sim.limiter.limit()
+        );
+        assert!(low >= 4 && high <= 7, "settled {low}..={high}");
+        assert!(share > 0.9, "throughput {share}");
+    }
+
+    #[test]
+    fn a_pause_in_the_traffic_is_not_queueing() {
+        // Regression: a window whose answers straddled a pause of the clients had a rate
+        // over idle time, so its mean by Little's law looked like heavy queueing, and the
+        // limit fell (and stopped rising) though no request had waited.
+        // At its maximum of 4, each window spans eight latencies: long enough for a rate.
+        let mut limiter = Limiter::new(LimiterSettings { initial: 4, max: 4 });
+        let origin = Instant::now();
+        let mut now = Duration::ZERO;
+        let answer = |limiter: &mut Limiter, now: &mut Duration, pause: Duration| {
+            // A server flat at any concurrency: the limit's requests in flight, 10 ms each,
+            // so an answer every 10 ms / limit.
+            *now += pause + 10 * MS / u32::try_from(limiter.limit()).unwrap();
+            limiter.on_sample(10 * MS, limiter.limit(), origin + *now);
+        };
+        for _ in 0..(8 * WINDOW) {
+            answer(&mut limiter, &mut now, Duration::ZERO);
+        }
+        let before = limiter.limit();
+        // The window holding the pause closes within the next two windows' answers.
+        for i in 0..(2 * WINDOW) {
+            let pause = if i == WINDOW / 2 {
+                5000 * MS
+            } else {
+                Duration::ZERO
+            };
+            answer(&mut limiter, &mut now, pause);
+        }
+        assert_eq!((before, limiter.limit()), (4, 4));
     }
 
     #[test]
