@@ -1189,6 +1189,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn workers_learn_their_concurrency_unless_it_is_fixed() {
+        use crate::config::Concurrency;
+        // auto, the default: each worker learns, starting at its processes.
+        let mut h = Harness::new(Config {
+            worker_processes: 3,
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        let slot = Arc::clone(&h.sup.workers[0].slot);
+        assert_eq!(slot.learned().map(|l| l.limit), Some(3));
+        assert_eq!(h.dispatcher.capacity_of(&slot), Some(3));
+        // A fixed number: the dispatcher's capacity, nothing learnt.
+        let mut h = Harness::new(Config {
+            worker_concurrency: Concurrency::Fixed(2),
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        assert!(h.sup.workers[0].slot.learned().is_none());
+    }
+
+    #[tokio::test]
     async fn a_worker_busy_from_its_first_moment_still_sizes_the_pool() {
         // No caps or maximum set: both follow from the footprint.
         let mut h = ready(
