@@ -15,8 +15,8 @@
 //! `MOLT_MIN_WORKERS` is an error even when `--workers` overrides it, because molt never
 //! guesses what a user meant.
 //!
-//! An unknown key in `molt.toml` warns at run time and fails the build (DESIGN 4.10):
-//! [`load`] is the run-time behaviour, [`load_with`] with [`Strictness::Build`] the
+//! An unknown key in `molt.toml` warns at run time and fails the build (a typo must fail
+//! the build, not a running dyno): [`load`] is the run-time behaviour, [`load_with`] with [`Strictness::Build`] the
 //! buildpack's.
 
 use std::collections::HashMap;
@@ -68,11 +68,21 @@ pub(crate) enum Mode {
     Prefork,
 }
 
+/// How many requests one worker takes at once (`MOLT_WORKER_CONCURRENCY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Concurrency {
+    /// Learned per worker from its latency (ARCHITECTURE.md), from what the worker's environment
+    /// implies, within 1 and `max_concurrency`.
+    Auto,
+    /// This many; 0 is unlimited.
+    Fixed(usize),
+}
+
 /// Whether a request body is read whole before a worker is leased (slow-client protection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BufferMode {
-    /// On when workers take one request at a time (Unicorn, gunicorn sync), where a slow
-    /// upload would hold a whole worker.
+    /// On while workers take one request at a time (Unicorn, gunicorn sync, or a learned
+    /// limit of 1), where a slow upload would hold a whole worker.
     Auto,
     On,
     Off,
@@ -123,8 +133,10 @@ pub(crate) struct Config {
     pub min_workers: usize,
     /// Most workers; `None` derives it from the memory budget and the CPUs (see `budget`).
     pub max_workers: Option<usize>,
-    /// Requests one worker takes at once; 0 means unlimited.
-    pub worker_concurrency: usize,
+    /// Requests one worker takes at once: learned, or fixed (0 unlimited).
+    pub worker_concurrency: Concurrency,
+    /// Most requests a worker's learned limit reaches.
+    pub max_concurrency: usize,
     /// Requests that may wait for a worker; more get 503.
     pub max_queue: usize,
     /// Longest a request may wait for a worker before 503.
@@ -197,8 +209,14 @@ pub(crate) const DEFAULT_MIN_WORKERS: usize = 1;
 /// Derived from the memory budget, the measured worker footprint and the CPUs, because no
 /// fixed number suits both a 512 MB dyno and a 14 GB one (see `budget`).
 pub(crate) const DEFAULT_MAX_WORKERS: Option<usize> = None;
-/// One request per worker: the process model of Unicorn, gunicorn sync and Puma with one thread.
-pub(crate) const DEFAULT_WORKER_CONCURRENCY: usize = 1;
+/// Learned: no one number suits a Unicorn child (1), Puma (its threads) and an I/O-bound
+/// Node process (a hundred or more), and a wrong fixed number either starves the worker or
+/// queues requests inside it, where no other worker can take them.
+pub(crate) const DEFAULT_WORKER_CONCURRENCY: Concurrency = Concurrency::Auto;
+/// A Node worker that is truly flat beyond this is better served by a second worker than by
+/// a deeper queue inside one, and the bound keeps a wrong estimate from putting the whole
+/// queue on one worker.
+pub(crate) const DEFAULT_MAX_CONCURRENCY: usize = 128;
 /// Passenger's default queue length; beyond it a request gets 503 at once.
 pub(crate) const DEFAULT_MAX_QUEUE: usize = 100;
 /// Below Heroku's 30s router timeout (H12), so a queued request gets molt's 503 instead.
@@ -285,6 +303,7 @@ impl Default for Config {
             min_workers: DEFAULT_MIN_WORKERS,
             max_workers: DEFAULT_MAX_WORKERS,
             worker_concurrency: DEFAULT_WORKER_CONCURRENCY,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
             max_queue: DEFAULT_MAX_QUEUE,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
@@ -696,7 +715,8 @@ mod tests {
             port: 8080,
             min_workers: 3,
             max_workers: Some(6),
-            worker_concurrency: 0,
+            worker_concurrency: Concurrency::Fixed(0),
+            max_concurrency: 64,
             max_queue: 50,
             queue_timeout: Duration::from_secs(10),
             boot_timeout: Duration::from_secs(90),

@@ -11,8 +11,8 @@ use nix::sys::signal::Signal;
 use toml_edit::Item;
 
 use super::{
-    default_control_socket, BindMode, BufferMode, Config, LogLevel, MemoryAmount, Mode,
-    DEFAULT_MAX_BODY,
+    default_control_socket, BindMode, BufferMode, Concurrency, Config, LogLevel, MemoryAmount,
+    Mode, DEFAULT_MAX_BODY,
 };
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 
@@ -198,13 +198,30 @@ pub(crate) static SETTINGS: &[Setting] = &[
         key: "worker_concurrency",
         env: "MOLT_WORKER_CONCURRENCY",
         flag: Some("--concurrency"),
-        kind: Kind::Count {
+        kind: Kind::AutoCount {
             min: 0,
             max: u32::MAX,
-            set: |c, n| c.worker_concurrency = n as usize,
-            get: |c| c.worker_concurrency as u64,
+            set: |c, n| {
+                c.worker_concurrency = n.map_or(Concurrency::Auto, |n| Concurrency::Fixed(n as usize));
+            },
+            get: |c| match c.worker_concurrency {
+                Concurrency::Auto => None,
+                Concurrency::Fixed(n) => Some(n as u64),
+            },
         },
-        doc: "Requests one worker takes at once; 0 means unlimited.",
+        doc: "Requests one worker takes at once; auto learns it per worker from its latency, starting at worker_processes; 0 means unlimited.",
+    },
+    Setting {
+        key: "max_concurrency",
+        env: "MOLT_MAX_CONCURRENCY",
+        flag: None,
+        kind: Kind::Count {
+            min: 1,
+            max: 10_000,
+            set: |c, n| c.max_concurrency = n as usize,
+            get: |c| c.max_concurrency as u64,
+        },
+        doc: "Most requests a learned worker_concurrency reaches.",
     },
     Setting {
         key: "max_queue",
@@ -512,7 +529,7 @@ pub(crate) static SETTINGS: &[Setting] = &[
             ("on", |c| c.buffer_requests = BufferMode::On),
             ("off", |c| c.buffer_requests = BufferMode::Off),
         ]),
-        doc: "Read request bodies whole before a worker is leased (auto: when worker concurrency is 1).",
+        doc: "Read request bodies whole before a worker is leased (auto: while a ready worker takes one request at a time).",
     },
     Setting {
         key: "max_body",
@@ -754,7 +771,10 @@ fn auto_count_from(raw: Raw<'_>, min: u32, max: u32) -> Result<Option<u32>, Stri
     }
     count_from(raw, min, max)
         .map(Some)
-        .map_err(|_| format!("auto or a whole number from {min} to {max}"))
+        .map_err(|_| match (min, max) {
+            (0, u32::MAX) => "auto or a whole number, 0 or more".to_owned(),
+            _ => format!("auto or a whole number from {min} to {max}"),
+        })
 }
 
 /// `off` or a zero duration as `None`, or a duration (see [`duration_from`]).
@@ -964,7 +984,17 @@ mod tests {
             ("min_workers", "2.5", Err("a whole number from 1 to 1024")),
             ("min_workers", " 2", Err("a whole number from 1 to 1024")),
             ("worker_concurrency", "0", Ok("0")),
-            ("worker_concurrency", "-1", Err("a whole number, 0 or more")),
+            ("worker_concurrency", "auto", Ok("auto")),
+            ("worker_concurrency", "AUTO", Ok("auto")),
+            ("worker_concurrency", "", Ok("auto")),
+            ("worker_concurrency", "8", Ok("8")),
+            (
+                "worker_concurrency",
+                "-1",
+                Err("auto or a whole number, 0 or more"),
+            ),
+            ("max_concurrency", "0", Err("a whole number of at least 1")),
+            ("max_concurrency", "32", Ok("32")),
             ("max_queue", "0", Ok("0")),
             (
                 "max_queue",
@@ -995,6 +1025,15 @@ mod tests {
             apply("max_boot_failures", "9").unwrap().0.max_boot_failures,
             9
         );
+        let concurrency = |text| {
+            apply("worker_concurrency", text)
+                .unwrap()
+                .0
+                .worker_concurrency
+        };
+        assert_eq!(concurrency("auto"), Concurrency::Auto);
+        assert_eq!(concurrency("3"), Concurrency::Fixed(3));
+        assert_eq!(concurrency("0"), Concurrency::Fixed(0), "0 is unlimited");
     }
 
     #[test]

@@ -49,6 +49,46 @@ pub(crate) struct WorkerRow {
     pub(crate) growth_per_hour: Option<f64>,
     /// CPU time of the worker's tree, seconds.
     pub(crate) cpu_s: f64,
+    /// Requests it takes at once now (learned or fixed); `None` is unlimited.
+    pub(crate) limit: Option<usize>,
+    /// Whether `limit` is learned from latency (`MOLT_WORKER_CONCURRENCY=auto`).
+    pub(crate) learned: bool,
+    /// A learned limit's baseline latency (without queueing) and its last window's.
+    pub(crate) latency_baseline: Option<Duration>,
+    pub(crate) latency_last: Option<Duration>,
+}
+
+/// A limit for the table: the number, `~` after a learned one, `none` for unlimited.
+fn limit(w: &WorkerRow) -> String {
+    if w.role == "child" {
+        // Its master's connections are handed to it by the kernel: the limit is the master's.
+        return "-".to_owned();
+    }
+    match w.limit {
+        None => "none".to_owned(),
+        Some(n) if w.learned => format!("{n}~"),
+        Some(n) => n.to_string(),
+    }
+}
+
+/// A latency for the table, to a tenth of a millisecond below 10 ms.
+fn latency(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "-".to_owned(),
+        |d| {
+            let ms = d.as_secs_f64() * 1000.0;
+            if ms < 10.0 {
+                format!("{ms:.1}ms")
+            } else {
+                format!("{ms:.0}ms")
+            }
+        },
+    )
+}
+
+/// A latency for JSON: milliseconds to a hundredth.
+fn millis(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| (d.as_secs_f64() * 100_000.0).round() / 100.0)
 }
 
 fn size(bytes: Option<u64>) -> String {
@@ -70,6 +110,12 @@ pub(crate) fn text(r: &StatusReport) -> String {
         "molt {}: {workers} workers (min {}, max {}, wanted {}), queue {}, mode {mode}\n",
         r.pid, r.min_workers, r.max_workers, r.desired, r.queue
     );
+    if r.workers.iter().any(|w| w.learned) {
+        let _ = writeln!(
+            out,
+            "limits marked ~ are learned from each worker's latency (MOLT_WORKER_CONCURRENCY=auto)"
+        );
+    }
     let _ = writeln!(
         out,
         "memory: pool {} of {} usable; budget {} ({}); caps {} soft, {} hard; molt itself {}",
@@ -89,7 +135,7 @@ pub(crate) fn text(r: &StatusReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:>4} {:>8} {:<6} {:<9} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>8}",
+        "\n{:>4} {:>8} {:<6} {:<9} {:>8} {:>9} {:>9} {:>6} {:>17} {:>8} {:>8} {:>10} {:>9} {:>8}",
         "id",
         "pid",
         "role",
@@ -97,6 +143,8 @@ pub(crate) fn text(r: &StatusReport) -> String {
         "age",
         "requests",
         "in-flight",
+        "limit",
+        "latency base/last",
         "memory",
         "peak",
         "growth/req",
@@ -104,9 +152,10 @@ pub(crate) fn text(r: &StatusReport) -> String {
         "cpu"
     );
     for w in &r.workers {
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
-            "{:>4} {:>8} {:<6} {:<9} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>7.1}s",
+            "{:>4} {:>8} {:<6} {:<9} {:>8} {:>9} {:>9} {:>6} {:>17} {:>8} {:>8} {:>10} {:>9} {:>7.1}s",
             w.id,
             w.pid,
             w.role,
@@ -115,6 +164,8 @@ pub(crate) fn text(r: &StatusReport) -> String {
             w.requests.map_or_else(|| "-".to_owned(), |n| n.to_string()),
             w.in_flight
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            limit(w),
+            format!("{}/{}", latency(w.latency_baseline), latency(w.latency_last)),
             size(w.memory),
             format_size(w.peak),
             rate(w.growth_per_request),
@@ -143,6 +194,10 @@ pub(crate) fn json(r: &StatusReport) -> String {
                 "age_s": w.age_s,
                 "requests": w.requests,
                 "in_flight": w.in_flight,
+                "limit": w.limit,
+                "limit_learned": w.learned,
+                "latency_baseline_ms": millis(w.latency_baseline),
+                "latency_last_ms": millis(w.latency_last),
                 "memory": w.memory,
                 "peak": w.peak,
                 "growth_per_request": tenths(w.growth_per_request),
@@ -170,4 +225,93 @@ pub(crate) fn json(r: &StatusReport) -> String {
         "workers": workers,
     });
     format!("{report}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(limit: Option<usize>, learned: bool) -> WorkerRow {
+        WorkerRow {
+            id: 1,
+            pid: 4242,
+            role: "worker",
+            state: "ready",
+            age_s: 30,
+            requests: Some(1203),
+            in_flight: Some(3),
+            memory: Some(80 << 20),
+            peak: 90 << 20,
+            growth_per_request: None,
+            growth_per_hour: None,
+            cpu_s: 1.5,
+            limit,
+            learned,
+            latency_baseline: learned.then_some(Duration::from_micros(101_234)),
+            latency_last: learned.then_some(Duration::from_micros(4_560)),
+        }
+    }
+
+    fn report(workers: Vec<WorkerRow>) -> StatusReport {
+        StatusReport {
+            pid: 7,
+            budget: 512 << 20,
+            budget_source: "cgroup".to_owned(),
+            usable: 430 << 20,
+            soft_cap: 200 << 20,
+            hard_cap: 300 << 20,
+            min_workers: 1,
+            max_workers: 2,
+            desired: 1,
+            queue: 0,
+            pool_memory: 80 << 20,
+            molt_rss: 5 << 20,
+            memory_guard_paused_s: None,
+            mode: "pool",
+            server: None,
+            workers,
+        }
+    }
+
+    #[test]
+    fn each_worker_shows_its_limit_and_latency() {
+        // The limit and latency columns of each worker's line.
+        let columns = |text: &str| -> Vec<(String, String)> {
+            text.lines()
+                .filter(|l| l.contains("4242"))
+                .map(|l| {
+                    let cells: Vec<&str> = l.split_whitespace().collect();
+                    (cells[7].to_owned(), cells[8].to_owned())
+                })
+                .collect()
+        };
+        let learned = text_of(vec![row(Some(20), true)]);
+        assert!(learned.contains("limits marked ~ are learned"), "{learned}");
+        assert!(learned.contains(" in-flight  limit latency base/last "));
+        let cell = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(columns(&learned), [cell("20~", "101ms/4.6ms")]);
+
+        let fixed = text_of(vec![row(Some(1), false), row(None, false)]);
+        assert!(!fixed.contains("learned"));
+        assert_eq!(columns(&fixed), [cell("1", "-/-"), cell("none", "-/-")]);
+
+        let json: serde_json::Value =
+            serde_json::from_str(&json(&report(vec![row(Some(20), true)]))).unwrap();
+        let w = &json["workers"][0];
+        assert_eq!(w["limit"], 20);
+        assert_eq!(w["limit_learned"], true);
+        assert_eq!(w["latency_baseline_ms"], 101.23);
+        assert_eq!(w["latency_last_ms"], 4.56);
+        let json: serde_json::Value =
+            serde_json::from_str(&json_of(vec![row(None, false)])).unwrap();
+        assert!(json["workers"][0]["limit"].is_null(), "unlimited");
+    }
+
+    fn text_of(workers: Vec<WorkerRow>) -> String {
+        text(&report(workers))
+    }
+
+    fn json_of(workers: Vec<WorkerRow>) -> String {
+        json(&report(workers))
+    }
 }

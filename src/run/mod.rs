@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::config::{BindMode, BufferMode, Config};
+use crate::config::{BindMode, BufferMode, Concurrency, Config};
 use crate::observe::control::Command;
 use crate::observe::event;
 use crate::sys::Exit;
@@ -129,11 +129,15 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
         int: handle(SignalKind::interrupt(), "handle SIGINT")?,
         hup: handle(SignalKind::hangup(), "handle SIGHUP")?,
     };
-    let dispatcher = Dispatcher::new(
-        config.worker_concurrency,
-        config.max_queue,
-        config.queue_timeout,
-    );
+    // With a learned concurrency every worker has a capacity of its own; the dispatcher's
+    // is then where they start, which is what a pool with no worker ready yet is taken to
+    // have.
+    let capacity = match config.worker_concurrency {
+        Concurrency::Fixed(n) => n,
+        Concurrency::Auto => proxy::limiter::LimiterSettings::from_config(&config)
+            .map_or(1, |settings| settings.initial),
+    };
+    let dispatcher = Dispatcher::new(capacity, config.max_queue, config.queue_timeout);
     let (facts, cgroup_warning) = crate::sys::facts();
     if let Some(warning) = cgroup_warning {
         event!(Warn, "cgroup", error = warning);
@@ -166,10 +170,10 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
         dispatcher,
         events: links.events.clone(),
         request_timeout: config.request_timeout,
-        buffer_requests: match config.buffer_requests {
-            BufferMode::On => true,
-            BufferMode::Off => false,
-            BufferMode::Auto => config.worker_concurrency == 1,
+        buffering: match config.buffer_requests {
+            BufferMode::On => proxy::Buffering::Always,
+            BufferMode::Off => proxy::Buffering::Never,
+            BufferMode::Auto => proxy::Buffering::WhileOneAtATime,
         },
         max_body: config.max_body,
         timeouts: proxy::conn::Timeouts {

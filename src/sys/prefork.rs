@@ -27,10 +27,6 @@
 //! The answer is a snapshot of processes molt did not fork. A child forked a moment ago
 //! still carries its master's title and is not counted until it renames itself, a few
 //! milliseconds later; the caller detects again when the count matters.
-#![allow(
-    dead_code,
-    reason = "the supervisor adopts a preforking master in a later change"
-)]
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -642,7 +642,7 @@ fn compile_says_what_will_run_and_never_shows_the_apps_config_vars() {
            \x20      Settings in force (molt plan, run where the app runs, adds the memory budget and caps derived from them):\n\
            \x20        min_workers         1      default\n\
            \x20        max_workers         auto   default\n\
-           \x20        worker_concurrency  1      default\n\
+           \x20        worker_concurrency  auto   default\n\
            \x20        memory_limit        auto   default\n\
            \x20        memory_target       85%    default\n\
            \x20        worker_memory       230MB  config var MOLT_WORKER_MEMORY\n\

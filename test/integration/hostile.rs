@@ -481,6 +481,7 @@ fn single_worker(env: &[(&'static str, &'static str)]) -> Molt {
     pool(1, |builder| {
         let builder = builder
             .env("MOLT_MAX_WORKERS", "1")
+            .env("MOLT_WORKER_CONCURRENCY", "1")
             .env("MOLT_QUEUE_TIMEOUT", QUEUE_TIMEOUT);
         env.iter()
             .fold(builder, |builder, (key, value)| builder.env(key, value))

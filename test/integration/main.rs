@@ -6,6 +6,9 @@ mod buildpack;
 /// The Cloud Native Buildpack as the lifecycle runs it: descriptors parsed with
 /// `libcnb-data`, detect, build, and the web process started as the launcher starts it.
 mod cnb;
+/// Learned concurrency on real app servers: Node I/O- and CPU-bound, Unicorn, Puma,
+/// against bare Node's throughput measured in the same test; buffering per request.
+mod concurrency;
 /// The documentation: every relative link in README.md, ARCHITECTURE.md and docs/*.md
 /// resolves, anchors included, and README's set-up section gives `make demo` and `make test`.
 mod docs;

@@ -205,9 +205,12 @@ fn request_timeout_gives_504_and_replaces_the_stuck_worker() {
 
 #[test]
 fn pool_scales_up_under_a_burst_and_back_down_when_idle() {
+    // One request per worker: a learned limit would first hold the burst back while it
+    // rises (`concurrency::*` covers scaling with learned limits).
     let molt = pool(1, |b| {
         b.env("MOLT_MAX_WORKERS", "3")
             .env("MOLT_IDLE_TIMEOUT", "1s")
+            .env("MOLT_WORKER_CONCURRENCY", "1")
     });
     let port = molt.port();
     let burst: Vec<_> = (0..6)
@@ -323,6 +326,7 @@ fn metrics_line_is_l2met() {
         "sample#molt.memory.pool=",
         "sample#molt.memory.limit=",
         "sample#molt.queue=0",
+        "sample#molt.concurrency.limit=1",
         "measure#molt.queue_wait.p95=",
         "count#molt.recycles.memory=0",
     ] {

@@ -40,8 +40,12 @@ fn hold_worker(port: u16, ms: u64) -> thread::JoinHandle<u16> {
 
 #[test]
 fn requests_spread_over_workers() {
-    // A fixed pool: the scaler would otherwise add workers for the queued requests.
-    let molt = pool(3, |b| b.env("MOLT_MAX_WORKERS", "3"));
+    // A fixed pool: the scaler would otherwise add workers for the queued requests. One
+    // request per worker, as this is about spreading requests that queue.
+    let molt = pool(3, |b| {
+        b.env("MOLT_MAX_WORKERS", "3")
+            .env("MOLT_WORKER_CONCURRENCY", "1")
+    });
     let port = molt.port();
     let pids: Vec<String> = (0..6)
         .map(|_| thread::spawn(move || get(port, "/sleep?ms=400").expect("request completes")))
@@ -307,9 +311,12 @@ fn hop_by_hop_headers_are_dropped_and_request_start_added() {
 
 #[test]
 fn full_queue_gives_503_with_retry_after() {
-    // One worker only: the scaler would otherwise start another for the queue.
+    // One worker only, taking one request at a time: the scaler would otherwise start
+    // another for the queue, and a learned limit could let the waiting requests in.
     let molt = pool(1, |b| {
-        b.env("MOLT_MAX_QUEUE", "1").env("MOLT_MAX_WORKERS", "1")
+        b.env("MOLT_MAX_QUEUE", "1")
+            .env("MOLT_MAX_WORKERS", "1")
+            .env("MOLT_WORKER_CONCURRENCY", "1")
     });
     let port = molt.port();
     let held = hold_worker(port, 2000);
@@ -338,9 +345,11 @@ fn full_queue_gives_503_with_retry_after() {
 
 #[test]
 fn queue_wait_past_the_timeout_gives_503() {
+    // One request at a time, so that the second one must wait.
     let molt = pool(1, |b| {
         b.env("MOLT_QUEUE_TIMEOUT", "300ms")
             .env("MOLT_MAX_WORKERS", "1")
+            .env("MOLT_WORKER_CONCURRENCY", "1")
     });
     let held = hold_worker(molt.port(), 3000);
     let response = get(molt.port(), "/").expect("answered");
@@ -415,8 +424,12 @@ fn refused_connection_is_retried_on_another_worker() {
 
 #[test]
 fn slow_upload_does_not_hold_the_only_worker() {
-    // One worker of concurrency 1: request buffering is on by default.
-    let molt = pool(1, |b| b.env("MOLT_MAX_WORKERS", "1"));
+    // One worker of concurrency 1: request buffering is on by default. (With a learned
+    // limit of 1: `concurrency::a_slow_upload_holds_no_worker_while_it_takes_one_request_at_a_time`.)
+    let molt = pool(1, |b| {
+        b.env("MOLT_MAX_WORKERS", "1")
+            .env("MOLT_WORKER_CONCURRENCY", "1")
+    });
     let mut upload = Conn::open(molt.port()).expect("connect");
     let body = noise(100_000);
     upload

@@ -333,7 +333,12 @@ impl Supervisor {
             .iter()
             .map(|_| self.child_lifetime_end(now))
             .collect();
-        let per_child = self.config.worker_concurrency;
+        // A child's share of the master's requests: fixed, or under a learned limit one
+        // (the limit is learned over the whole master).
+        let per_child = match self.config.worker_concurrency {
+            config::Concurrency::Fixed(n) => n,
+            config::Concurrency::Auto => 1,
+        };
         let auto = self.config.mode == config::Mode::Auto;
         let Some(w) = self.workers.iter_mut().find(|w| w.id == id) else {
             return;
@@ -417,8 +422,14 @@ impl Supervisor {
     }
 
     /// The master's capacity: its children times the per-child concurrency.
+    /// With a fixed concurrency that is the capacity; with a learned one (the master's
+    /// slot learns) it is the ceiling over the learned limit, each child taking at most
+    /// `MOLT_MAX_CONCURRENCY`.
     fn set_brood_capacity(&mut self, id: u64) {
-        let per_child = self.config.worker_concurrency;
+        let per_child = match self.config.worker_concurrency {
+            config::Concurrency::Fixed(n) => n,
+            config::Concurrency::Auto => self.config.max_concurrency.max(1),
+        };
         let Some(w) = self.workers.iter().find(|w| w.id == id) else {
             return;
         };

@@ -503,6 +503,8 @@ impl Supervisor {
                     State::Ready => WorkerPhase::Ready {
                         in_flight: w.slot.in_flight(),
                         idle_since: w.slot.idle_since(),
+                        capacity: self.dispatcher.capacity_of(&w.slot),
+                        rising_since: w.slot.learned().and_then(|l| l.rising_since),
                     },
                     State::Draining { .. } | State::Stopping { .. } => WorkerPhase::Leaving,
                 },
@@ -520,7 +522,7 @@ impl Supervisor {
         let settings = ScaleSettings {
             min_workers: self.config.min_workers,
             max_workers: self.budget.max_workers,
-            worker_concurrency: self.config.worker_concurrency,
+            new_worker_capacity: self.dispatcher.default_capacity(),
             idle_timeout: self.config.idle_timeout,
         };
         let live = self.workers.iter().filter(|w| w.is_live()).count();

@@ -37,6 +37,7 @@ use crate::observe::event;
 use crate::run::error::{BootFailure, Fatal};
 use crate::run::event::Event;
 use crate::run::proxy::dispatch::{Dispatcher, Slot};
+use crate::run::proxy::limiter::LimiterSettings;
 use crate::sys::Exit;
 use memstats::MemStats;
 use worker::{AppCommand, Processes, Spawn};
@@ -611,10 +612,15 @@ impl Supervisor {
             let ms = u64::try_from(life.as_millis()).unwrap_or(u64::MAX);
             now + Duration::from_millis(govern::with_jitter(ms, self.config.jitter, &mut self.rng))
         });
+        let mut slot = Slot::new(id, addr, pid.as_raw(), request_limit);
+        // MOLT_WORKER_CONCURRENCY=auto: the worker learns its capacity from its latency.
+        if let Some(settings) = LimiterSettings::from_config(&self.config) {
+            slot = slot.learning(settings);
+        }
         self.workers.push(Worker {
             id,
             pid,
-            slot: Arc::new(Slot::new(id, addr, pid.as_raw(), request_limit)),
+            slot: Arc::new(slot),
             started: now,
             ready_since: None,
             lifetime_end,
@@ -1284,6 +1290,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn workers_learn_their_concurrency_unless_it_is_fixed() {
+        use crate::config::Concurrency;
+        // auto, the default: each worker learns, starting at its processes.
+        let mut h = Harness::new(Config {
+            worker_processes: 3,
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        let slot = Arc::clone(&h.sup.workers[0].slot);
+        assert_eq!(slot.learned().map(|l| l.limit), Some(3));
+        assert_eq!(h.dispatcher.capacity_of(&slot), Some(3));
+        // A fixed number: the dispatcher's capacity, nothing learnt.
+        let mut h = Harness::new(Config {
+            worker_concurrency: Concurrency::Fixed(2),
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        assert!(h.sup.workers[0].slot.learned().is_none());
+    }
+
+    #[tokio::test]
     async fn a_worker_busy_from_its_first_moment_still_sizes_the_pool() {
         // No caps or maximum set: both follow from the footprint.
         let mut h = ready(
@@ -1449,7 +1476,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_masters_capacity_is_its_children() {
-        let mut h = adopted(auto(1), &[5001, 5002]);
+        let mut h = adopted(
+            Config {
+                worker_concurrency: crate::config::Concurrency::Fixed(1),
+                ..auto(1)
+            },
+            &[5001, 5002],
+        );
         let slot = Arc::clone(&h.sup.workers[0].slot);
         let a = h.dispatcher.acquire().await.expect("one child free");
         let b = h.dispatcher.acquire().await.expect("the other child free");

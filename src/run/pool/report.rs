@@ -47,6 +47,7 @@ impl Supervisor {
         let cpu_s = |ticks_used: u64| ticks_used as f64 / ticks as f64;
         let mut workers = Vec::new();
         for w in &self.workers {
+            let learned = w.slot.learned();
             workers.push(WorkerRow {
                 id: w.id,
                 pid: w.pid.as_raw(),
@@ -76,6 +77,10 @@ impl Supervisor {
                 growth_per_request: w.mem.growth.map(|g| g.per_request),
                 growth_per_hour: w.mem.growth.map(|g| g.per_hour),
                 cpu_s: cpu_s(w.mem.cpu_ticks),
+                limit: self.dispatcher.capacity_of(&w.slot),
+                learned: learned.is_some(),
+                latency_baseline: learned.and_then(|l| l.baseline),
+                latency_last: learned.and_then(|l| l.last_window),
             });
             let Some(brood) = &w.brood else { continue };
             for child in &brood.children {
@@ -93,6 +98,10 @@ impl Supervisor {
                     growth_per_request: None,
                     growth_per_hour: child.mem.growth.map(|g| g.per_hour),
                     cpu_s: cpu_s(child.mem.cpu_ticks),
+                    limit: None,
+                    learned: false,
+                    latency_baseline: None,
+                    latency_last: None,
                 });
             }
         }
@@ -167,6 +176,16 @@ impl Supervisor {
         for reason in REASONS {
             let count = self.counters.recycles[reason_index(reason)];
             let _ = write!(line, " count#molt.recycles.{reason}={count}");
+        }
+        // What the ready workers take at once together; not given when one is unlimited.
+        let limits: Option<usize> = self
+            .workers
+            .iter()
+            .filter(|w| w.is_ready())
+            .map(|w| self.dispatcher.capacity_of(&w.slot))
+            .sum();
+        if let Some(total) = limits {
+            let _ = write!(line, " sample#molt.concurrency.limit={total}");
         }
         if let Some(largest) = self.workers.iter().filter_map(|w| w.mem.now).max() {
             let _ = write!(line, " sample#molt.memory.worker.max={}", mb(largest));

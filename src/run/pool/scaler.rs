@@ -15,16 +15,30 @@
 //!    `boot_blocked`: boots are failing and backing off, so starting more is pointless.
 //! 2. **Scale up when requests must queue.** The dispatcher queues a request only when no
 //!    Ready worker has spare capacity, so `queued > 0` means the pool is short. Not while
-//!    `boot_blocked`. Each booting worker will bring `worker_concurrency` slots (unlimited:
-//!    enough for the whole queue), so only what the queue still lacks is started:
-//!    `needed = ceil(queued / worker_concurrency) - booting`, or `1 - booting` when
-//!    unlimited. The start count is the least of `needed`, `max_workers - live` and what
+//!    `boot_blocked`. Each booting worker will bring as many slots as a ready worker
+//!    takes now: the *per-worker capacity* is the median of the Ready workers' capacities
+//!    (fixed, or learned; the lower middle one of an even count), or
+//!    `new_worker_capacity` while none is ready (unlimited: enough for the whole queue).
+//!    Only what the queue still lacks is started:
+//!    `needed = ceil(queued / capacity) - booting`, or `1 - booting` when unlimited. The
+//!    start count is the least of `needed`, `max_workers - live` and what
 //!    memory allows: `(usable_memory - pool_memory - reserved) / footprint`, where the
 //!    footprint is the measured size of a freshly booted worker, else the largest current
 //!    sample, and `reserved` is what booting workers will still grow by to reach the
 //!    footprint. With no footprint and no sample at all, one worker is started at a time,
 //!    and only while none is booting, so the first one is measured before more follow.
 //!    The floor's workers (rule 1) are started first and counted as booting here.
+//!
+//!    **A rising learned limit comes first.** While a Ready worker's learned limit is still
+//!    finding its level from below (it has only risen so far and can rise more; see
+//!    `Limiter::is_rising`) and it rose, or the worker got its first request, less than
+//!    [`RISING_PATIENCE`] ago, requests queue because the limit has not caught up with
+//!    the worker yet, not because the pool is short: the queue starts nothing, and the
+//!    plan says [`Limit::Learning`]. An I/O-bound Node worker starts at 1 and needs a few
+//!    seconds to reach the 20 or 100 it serves; workers started for that queue would stay,
+//!    since least-busy routing keeps them all busy. A worker whose limit stops rising
+//!    (the level is found, or it went `RISING_PATIENCE` without a rise) no longer holds the
+//!    queue back, so a one-at-a-time app waits for scale-up at most that long.
 //! 3. **Scale down after idleness.** With nothing queued, Ready workers with no request in
 //!    flight that have been idle for at least `idle_timeout` are retired gracefully, all at
 //!    once, as long as `live` stays at or above `min_workers`. The newest (highest id) go
@@ -46,6 +60,11 @@
 
 use std::time::{Duration, Instant};
 
+/// Longest a rising learned limit holds scale-up back after it last rose (or its worker
+/// got its first request). From a start of 1 the first rise comes after one window of 32 answers,
+/// 3.2 s for requests of 100 ms; later ones come faster, as the limit is higher.
+pub(crate) const RISING_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The settings the decision depends on, already validated and derived by the caller.
 #[derive(Debug, Clone)]
 pub(crate) struct ScaleSettings {
@@ -54,8 +73,9 @@ pub(crate) struct ScaleSettings {
     /// Most live workers (`MOLT_MAX_WORKERS`, or derived from the budget); at least
     /// `min_workers`.
     pub(crate) max_workers: usize,
-    /// Requests one worker serves at once (`MOLT_WORKER_CONCURRENCY`); 0 means unlimited.
-    pub(crate) worker_concurrency: usize,
+    /// Requests a worker is taken to serve at once while no worker is ready to say: the
+    /// fixed `MOLT_WORKER_CONCURRENCY`, or where a learned limit starts; `None` unlimited.
+    pub(crate) new_worker_capacity: Option<usize>,
     /// Idleness after which a worker above the floor is retired (`MOLT_IDLE_TIMEOUT`).
     pub(crate) idle_timeout: Duration,
 }
@@ -69,6 +89,11 @@ pub(crate) enum WorkerPhase {
     Ready {
         in_flight: usize,
         idle_since: Option<Instant>,
+        /// Requests it takes at once now, fixed or learned; `None` is unlimited.
+        capacity: Option<usize>,
+        /// While its learned limit is still rising: since when (its last rise, else its
+        /// first request).
+        rising_since: Option<Instant>,
     },
     /// Draining or stopping: holds memory, takes no new requests.
     Leaving,
@@ -121,6 +146,8 @@ pub(crate) enum Limit {
     Memory,
     /// No worker has been measured yet, so workers start one at a time.
     FootprintUnknown,
+    /// A worker's learned limit is still rising and will take the queue.
+    Learning,
 }
 
 impl Limit {
@@ -131,6 +158,7 @@ impl Limit {
             Limit::MaxWorkers => "max_workers",
             Limit::Memory => "memory",
             Limit::FootprintUnknown => "footprint_unknown",
+            Limit::Learning => "learning",
         }
     }
 }
@@ -177,19 +205,19 @@ pub(crate) fn plan(view: &PoolView<'_>, settings: &ScaleSettings, now: Instant) 
     // counted on top of them, as if they were already booting.
     let booting = booting + floor;
     let live = live + floor;
-    let needed = if view.queued == 0 {
+    let learning = view.queued > 0 && still_rising(view, now);
+    let needed = if view.queued == 0 || learning {
         0
-    } else if settings.worker_concurrency == 0 {
-        // An unlimited worker takes the whole queue once it is ready.
-        1usize.saturating_sub(booting)
     } else {
-        view.queued
-            .div_ceil(settings.worker_concurrency)
-            .saturating_sub(booting)
+        match per_worker_capacity(view, settings) {
+            // An unlimited worker takes the whole queue once it is ready.
+            None => 1usize.saturating_sub(booting),
+            Some(capacity) => view.queued.div_ceil(capacity).saturating_sub(booting),
+        }
     };
 
     let mut extra = needed;
-    let mut limited_by = None;
+    let mut limited_by = learning.then_some(Limit::Learning);
     let room = settings.max_workers.saturating_sub(live);
     if room < extra {
         extra = room;
@@ -210,6 +238,40 @@ pub(crate) fn plan(view: &PoolView<'_>, settings: &ScaleSettings, now: Instant) 
         },
         limited_by,
     }
+}
+
+/// What each worker is taken to serve at once: the median of the Ready workers'
+/// capacities, the lower middle one of an even count (unlimited counts as the highest);
+/// `new_worker_capacity` while none is ready. A worker that takes nothing now (a preforking
+/// master with no child ready) says nothing about what a worker takes.
+fn per_worker_capacity(view: &PoolView<'_>, settings: &ScaleSettings) -> Option<usize> {
+    let mut capacities: Vec<usize> = view
+        .workers
+        .iter()
+        .filter_map(|w| match w.phase {
+            WorkerPhase::Ready { capacity, .. } => Some(capacity.unwrap_or(usize::MAX)),
+            WorkerPhase::Booting | WorkerPhase::Leaving => None,
+        })
+        .filter(|&capacity| capacity > 0)
+        .collect();
+    if capacities.is_empty() {
+        return settings.new_worker_capacity.filter(|&c| c > 0);
+    }
+    capacities.sort_unstable();
+    let median = capacities[(capacities.len() - 1) / 2];
+    (median < usize::MAX).then_some(median)
+}
+
+/// Whether a Ready worker's learned limit is still rising, and rose (or the worker got its
+/// first request) less than [`RISING_PATIENCE`] ago.
+fn still_rising(view: &PoolView<'_>, now: Instant) -> bool {
+    view.workers.iter().any(|w| match w.phase {
+        WorkerPhase::Ready {
+            rising_since: Some(since),
+            ..
+        } => now.saturating_duration_since(since) < RISING_PATIENCE,
+        _ => false,
+    })
 }
 
 /// How many more workers the memory headroom fits, and which limit applies when it fits
@@ -269,6 +331,7 @@ fn retire_idle(
             WorkerPhase::Ready {
                 in_flight: 0,
                 idle_since: Some(since),
+                ..
             } => now.saturating_duration_since(since) >= settings.idle_timeout,
             _ => false,
         })
@@ -300,13 +363,35 @@ mod tests {
         t0 + Duration::from_secs(secs)
     }
 
+    /// `concurrency` is what workers that are not ready yet are taken to serve; ready
+    /// ones say for themselves (see [`serving`]); 0 is unlimited.
     fn settings(min: usize, max: usize, concurrency: usize) -> ScaleSettings {
         ScaleSettings {
             min_workers: min,
             max_workers: max,
-            worker_concurrency: concurrency,
+            new_worker_capacity: (concurrency > 0).then_some(concurrency),
             idle_timeout: IDLE,
         }
+    }
+
+    /// A Ready phase of a worker with a fixed capacity of 1.
+    fn ready_phase(in_flight: usize, idle_since: Option<Instant>) -> WorkerPhase {
+        WorkerPhase::Ready {
+            in_flight,
+            idle_since,
+            capacity: Some(1),
+            rising_since: None,
+        }
+    }
+
+    /// The workers, each Ready one taking `concurrency` at once (0 unlimited).
+    fn serving(mut workers: Vec<WorkerView>, concurrency: usize) -> Vec<WorkerView> {
+        for w in &mut workers {
+            if let WorkerPhase::Ready { capacity, .. } = &mut w.phase {
+                *capacity = (concurrency > 0).then_some(concurrency);
+            }
+        }
+        workers
     }
 
     fn booting(id: u64) -> WorkerView {
@@ -320,10 +405,7 @@ mod tests {
     fn busy(id: u64, in_flight: usize) -> WorkerView {
         WorkerView {
             id,
-            phase: WorkerPhase::Ready {
-                in_flight,
-                idle_since: None,
-            },
+            phase: ready_phase(in_flight, None),
             memory: Some(100 * MB),
         }
     }
@@ -331,10 +413,7 @@ mod tests {
     fn idle(id: u64, since: Instant) -> WorkerView {
         WorkerView {
             id,
-            phase: WorkerPhase::Ready {
-                in_flight: 0,
-                idle_since: Some(since),
-            },
+            phase: ready_phase(0, Some(since)),
             memory: Some(100 * MB),
         }
     }
@@ -417,7 +496,10 @@ mod tests {
             (0, 0, 50, Decision::Start(1)),
         ];
         for (concurrency, busy_workers, queued, expected) in cases {
-            let workers: Vec<_> = (1..=busy_workers).map(|id| busy(id, 4)).collect();
+            let workers = serving(
+                (1..=busy_workers).map(|id| busy(id, 4)).collect(),
+                concurrency,
+            );
             let view = roomy(&workers, queued);
             let got = decide(&view, &settings(0, 20, concurrency), t0);
             assert_eq!(
@@ -425,6 +507,83 @@ mod tests {
                 "concurrency {concurrency}, {busy_workers} busy, {queued} queued"
             );
         }
+    }
+
+    #[test]
+    fn each_worker_counts_for_the_median_of_the_ready_workers_capacities() {
+        let t0 = Instant::now();
+        let with = |capacities: &[Option<usize>]| -> Vec<WorkerView> {
+            (1..)
+                .zip(capacities)
+                .map(|(id, &capacity)| WorkerView {
+                    phase: WorkerPhase::Ready {
+                        in_flight: 4,
+                        idle_since: None,
+                        capacity,
+                        rising_since: None,
+                    },
+                    ..busy(id, 4)
+                })
+                .collect()
+        };
+        // (ready workers' capacities, queued, expected)
+        let cases = [
+            // Median 5: ten more requests need two more workers.
+            (vec![Some(1), Some(5), Some(100)], 10, Decision::Start(2)),
+            // An even count takes the lower middle one.
+            (vec![Some(10), Some(2)], 10, Decision::Start(5)),
+            // A master with no child ready takes nothing and says nothing.
+            (vec![Some(0), Some(0), Some(4)], 8, Decision::Start(2)),
+            // Mostly unlimited: one more takes the queue.
+            (vec![None, None, Some(4)], 50, Decision::Start(1)),
+            (vec![Some(3), Some(3), None], 7, Decision::Start(3)),
+        ];
+        for (capacities, queued, expected) in cases {
+            let workers = with(&capacities);
+            let view = roomy(&workers, queued);
+            // new_worker_capacity plays no part while workers are ready.
+            let got = decide(&view, &settings(1, 20, 7), t0);
+            assert_eq!(got, expected, "{capacities:?}, {queued} queued");
+        }
+        // With none ready, the capacity a new worker starts with: 4 queued, 2 per worker,
+        // one booting.
+        let workers = [booting(1)];
+        let view = roomy(&workers, 4);
+        assert_eq!(decide(&view, &settings(1, 20, 2), t0), Decision::Start(1));
+    }
+
+    #[test]
+    fn a_rising_learned_limit_takes_the_queue_before_another_worker() {
+        // Guards against the five Node processes molt used to start for one I/O-bound
+        // app: a worker learning upward from 1 queues requests that its own growth takes
+        // a few seconds later, and workers started for them would stay for good.
+        let t0 = Instant::now();
+        let rising = |since: Instant| WorkerView {
+            phase: WorkerPhase::Ready {
+                in_flight: 1,
+                idle_since: None,
+                capacity: Some(1),
+                rising_since: Some(since),
+            },
+            ..busy(1, 1)
+        };
+        let workers = [rising(t0)];
+        let view = roomy(&workers, 19);
+        let held = plan(&view, &settings(1, 5, 1), at(t0, 4));
+        assert_eq!(held.decision, Decision::Hold);
+        assert_eq!(held.limited_by, Some(Limit::Learning));
+        // A limit that has not risen for RISING_PATIENCE holds nothing back any more.
+        let started = plan(&view, &settings(1, 5, 1), t0 + RISING_PATIENCE);
+        assert_eq!(started.decision, Decision::Start(4));
+        assert_eq!(started.limited_by, Some(Limit::MaxWorkers));
+        // One that has stopped rising (its level found) holds nothing back.
+        let workers = [busy(1, 1)];
+        let view = roomy(&workers, 3);
+        assert_eq!(decide(&view, &settings(1, 5, 1), t0), Decision::Start(3));
+        // The floor is kept whatever a limit does.
+        let workers = [rising(t0)];
+        let view = roomy(&workers, 3);
+        assert_eq!(decide(&view, &settings(2, 5, 1), t0), Decision::Start(1));
     }
 
     #[test]
@@ -464,7 +623,7 @@ mod tests {
             (0, 1, 50, Decision::Hold),
         ];
         for (concurrency, boots, queued, expected) in cases {
-            let mut workers = vec![busy(1, 4)];
+            let mut workers = serving(vec![busy(1, 4)], concurrency);
             workers.extend((2..2 + boots).map(booting));
             let view = roomy(&workers, queued);
             let plan = plan(&view, &settings(1, 20, concurrency), at(t0, 2));
@@ -740,10 +899,7 @@ mod tests {
         let s = settings(1, 8, 1);
         let mut pool = vec![Sim {
             id: 1,
-            phase: WorkerPhase::Ready {
-                in_flight: 0,
-                idle_since: Some(t0),
-            },
+            phase: ready_phase(0, Some(t0)),
             booted_at: t0,
             busy_until: None,
         }];
@@ -761,17 +917,11 @@ mod tests {
             }
             for w in &mut pool {
                 if matches!(w.phase, WorkerPhase::Booting) && now >= w.booted_at {
-                    w.phase = WorkerPhase::Ready {
-                        in_flight: 0,
-                        idle_since: Some(now),
-                    };
+                    w.phase = ready_phase(0, Some(now));
                 }
                 if w.busy_until.is_some_and(|until| now >= until) {
                     w.busy_until = None;
-                    w.phase = WorkerPhase::Ready {
-                        in_flight: 0,
-                        idle_since: Some(now),
-                    };
+                    w.phase = ready_phase(0, Some(now));
                 }
             }
             // Dispatch: the earliest free worker first, as the dispatcher breaks ties.
@@ -779,10 +929,7 @@ mod tests {
                 if queued > 0 && matches!(w.phase, WorkerPhase::Ready { in_flight: 0, .. }) {
                     queued -= 1;
                     w.busy_until = Some(now + Duration::from_secs(REQUEST));
-                    w.phase = WorkerPhase::Ready {
-                        in_flight: 1,
-                        idle_since: None,
-                    };
+                    w.phase = ready_phase(1, None);
                 }
             }
 
@@ -847,13 +994,20 @@ mod tests {
             Limit::MaxWorkers,
             Limit::Memory,
             Limit::FootprintUnknown,
+            Limit::Learning,
         ]
         .into_iter()
         .map(Limit::as_str)
         .collect();
         assert_eq!(
             names,
-            ["boot_backoff", "max_workers", "memory", "footprint_unknown"]
+            [
+                "boot_backoff",
+                "max_workers",
+                "memory",
+                "footprint_unknown",
+                "learning"
+            ]
         );
     }
 }

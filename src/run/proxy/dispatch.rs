@@ -5,6 +5,29 @@
 //! worker until it is dropped, and dropping it hands the freed capacity to the oldest
 //! waiting request. The lock here guards only the snapshot pointer and the queue, and is
 //! held for a few instructions at a time; the supervisor never holds it across an await.
+//!
+//! # A worker's capacity
+//!
+//! A slot takes the dispatcher's capacity (`MOLT_WORKER_CONCURRENCY=N`) unless it has one
+//! of its own, and the three ways to give it one compose:
+//!
+//! - [`Slot::learning`], at creation (`MOLT_WORKER_CONCURRENCY=auto`): a [`Limiter`] learns
+//!   the capacity from the worker's latency, starting at [`LimiterSettings::initial`] and
+//!   never above [`LimiterSettings::max`]. Each answered request is a sample
+//!   ([`Lease::answered`]), taken under the slot's own lock before the lease is released,
+//!   and the limit is copied into the capacity that [`choose`] reads, so the next dispatch
+//!   already uses it; when it rose, the queue is served at once.
+//! - [`Slot::set_capacity`], by the supervisor at any time (a preforking master: its ready
+//!   children times what each takes): on a slot that does not learn, it is the capacity;
+//!   on one that learns, it is a ceiling, and the worker takes the lower of the learned
+//!   limit and the ceiling. The limiter keeps learning under the ceiling but cannot rise
+//!   while held below it (its windows are not taken at its limit), so a master whose
+//!   children are all busy learns what they serve together, and one that lost a child is
+//!   held to the children it has.
+//! - Neither: the dispatcher's capacity, 0 unlimited.
+//!
+//! A limit is always at least 1 and at most its maximum; only a ceiling of 0 (a master
+//! with no child ready) takes no request.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -14,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
+use crate::run::proxy::limiter::{Limiter, LimiterSettings};
 use crate::run::proxy::upstream::IdleUpstreams;
 
 /// One worker as the request path sees it.
@@ -41,6 +65,49 @@ pub(crate) struct Slot {
     capacity: AtomicUsize,
     /// The most requests it held at once since the supervisor last asked.
     peak: AtomicUsize,
+    /// The learned limit, when the capacity is learned; see the module documentation.
+    learning: Option<Mutex<Learning>>,
+    /// On a slot that learns: since when it has been full (held its capacity), in
+    /// milliseconds after `created`, or [`NOT_FULL`]. A lease that fills it sets it, one
+    /// that leaves it below its capacity clears it, and releases leave it as it is: with
+    /// requests waiting, a freed place is taken again at once.
+    full_since_ms: AtomicU64,
+}
+
+/// `full_since_ms` of a slot that is not full.
+const NOT_FULL: u64 = u64::MAX;
+
+/// A slot's learned limit and what bounds it, behind the slot's own lock.
+struct Learning {
+    limiter: Limiter,
+    /// The supervisor's ceiling on the capacity ([`Slot::set_capacity`]); `None`: none.
+    ceiling: Option<usize>,
+    /// When the limit last rose.
+    rose_at: Option<Instant>,
+}
+
+impl Learning {
+    /// The capacity the worker has now: the learned limit under the ceiling.
+    fn capacity(&self) -> usize {
+        let limit = self.limiter.limit();
+        self.ceiling.map_or(limit, |ceiling| limit.min(ceiling))
+    }
+}
+
+/// A learning slot's limit as `molt status` and the scaler see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Learned {
+    /// The learned limit, before any ceiling.
+    pub(crate) limit: usize,
+    /// The latency the worker shows without queueing, once measured.
+    pub(crate) baseline: Option<Duration>,
+    /// The latency of the last window of samples.
+    pub(crate) last_window: Option<Duration>,
+    /// While the limit is still finding its level from below ([`Limiter::is_rising`]), no
+    /// ceiling holds it and the worker is full: since when it has been full or, if later,
+    /// when the limit last rose. Each rise comes one window of answers at the limit after
+    /// the last (or after the worker became full).
+    pub(crate) rising_since: Option<Instant>,
 }
 
 /// A slot's capacity that is the dispatcher's.
@@ -64,23 +131,94 @@ impl Slot {
             refused: AtomicBool::new(false),
             capacity: AtomicUsize::new(INHERIT),
             peak: AtomicUsize::new(0),
+            learning: None,
+            full_since_ms: AtomicU64::new(NOT_FULL),
         }
     }
 
+    /// Has this worker learn its capacity from its latency, within `settings`.
+    #[must_use]
+    pub(crate) fn learning(mut self, settings: LimiterSettings) -> Self {
+        let learning = Learning {
+            limiter: Limiter::new(settings),
+            ceiling: None,
+            rose_at: None,
+        };
+        self.capacity = AtomicUsize::new(learning.capacity());
+        self.learning = Some(Mutex::new(learning));
+        self
+    }
+
     /// Gives this worker a capacity of its own: `None` is unlimited, `Some(0)` takes no
-    /// request (a preforking master with no child yet).
+    /// request (a preforking master with no child yet). On a worker that learns its
+    /// capacity this is a ceiling over the learned limit instead, `None` none.
     pub(crate) fn set_capacity(&self, capacity: Option<usize>) {
+        if let Some(learning) = &self.learning {
+            let mut learning = lock(learning);
+            learning.ceiling = capacity;
+            self.store_capacity(Some(learning.capacity()));
+            return;
+        }
+        self.store_capacity(capacity);
+    }
+
+    /// Stores a capacity of the slot's own; `None` is unlimited.
+    fn store_capacity(&self, capacity: Option<usize>) {
         let stored = capacity.map_or(UNLIMITED, |n| n.min(UNLIMITED - 1));
         self.capacity.store(stored, Ordering::Release);
     }
 
-    /// Whether the worker takes one more request while it holds `busy`; `default` is the
-    /// dispatcher's capacity, 0 unlimited.
+    /// Records one answered request on a worker that learns its capacity: `latency` from
+    /// sending it until the response head, `in_flight` the worker's count right after
+    /// this request's lease was taken, `now` the time of the answer. Returns whether the
+    /// capacity grew, so that the caller serves the queue. Call it before the lease is
+    /// released, so that the next dispatch uses the new limit.
+    fn answered(&self, latency: Duration, in_flight: usize, now: Instant) -> bool {
+        let Some(learning) = &self.learning else {
+            return false;
+        };
+        let mut learning = lock(learning);
+        let (limit, capacity) = (learning.limiter.limit(), learning.capacity());
+        learning.limiter.on_sample(latency, in_flight, now);
+        if learning.limiter.limit() == limit {
+            return false;
+        }
+        if learning.limiter.limit() > limit {
+            learning.rose_at = Some(now);
+        }
+        let grown = learning.capacity();
+        self.store_capacity(Some(grown));
+        grown > capacity
+    }
+
+    /// The learned limit, or `None` when this worker's capacity is not learned.
+    pub(crate) fn learned(&self) -> Option<Learned> {
+        let learning = lock(self.learning.as_ref()?);
+        let limiter = &learning.limiter;
+        let held = learning
+            .ceiling
+            .is_some_and(|ceiling| ceiling <= limiter.limit());
+        let full_since = match self.full_since_ms.load(Ordering::Relaxed) {
+            NOT_FULL => None,
+            ms => Some(self.created + Duration::from_millis(ms)),
+        };
+        Some(Learned {
+            limit: limiter.limit(),
+            baseline: limiter.baseline(),
+            last_window: limiter.last_window(),
+            rising_since: full_since
+                .filter(|_| limiter.is_rising() && !held)
+                .map(|full| learning.rose_at.map_or(full, |rose| rose.max(full))),
+        })
+    }
+
     /// Gives the worker the dispatcher's capacity again.
     pub(crate) fn inherit_capacity(&self) {
         self.capacity.store(INHERIT, Ordering::Release);
     }
 
+    /// Whether the worker takes one more request while it holds `busy`; `default` is the
+    /// dispatcher's capacity, 0 unlimited.
     fn admits(&self, busy: usize, default: usize) -> bool {
         match self.capacity.load(Ordering::Acquire) {
             INHERIT => default == 0 || busy < default,
@@ -201,12 +339,22 @@ pub(crate) struct Dispatcher {
 pub(crate) struct Lease {
     slot: Arc<Slot>,
     dispatcher: Arc<Dispatcher>,
+    /// The worker's in-flight count right after this lease was taken, itself included.
+    in_flight: usize,
     armed: bool,
 }
 
 impl Lease {
     pub(crate) fn slot(&self) -> &Arc<Slot> {
         &self.slot
+    }
+
+    /// The worker answered this request's head `latency` after it was sent: a sample of
+    /// its learned limit, if it learns one. Waiting requests get any capacity it gained.
+    pub(crate) fn answered(&self, latency: Duration) {
+        if self.slot.answered(latency, self.in_flight, Instant::now()) {
+            self.dispatcher.capacity_grew();
+        }
     }
 
     /// Gives the worker back without serving the queue (the caller holds the lock).
@@ -278,6 +426,33 @@ impl Dispatcher {
     pub(crate) fn publish(self: &Arc<Self>, pool: Vec<Arc<Slot>>) {
         lock(&self.state).pool = Arc::from(pool);
         self.pump();
+    }
+
+    /// Requests a worker takes at once now: its own capacity, learned or set, else the
+    /// dispatcher's; `None` is unlimited.
+    pub(crate) fn capacity_of(&self, slot: &Slot) -> Option<usize> {
+        match slot.capacity.load(Ordering::Acquire) {
+            INHERIT => (self.capacity > 0).then_some(self.capacity),
+            UNLIMITED => None,
+            own => Some(own),
+        }
+    }
+
+    /// What a worker takes at once before any is ready to say: the fixed concurrency, or
+    /// where a learned limit starts; `None` is unlimited.
+    pub(crate) fn default_capacity(&self) -> Option<usize> {
+        (self.capacity > 0).then_some(self.capacity)
+    }
+
+    /// Whether a request arriving now may go to a worker that takes one request at a
+    /// time: some ready worker's capacity is 1, or, with none ready yet, the workers start
+    /// at 1. Request buffering's `auto` asks this for every request with a body.
+    pub(crate) fn one_at_a_time(&self) -> bool {
+        let pool = Arc::clone(&lock(&self.state).pool);
+        if pool.is_empty() {
+            return self.capacity == 1;
+        }
+        pool.iter().any(|slot| self.capacity_of(slot) == Some(1))
     }
 
     /// Ids of the workers that take new requests, as last published.
@@ -371,6 +546,18 @@ impl Dispatcher {
     fn lease(self: &Arc<Self>, slot: &Arc<Slot>) -> Lease {
         let busy = slot.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         slot.peak.fetch_max(busy, Ordering::AcqRel);
+        if slot.learning.is_some() {
+            let full = self
+                .capacity_of(slot)
+                .is_some_and(|capacity| busy >= capacity);
+            let since = slot.full_since_ms.load(Ordering::Relaxed);
+            if full && since == NOT_FULL {
+                let ms = u64::try_from(slot.created.elapsed().as_millis()).unwrap_or(NOT_FULL - 1);
+                slot.full_since_ms.store(ms, Ordering::Relaxed);
+            } else if !full && since != NOT_FULL {
+                slot.full_since_ms.store(NOT_FULL, Ordering::Relaxed);
+            }
+        }
         self.handed.fetch_add(1, Ordering::Relaxed);
         if slot.served.fetch_add(1, Ordering::Relaxed) + 1
             == slot.request_limit.load(Ordering::Relaxed)
@@ -381,6 +568,7 @@ impl Dispatcher {
         Lease {
             slot: Arc::clone(slot),
             dispatcher: Arc::clone(self),
+            in_flight: busy,
             armed: true,
         }
     }
@@ -532,6 +720,131 @@ mod tests {
         drop(lease);
         idle.await.expect("drain waiter finished");
         assert_eq!(s.served(), 1);
+    }
+}
+
+#[cfg(test)]
+mod learning_tests {
+    use super::*;
+
+    fn learning(id: u64, initial: usize) -> Arc<Slot> {
+        let slot = Slot::new(id, SocketAddr::from(([127, 0, 0, 1], 1)), 0, None);
+        Arc::new(slot.learning(LimiterSettings { initial, max: 8 }))
+    }
+
+    #[tokio::test]
+    async fn a_learned_limit_is_the_capacity_and_a_rise_serves_the_queue() {
+        let d = Dispatcher::new(1, 10, Duration::from_secs(5));
+        let s = learning(1, 1);
+        assert_eq!(d.capacity_of(&s), Some(1));
+        d.publish(vec![Arc::clone(&s)]);
+        let held = d.acquire().await.expect("a free worker");
+        let d2 = Arc::clone(&d);
+        let waiting = tokio::spawn(async move { d2.acquire().await.map(|l| l.slot().id) });
+        while d.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // One window of answers, each with the worker at its limit and latency flat: the
+        // limit rises to 2 and the waiting request is sent at once.
+        let before = s.learned().expect("the slot learns");
+        assert_eq!(before.limit, 1);
+        assert!(before.rising_since.is_some(), "full, and rising");
+        for _ in 0..32 {
+            held.answered(Duration::from_millis(10));
+        }
+        assert_eq!(waiting.await.expect("task ran"), Ok(1));
+        assert_eq!(d.capacity_of(&s), Some(2));
+        let after = s.learned().expect("the slot learns");
+        assert_eq!(after.limit, 2);
+        assert_eq!(after.baseline, Some(Duration::from_millis(10)));
+        assert!(after.rising_since >= before.rising_since, "since the rise");
+    }
+
+    #[test]
+    fn a_ceiling_holds_a_learned_limit_below_it() {
+        let d = Dispatcher::new(1, 10, Duration::from_secs(5));
+        let s = learning(1, 4);
+        s.set_capacity(Some(2));
+        assert_eq!(d.capacity_of(&s), Some(2));
+        // Held by the ceiling, the limit is not rising: the scaler need not wait for it.
+        assert_eq!(
+            s.learned().map(|l| (l.limit, l.rising_since)),
+            Some((4, None))
+        );
+        s.set_capacity(Some(0));
+        assert_eq!(
+            ids(choose(&[Arc::clone(&s)], 1)),
+            None,
+            "a ceiling of 0 takes none"
+        );
+        s.set_capacity(None);
+        assert_eq!(d.capacity_of(&s), Some(4), "no ceiling: the learned limit");
+        assert!(
+            s.learned().is_some_and(|l| l.rising_since.is_none()),
+            "not full: nothing waits for its limit"
+        );
+        let leases: Vec<Lease> = (0..4).map(|_| d.lease(&s)).collect();
+        assert!(
+            s.learned().is_some_and(|l| l.rising_since.is_some()),
+            "full"
+        );
+        drop(leases);
+        assert!(
+            s.learned().is_some_and(|l| l.rising_since.is_some()),
+            "a release leaves it"
+        );
+        drop(d.lease(&s));
+        assert!(
+            s.learned().is_some_and(|l| l.rising_since.is_none()),
+            "below capacity"
+        );
+    }
+
+    #[test]
+    fn a_slot_with_a_fixed_capacity_learns_nothing() {
+        let d = Dispatcher::new(3, 10, Duration::from_secs(5));
+        let s = Slot::new(1, SocketAddr::from(([127, 0, 0, 1], 1)), 0, None);
+        assert_eq!(d.capacity_of(&s), Some(3));
+        assert!(s.learned().is_none());
+        assert!(!s.answered(Duration::from_millis(1), 1, Instant::now()));
+        s.set_capacity(None);
+        assert_eq!(d.capacity_of(&s), None, "unlimited");
+        assert_eq!(
+            Dispatcher::new(0, 1, Duration::from_secs(1)).default_capacity(),
+            None
+        );
+    }
+
+    #[test]
+    fn buffering_follows_whether_a_ready_worker_takes_one_at_a_time() {
+        let auto = Dispatcher::new(1, 10, Duration::from_secs(5));
+        assert!(auto.one_at_a_time(), "none ready: they start at 1");
+        auto.publish(vec![learning(1, 4), learning(2, 2)]);
+        assert!(!auto.one_at_a_time());
+        auto.publish(vec![learning(1, 4), learning(2, 1)]);
+        assert!(auto.one_at_a_time(), "the second takes one at a time");
+        let fixed = Dispatcher::new(1, 10, Duration::from_secs(5));
+        fixed.publish(vec![slot_at(1)]);
+        assert!(fixed.one_at_a_time(), "MOLT_WORKER_CONCURRENCY=1");
+        for capacity in [0, 2] {
+            let d = Dispatcher::new(capacity, 10, Duration::from_secs(5));
+            assert!(!d.one_at_a_time());
+            d.publish(vec![slot_at(1)]);
+            assert!(!d.one_at_a_time(), "capacity {capacity}");
+        }
+    }
+
+    fn slot_at(id: u64) -> Arc<Slot> {
+        Arc::new(Slot::new(
+            id,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            0,
+            None,
+        ))
+    }
+
+    fn ids(pick: Option<&Arc<Slot>>) -> Option<u64> {
+        pick.map(|s| s.id)
     }
 }
 

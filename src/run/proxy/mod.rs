@@ -17,6 +17,8 @@ pub(crate) mod dispatch;
 pub(crate) mod failure;
 /// A request head as molt checks and rewrites it before a worker sees it.
 mod head;
+/// Per-worker in-flight limit learned from latency.
+pub(crate) mod limiter;
 /// Binding the public port and handing it to the accept loop.
 pub(crate) mod listen;
 /// Response bodies from a worker to a client, read ahead of a slow client.
@@ -67,12 +69,25 @@ pub(crate) struct Proxy {
     /// Tells the supervisor about a worker that outlived `MOLT_REQUEST_TIMEOUT`.
     pub(crate) events: mpsc::UnboundedSender<Event>,
     pub(crate) request_timeout: Option<Duration>,
-    /// Read request bodies whole before leasing a worker (`MOLT_BUFFER_REQUESTS`).
-    pub(crate) buffer_requests: bool,
+    /// When request bodies are read whole before a worker is leased (`MOLT_BUFFER_REQUESTS`).
+    pub(crate) buffering: Buffering,
     /// `MOLT_MAX_BODY`: larger request bodies get 413.
     pub(crate) max_body: u64,
     /// `MOLT_HEADER_TIMEOUT` and `MOLT_KEEPALIVE_TIMEOUT`.
     pub(crate) timeouts: Timeouts,
+}
+
+/// When a request body is read whole before a worker is leased, so that a slow upload
+/// holds no worker that serves one request at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Buffering {
+    Always,
+    Never,
+    /// Decided per request as it arrives: while a ready worker takes one request at a time
+    /// (its fixed or learned capacity is 1; see [`Dispatcher::one_at_a_time`]). Which
+    /// worker will take the request is not known before its body is read, and the least
+    /// busy one, which it likely goes to, is often the one with the lowest limit.
+    WhileOneAtATime,
 }
 
 /// Accepts connections until shutdown, then waits for the open ones to finish and tells
@@ -236,7 +251,12 @@ async fn handle(
     if head::content_length(req.headers()).is_some_and(|len| len > proxy.max_body) {
         return Err(Failure::BodyTooLarge);
     }
-    let req = if proxy.buffer_requests && !req.body().is_end_stream() {
+    let buffer = match proxy.buffering {
+        Buffering::Always => true,
+        Buffering::Never => false,
+        Buffering::WhileOneAtATime => proxy.dispatcher.one_at_a_time(),
+    };
+    let req = if buffer && !req.body().is_end_stream() {
         let (head, body) = req.into_parts();
         let body = Spooled::read(body, proxy.max_body)
             .await
@@ -300,6 +320,7 @@ async fn exchange(
                 continue;
             }
         };
+        let sent_at = std::time::Instant::now();
         let sent = conn.send.try_send_request(req);
         // With no request timeout, the wait is unbounded.
         let limit = proxy.request_timeout.unwrap_or(Duration::MAX);
@@ -310,7 +331,12 @@ async fn exchange(
             return Err(Failure::Timeout { worker, limit });
         };
         match sent {
-            Ok(response) => return Ok((lease, conn, response)),
+            Ok(response) => {
+                // Before the lease goes back, so that the next dispatch already has the
+                // worker's new limit (see `dispatch`, "A worker's capacity").
+                lease.answered(sent_at.elapsed());
+                return Ok((lease, conn, response));
+            }
             Err(mut err) => {
                 // Either way the worker's other idle connections are suspect: it closed
                 // this one as it was taken, or it may be dying (a fresh connection to a
