@@ -16,8 +16,8 @@
 //! guesses what a user meant.
 //!
 //! An unknown key in `molt.toml` warns at run time and fails the build (a typo must fail
-//! the build, not a running dyno): [`load`] is the run-time behaviour, [`load_with`] with [`Strictness::Build`] the
-//! buildpack's.
+//! the build, not a running dyno): [`load`] is the run-time behaviour, [`load_with`] with
+//! [`Strictness::Build`] the buildpack's.
 
 use std::collections::HashMap;
 use std::fmt;

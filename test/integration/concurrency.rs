@@ -184,7 +184,9 @@ fn a_unicorn_child_keeps_a_limit_of_one() {
         &fixture("ruby-unicorn"),
         &socket,
         &["unicorn", "-c", "config/unicorn.rb"],
-        |b| b.env("MOLT_MAX_WORKERS", "1"),
+        // One instance with one child, as pool mode runs it: in prefork mode molt gives an
+        // adopted master one request per child and learns nothing (prefork.rs).
+        |b| b.env("MOLT_MAX_WORKERS", "1").env("MOLT_MODE", "pool"),
     );
     let port = molt.port();
     // Eight clients keep the one worker full for several windows of 32 answers, during
@@ -220,7 +222,8 @@ fn puma_with_five_threads_settles_near_five() {
             "tcp://127.0.0.1:$PORT",
             "config.ru",
         ],
-        |b| b.env("MOLT_MAX_WORKERS", "1"),
+        // Puma reads WEB_CONCURRENCY=1 as one cluster worker, which auto mode would adopt.
+        |b| b.env("MOLT_MAX_WORKERS", "1").env("MOLT_MODE", "pool"),
     );
     // Warm up, then read the limit after each of a few more rounds. Puma answers most
     // requests at once even beyond its threads (it serves a kept-alive connection's

@@ -422,13 +422,14 @@ impl Supervisor {
     }
 
     /// The master's capacity: its children times the per-child concurrency.
-    /// With a fixed concurrency that is the capacity; with a learned one (the master's
-    /// slot learns) it is the ceiling over the learned limit, each child taking at most
-    /// `MOLT_MAX_CONCURRENCY`.
+    /// A fixed concurrency is per child; `auto` is one request per child: the servers
+    /// molt adopts take one at a time per child (Unicorn, gunicorn's sync workers, Puma
+    /// with one thread), and a learned limit over the whole master would read its
+    /// children's queue as its own.
     fn set_brood_capacity(&mut self, id: u64) {
         let per_child = match self.config.worker_concurrency {
             config::Concurrency::Fixed(n) => n,
-            config::Concurrency::Auto => self.config.max_concurrency.max(1),
+            config::Concurrency::Auto => 1,
         };
         let Some(w) = self.workers.iter().find(|w| w.id == id) else {
             return;
@@ -440,7 +441,7 @@ impl Supervisor {
         } else {
             Some(children * per_child)
         };
-        w.slot.set_capacity(capacity);
+        w.slot.fix_capacity(capacity);
         self.dispatcher.capacity_grew();
     }
 

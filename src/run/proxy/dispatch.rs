@@ -17,13 +17,11 @@
 //!   ([`Lease::answered`]), taken under the slot's own lock before the lease is released,
 //!   and the limit is copied into the capacity that [`choose`] reads, so the next dispatch
 //!   already uses it; when it rose, the queue is served at once.
-//! - [`Slot::set_capacity`], by the supervisor at any time (a preforking master: its ready
-//!   children times what each takes): on a slot that does not learn, it is the capacity;
-//!   on one that learns, it is a ceiling, and the worker takes the lower of the learned
-//!   limit and the ceiling. The limiter keeps learning under the ceiling but cannot rise
-//!   while held below it (its windows are not taken at its limit), so a master whose
-//!   children are all busy learns what they serve together, and one that lost a child is
-//!   held to the children it has.
+//! - [`Slot::fix_capacity`], by the supervisor for an adopted preforking master: one
+//!   request per ready child (or the fixed concurrency per child), no longer learned: the
+//!   latency of a master is its children's queue, which a limiter would read as its own.
+//!   A ceiling over a learned limit ([`Slot::set_capacity`]) is kept for tests of the
+//!   limiter's composition only.
 //! - Neither: the dispatcher's capacity, 0 unlimited.
 //!
 //! A limit is always at least 1 and at most its maximum; only a ceiling of 0 (a master
@@ -67,6 +65,8 @@ pub(crate) struct Slot {
     peak: AtomicUsize,
     /// The learned limit, when the capacity is learned; see the module documentation.
     learning: Option<Mutex<Learning>>,
+    /// Set by [`Slot::fix_capacity`]: the capacity is no longer learned.
+    fixed: AtomicBool,
     /// On a slot that learns: since when it has been full (held its capacity), in
     /// milliseconds after `created`, or [`NOT_FULL`]. A lease that fills it sets it, one
     /// that leaves it below its capacity clears it, and releases leave it as it is: with
@@ -132,6 +132,7 @@ impl Slot {
             capacity: AtomicUsize::new(INHERIT),
             peak: AtomicUsize::new(0),
             learning: None,
+            fixed: AtomicBool::new(false),
             full_since_ms: AtomicU64::new(NOT_FULL),
         }
     }
@@ -152,14 +153,34 @@ impl Slot {
     /// Gives this worker a capacity of its own: `None` is unlimited, `Some(0)` takes no
     /// request (a preforking master with no child yet). On a worker that learns its
     /// capacity this is a ceiling over the learned limit instead, `None` none.
+    // Only tests bound a learned limit from outside: an adopted master's capacity is
+    // fixed instead (see `fix_capacity`).
+    #[cfg(test)]
     pub(crate) fn set_capacity(&self, capacity: Option<usize>) {
-        if let Some(learning) = &self.learning {
+        if let Some(learning) = self.limiter() {
             let mut learning = lock(learning);
             learning.ceiling = capacity;
             self.store_capacity(Some(learning.capacity()));
             return;
         }
         self.store_capacity(capacity);
+    }
+
+    /// Gives this worker a capacity of its own that is no longer learned, whatever it was
+    /// created with: an adopted preforking master takes one request per child, each
+    /// child's own server deciding the rest (a worker whose latency is its children's
+    /// queue would learn the wrong thing).
+    pub(crate) fn fix_capacity(&self, capacity: Option<usize>) {
+        self.fixed.store(true, Ordering::Release);
+        self.store_capacity(capacity);
+    }
+
+    /// The limiter, unless the capacity is not learned.
+    fn limiter(&self) -> Option<&Mutex<Learning>> {
+        if self.fixed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.learning.as_ref()
     }
 
     /// Stores a capacity of the slot's own; `None` is unlimited.
@@ -174,7 +195,7 @@ impl Slot {
     /// capacity grew, so that the caller serves the queue. Call it before the lease is
     /// released, so that the next dispatch uses the new limit.
     fn answered(&self, latency: Duration, in_flight: usize, now: Instant) -> bool {
-        let Some(learning) = &self.learning else {
+        let Some(learning) = self.limiter() else {
             return false;
         };
         let mut learning = lock(learning);
@@ -193,7 +214,7 @@ impl Slot {
 
     /// The learned limit, or `None` when this worker's capacity is not learned.
     pub(crate) fn learned(&self) -> Option<Learned> {
-        let learning = lock(self.learning.as_ref()?);
+        let learning = lock(self.limiter()?);
         let limiter = &learning.limiter;
         let held = learning
             .ceiling
