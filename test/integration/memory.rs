@@ -25,7 +25,7 @@ fn values(log: &str, needle: &str, key: &str) -> Vec<u64> {
 }
 
 /// Runs `clients` threads looping on `path` until `stop` holds; returns (ok, failed).
-fn load(
+pub(crate) fn load(
     port: u16,
     clients: usize,
     path: &str,

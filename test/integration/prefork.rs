@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -64,32 +64,10 @@ fn wait_adopted(molt: &Molt, socket: &Path, server: &str, count: usize) {
     );
 }
 
-/// Runs `clients` threads on `path` until `stop`; returns (ok, failed).
+/// Runs `clients` threads on `path` until `stop` is set; returns (ok, failed).
 fn load(port: u16, clients: usize, path: &str, stop: &Arc<AtomicBool>) -> (usize, usize) {
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let (ok, failed, stop, path) = (
-                Arc::clone(&ok),
-                Arc::clone(&failed),
-                Arc::clone(stop),
-                path.to_owned(),
-            );
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match get(port, &path) {
-                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("load thread");
-    }
-    (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    let stop = Arc::clone(stop);
+    crate::memory::load(port, clients, path, move || stop.load(Ordering::Relaxed))
 }
 
 #[test]
