@@ -614,7 +614,6 @@ fn process_dir(proc_root: &Path, pid: i32) -> PathBuf {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -1336,7 +1335,6 @@ mod tests {
 /// Property tests of the parsers: arbitrary text never panics, and text written the way
 /// the kernel writes it reads back.
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod properties {
     use proptest::prelude::*;
 
@@ -1417,7 +1415,6 @@ mod properties {
 /// `MOLT_E2E_REQUIRED=1` (CI installs them); Puma is skipped when absent, as CI does not
 /// install it yet.
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod live {
     use std::net::TcpListener;
     use std::os::unix::process::CommandExt;

@@ -690,7 +690,6 @@ fn ceil_to_usize(x: f64) -> usize {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
