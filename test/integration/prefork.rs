@@ -351,9 +351,22 @@ fn memory_against_plain(
         ratio
     };
     let idle = ratio("idle");
-    for _ in 0..100 {
-        assert_eq!(get(plain_port, "/").expect("plain").status, 200);
-        assert_eq!(get(molt.port(), "/").expect("molt").status, 200);
+    // The same requests on each side, two at a time, each taking a few milliseconds, so
+    // that both children of each side serve some: a child's first requests grow its heap,
+    // and one side whose requests all went to one child would read smaller.
+    for port in [plain_port, molt.port()] {
+        let clients: Vec<_> = (0..2)
+            .map(|_| {
+                thread::spawn(move || {
+                    for _ in 0..50 {
+                        assert_eq!(get(port, "/sleep?ms=5").expect("served").status, 200);
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().expect("client");
+        }
     }
     let served = ratio("after 100 requests");
     let _ = plain.kill();
@@ -418,7 +431,8 @@ fn a_rails_app_under_bundle_exec_keeps_its_sharing() {
     std::fs::write(
         app.join("config/routes.rb"),
         "Rails.application.routes.draw do\n  get '/', to: proc { [200, { 'content-type' => \
-         'text/plain' }, [\"pid=#{Process.pid}\\n\"]] }\nend\n",
+         'text/plain' }, [\"pid=#{Process.pid}\\n\"]] }\n  get '/sleep', to: proc { sleep \
+         0.005; [200, { 'content-type' => 'text/plain' }, [\"ok\\n\"]] }\nend\n",
     )
     .expect("write the routes");
     std::fs::copy(app_dir().join("unicorn.rb"), app.join("config/unicorn.rb"))
