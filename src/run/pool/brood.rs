@@ -328,10 +328,25 @@ impl Supervisor {
 
     fn update_brood(&mut self, sample: ChildSamples, now: Instant) {
         let id = sample.id;
+        // A jittered lifetime only for the children this sample finds first; a known child
+        // keeps its own (take_sample reads the end of new children only).
+        let known: Vec<i32> = self
+            .workers
+            .iter()
+            .find(|w| w.id == id)
+            .and_then(|w| w.brood.as_ref())
+            .map(|b| b.children.iter().map(|c| c.pid).collect())
+            .unwrap_or_default();
         let lifetime_ends: Vec<Option<Instant>> = sample
             .children
             .iter()
-            .map(|_| self.child_lifetime_end(now))
+            .map(|(pid, _)| {
+                if known.contains(pid) {
+                    None
+                } else {
+                    self.child_lifetime_end(now)
+                }
+            })
             .collect();
         // A child's share of the master's requests: fixed, or under a learned limit one
         // (the limit is learned over the whole master).
@@ -603,7 +618,7 @@ impl Supervisor {
     }
 
     /// The pool is near the whole budget: the largest child goes at once.
-    pub(super) fn kill_largest_child(&mut self, _now: Instant) {
+    pub(super) fn kill_largest_child(&mut self) {
         let largest = self
             .workers
             .iter()

@@ -283,7 +283,7 @@ impl Supervisor {
         let critical = usable + (self.budget.total.saturating_sub(usable)) / 2;
         if self.live_memory() + self.molt_rss > critical {
             if self.mode == super::Mode::Prefork {
-                self.kill_largest_child(now);
+                self.kill_largest_child();
             } else if let Some(id) = self.largest(|w| !matches!(w.state, State::Stopping { .. })) {
                 self.kill(id, "memory_pool");
             }
