@@ -88,6 +88,16 @@ pub(crate) enum BufferMode {
     Off,
 }
 
+/// What molt does with a request header whose name holds `_` (`MOLT_UNDERSCORE_HEADERS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnderscoreHeaders {
+    /// Dropped: CGI-style servers (Rack, WSGI) map `-` and `_` to one key, so such a
+    /// header could shadow one a proxy set (docs/behaviour.md).
+    Drop,
+    /// Forwarded as any other header.
+    Pass,
+}
+
 /// How much molt says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum LogLevel {
@@ -200,6 +210,8 @@ pub(crate) struct Config {
     pub header_timeout: Duration,
     /// Longest a client connection may stay open with no request on it.
     pub keepalive_timeout: Duration,
+    /// Whether request headers whose names hold `_` reach the app.
+    pub underscore_headers: UnderscoreHeaders,
 }
 
 /// Port when neither `--port` nor `$PORT` names one: Foreman's and `heroku local`'s default.
@@ -284,6 +296,9 @@ pub(crate) const DEFAULT_CHILD_STOP_SIGNAL: Option<Signal> = None;
 pub(crate) const DEFAULT_BUFFER_REQUESTS: BufferMode = BufferMode::Auto;
 /// 100 MB: large uploads pass (they spill to a temporary file), runaway ones do not.
 pub(crate) const DEFAULT_MAX_BODY: u64 = 100 * 1024 * 1024;
+/// Dropped, as nginx does (`underscores_in_headers off`): a client must not be able to
+/// shadow a header a proxy set in an app that maps `_` and `-` to one key.
+pub(crate) const DEFAULT_UNDERSCORE_HEADERS: UnderscoreHeaders = UnderscoreHeaders::Drop;
 /// Lifecycle events and problems, not every request.
 pub(crate) const DEFAULT_LOG_LEVEL: LogLevel = LogLevel::Info;
 
@@ -334,6 +349,7 @@ impl Default for Config {
             max_body: DEFAULT_MAX_BODY,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            underscore_headers: DEFAULT_UNDERSCORE_HEADERS,
             log_level: DEFAULT_LOG_LEVEL,
         }
     }
@@ -748,6 +764,7 @@ mod tests {
             max_body: 10 << 20,
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
+            underscore_headers: UnderscoreHeaders::Pass,
         };
         assert_eq!(loaded.config, expected);
     }

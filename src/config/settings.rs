@@ -12,7 +12,7 @@ use toml_edit::Item;
 
 use super::{
     default_control_socket, BindMode, BufferMode, Concurrency, Config, LogLevel, MemoryAmount,
-    Mode, DEFAULT_MAX_BODY,
+    Mode, UnderscoreHeaders, DEFAULT_MAX_BODY,
 };
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 
@@ -562,6 +562,16 @@ pub(crate) static SETTINGS: &[Setting] = &[
             get: |c| c.keepalive_timeout,
         },
         doc: "Longest a client connection may stay open with no request on it.",
+    },
+    Setting {
+        key: "underscore_headers",
+        env: "MOLT_UNDERSCORE_HEADERS",
+        flag: None,
+        kind: Kind::Choice(&[
+            ("drop", |c| c.underscore_headers = UnderscoreHeaders::Drop),
+            ("pass", |c| c.underscore_headers = UnderscoreHeaders::Pass),
+        ]),
+        doc: "Request headers whose names hold `_`: drop (as nginx does; Rack and WSGI read `_` as `-`, so they could shadow a proxy's header) or pass.",
     },
 ];
 

@@ -180,6 +180,7 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
             header: config.header_timeout,
             keepalive: config.keepalive_timeout,
         },
+        underscore_headers: config.underscore_headers,
     });
     tokio::spawn(proxy::listen::serve_public(
         listener,

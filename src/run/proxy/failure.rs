@@ -151,6 +151,14 @@ impl Failure {
                     reason = "body_too_large"
                 );
             }
+            Failure::ClientBody(error) if malformed_body(error) => event!(
+                Info,
+                "bad_request",
+                status = status,
+                reason = "malformed_body",
+                error = error
+            ),
+            // A client that went away mid-body is routine.
             Failure::ClientBody(error) => {
                 event!(Debug, "client_error", status = status, error = error);
             }
@@ -193,6 +201,53 @@ impl Failure {
                 timeout_ms = limit.as_millis()
             ),
         }
+    }
+}
+
+/// Whether a request body failed because its framing was broken (a bad chunk size, a
+/// malformed trailer), rather than because the client went away.
+fn malformed_body(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+            );
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Logs how a client connection ended in an error. A head hyper cannot parse, hyper
+/// answers itself (400; 431 for a head over the limit, 414 for a target too long) before
+/// the service sees a request: a refusal like molt's own, logged as one with its reason.
+/// Any other error is a client that went away, which is routine.
+pub(crate) fn log_connection_error(error: &hyper::Error) {
+    if error.is_parse_version_h2() {
+        // hyper closes without a response: there is no HTTP/1 request to answer.
+        event!(Info, "bad_request", reason = "http2_preface", error = error);
+    } else if error.is_parse() {
+        let (status, reason) = if !error.is_parse_too_large() {
+            (StatusCode::BAD_REQUEST, "malformed_head")
+        } else if error.to_string().contains("URI") {
+            (StatusCode::URI_TOO_LONG, "target_too_long")
+        } else {
+            (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "head_too_large",
+            )
+        };
+        event!(
+            Info,
+            "bad_request",
+            status = status.as_u16(),
+            reason = reason,
+            error = error
+        );
+    } else {
+        event!(Debug, "client_error", error = error);
     }
 }
 

@@ -1,15 +1,36 @@
 //! A request head as molt checks and rewrites it before a worker sees it: what is
 //! refused (RFC 9112 asks a server to refuse it, or a worker could read it differently
 //! from molt, which is what request smuggling is made of), and what is changed on the
-//! way (hop-by-hop headers, the absolute form, `X-Request-Start`).
+//! way (hop-by-hop headers, the absolute form, `Host`, userinfo, header names with `_`,
+//! `X-Forwarded-*`, `X-Request-Start`); docs/behaviour.md lists them.
 
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::{Request, Version};
 
+use crate::config::UnderscoreHeaders;
+use crate::observe::event;
 use crate::run::proxy::failure::Refusal;
+
+/// Where a request came from and where it arrived: the two ends of the client's socket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    /// The client's address, as `X-Forwarded-For` gets it.
+    pub(crate) peer: SocketAddr,
+    /// The listener's address as the client reached it: the `Host` of a request that
+    /// names none, and `X-Forwarded-Port`.
+    pub(crate) local: SocketAddr,
+}
+
+impl Arrival {
+    /// An IPv4 client of the dual-stack listener shows as `::ffff:a.b.c.d`; apps and logs
+    /// know it as `a.b.c.d`.
+    fn canonical(addr: SocketAddr) -> SocketAddr {
+        SocketAddr::new(addr.ip().to_canonical(), addr.port())
+    }
+}
 
 /// The request's declared body length, when it declares one.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -60,12 +81,14 @@ pub(crate) fn refusal<B>(req: &Request<B>) -> Option<Refusal> {
     if uri.path() == "*" && method != hyper::Method::OPTIONS {
         return Some(Refusal::AsteriskForm);
     }
-    // HTTP/1.1 requires exactly one valid Host (RFC 9112 section 3.2).
-    if req.version() == Version::HTTP_11 {
-        let mut hosts = headers.get_all(header::HOST).iter();
-        let (Some(host), None) = (hosts.next(), hosts.next()) else {
-            return Some(Refusal::HostCount);
-        };
+    // HTTP/1.1 requires exactly one valid Host (RFC 9112 section 3.2). HTTP/1.0 may
+    // have none, but one it has is forwarded as HTTP/1.1's, so it must be as valid.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() || (first.is_none() && req.version() == Version::HTTP_11) {
+        return Some(Refusal::HostCount);
+    }
+    if let Some(host) = first {
         let valid = host
             .to_str()
             .ok()
@@ -88,12 +111,23 @@ fn valid_port(authority: &str) -> bool {
         .is_none_or(|(_, port)| port.is_empty() || port.parse::<u16>().is_ok())
 }
 
-/// Makes the client's request fit to send to a worker.
-pub(crate) fn prepare_request(req: &mut Request<Incoming>, upgrade: bool) {
+/// Makes the client's request fit to send to a worker (docs/behaviour.md, "What the app
+/// sees").
+pub(crate) fn prepare_request<B>(
+    req: &mut Request<B>,
+    upgrade: bool,
+    arrival: Arrival,
+    underscores: UnderscoreHeaders,
+) {
     // An absolute-form target names the host itself, which then replaces Host (RFC 9112
-    // section 3.2.2); the worker gets the usual origin form.
+    // section 3.2.2); the worker gets the usual origin form. Userinfo (`user:secret@`)
+    // is no part of a Host and never reaches the worker.
     if let (Some(_), Some(authority)) = (req.uri().scheme(), req.uri().authority()) {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        let host = authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, host)| host);
+        if let Ok(host) = HeaderValue::from_str(host) {
             req.headers_mut().insert(header::HOST, host);
         }
         let origin = req
@@ -107,7 +141,19 @@ pub(crate) fn prepare_request(req: &mut Request<Incoming>, upgrade: bool) {
     }
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
+    if !headers.contains_key(header::HOST) {
+        // HTTP/1.0 without Host, forwarded as HTTP/1.1, which requires one: the
+        // address the client reached, as an HTTP/1.0 server would take it to be.
+        let local = Arrival::canonical(arrival.local);
+        if let Ok(host) = HeaderValue::from_str(&local.to_string()) {
+            headers.insert(header::HOST, host);
+        }
+    }
     strip_hop_by_hop(headers, upgrade);
+    if underscores == UnderscoreHeaders::Drop {
+        drop_underscore_headers(headers);
+    }
+    add_forwarded(headers, arrival);
     if !headers.contains_key("x-request-start") {
         // APM tools and dyno autoscalers measure queue time from this header; the
         // router sets it on Heroku, and molt sets it elsewhere.
@@ -117,6 +163,54 @@ pub(crate) fn prepare_request(req: &mut Request<Incoming>, upgrade: bool) {
         if let Ok(value) = HeaderValue::from_str(&format!("t={micros}")) {
             headers.insert(HeaderName::from_static("x-request-start"), value);
         }
+    }
+}
+
+/// Removes every header whose name holds `_`: Rack, WSGI and CGI map `-` and `_` to one
+/// key, so `X_Forwarded_For` could shadow the `X-Forwarded-For` a proxy set (nginx drops
+/// them for this reason too).
+fn drop_underscore_headers(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in named {
+        event!(
+            Debug,
+            "header_dropped",
+            name = name.as_str(),
+            reason = "underscore"
+        );
+        headers.remove(name);
+    }
+}
+
+/// Tells the app who the client is: the peer appended to `X-Forwarded-For` (nginx's
+/// `$proxy_add_x_forwarded_for`; a client's own list is kept, the peer is what molt
+/// vouches for), and `X-Forwarded-Proto` and `-Port` unless a proxy in front (Heroku's
+/// router) set them.
+fn add_forwarded(headers: &mut HeaderMap, arrival: Arrival) {
+    let forwarded_for = HeaderName::from_static("x-forwarded-for");
+    let mut list: Vec<u8> = Vec::new();
+    for value in headers.get_all(&forwarded_for) {
+        let value = value.as_bytes().trim_ascii();
+        if !value.is_empty() {
+            list.extend_from_slice(value);
+            list.extend_from_slice(b", ");
+        }
+    }
+    list.extend_from_slice(arrival.peer.ip().to_canonical().to_string().as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&list) {
+        headers.insert(forwarded_for, value);
+    }
+    let proto = HeaderName::from_static("x-forwarded-proto");
+    if !headers.contains_key(&proto) {
+        headers.insert(proto, HeaderValue::from_static("http"));
+    }
+    let port = HeaderName::from_static("x-forwarded-port");
+    if !headers.contains_key(&port) {
+        headers.insert(port, HeaderValue::from(arrival.local.port()));
     }
 }
 
@@ -186,6 +280,132 @@ mod tests {
         let mut left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-request-id"]);
+    }
+
+    const ARRIVAL: &str = "[::ffff:10.0.0.7]:40000 [::ffff:127.0.0.1]:5000";
+
+    fn arrival() -> Arrival {
+        let (peer, local) = ARRIVAL.split_once(' ').expect("two addresses");
+        Arrival {
+            peer: peer.parse().expect("an address"),
+            local: local.parse().expect("an address"),
+        }
+    }
+
+    /// The request as a worker gets it: its target and headers, `X-Request-Start` left out.
+    fn prepared(raw: Request<()>, underscores: UnderscoreHeaders) -> (String, Vec<String>) {
+        let mut req = raw;
+        assert_eq!(refusal(&req), None);
+        prepare_request(&mut req, false, arrival(), underscores);
+        assert_eq!(req.version(), Version::HTTP_11);
+        let mut seen: Vec<String> = req
+            .headers()
+            .iter()
+            .filter(|(name, _)| name.as_str() != "x-request-start")
+            .map(|(name, value)| format!("{name}: {}", value.to_str().expect("ascii")))
+            .collect();
+        seen.sort_unstable();
+        (req.uri().to_string(), seen)
+    }
+
+    fn request(version: Version, target: &str, pairs: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::builder().version(version).uri(target);
+        for (name, value) in pairs {
+            req = req.header(*name, *value);
+        }
+        req.body(()).expect("a valid request")
+    }
+
+    #[test]
+    fn http_1_0_without_host_gets_the_address_the_client_reached() {
+        let (target, seen) = prepared(
+            request(Version::HTTP_10, "/x", &[]),
+            UnderscoreHeaders::Drop,
+        );
+        assert_eq!(target, "/x");
+        assert_eq!(
+            seen,
+            [
+                "host: 127.0.0.1:5000",
+                "x-forwarded-for: 10.0.0.7",
+                "x-forwarded-port: 5000",
+                "x-forwarded-proto: http"
+            ]
+        );
+    }
+
+    #[test]
+    fn userinfo_of_an_absolute_target_never_reaches_host() {
+        let (target, seen) = prepared(
+            request(
+                Version::HTTP_11,
+                "http://user:secret@example.com:1234/p?q",
+                &[("host", "other")],
+            ),
+            UnderscoreHeaders::Drop,
+        );
+        assert_eq!(target, "/p?q");
+        assert!(
+            seen.contains(&"host: example.com:1234".to_owned()),
+            "{seen:?}"
+        );
+        assert!(!seen.iter().any(|h| h.contains("secret")), "{seen:?}");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_proto_and_port_kept() {
+        let (_, seen) = prepared(
+            request(
+                Version::HTTP_11,
+                "/",
+                &[
+                    ("host", "a"),
+                    ("x-forwarded-for", "1.1.1.1"),
+                    ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+                    ("x-forwarded-proto", "https"),
+                    ("x-forwarded-port", "443"),
+                ],
+            ),
+            UnderscoreHeaders::Drop,
+        );
+        assert_eq!(
+            seen,
+            [
+                "host: a",
+                "x-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.7",
+                "x-forwarded-port: 443",
+                "x-forwarded-proto: https"
+            ]
+        );
+    }
+
+    #[test]
+    fn underscore_headers_are_dropped_unless_passed() {
+        let raw = || {
+            request(
+                Version::HTTP_11,
+                "/",
+                &[("host", "a"), ("x_forwarded_for", "6.6.6.6"), ("x-ok", "1")],
+            )
+        };
+        let (_, dropped) = prepared(raw(), UnderscoreHeaders::Drop);
+        assert!(!dropped.iter().any(|h| h.contains('_')), "{dropped:?}");
+        assert!(dropped.contains(&"x-ok: 1".to_owned()));
+        let (_, passed) = prepared(raw(), UnderscoreHeaders::Pass);
+        assert!(passed.contains(&"x_forwarded_for: 6.6.6.6".to_owned()));
+        assert!(passed.contains(&"x-forwarded-for: 10.0.0.7".to_owned()));
+    }
+
+    #[test]
+    fn http_1_0_host_must_be_valid_and_single() {
+        let refused = |pairs: &[(&str, &str)]| refusal(&request(Version::HTTP_10, "/", pairs));
+        assert_eq!(refused(&[]), None);
+        assert_eq!(refused(&[("host", "a")]), None);
+        assert_eq!(
+            refused(&[("host", "a"), ("host", "b")]),
+            Some(Refusal::HostCount)
+        );
+        assert_eq!(refused(&[("host", "a b")]), Some(Refusal::HostInvalid));
     }
 
     #[test]

@@ -47,11 +47,13 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::config::UnderscoreHeaders;
 use crate::observe::event;
 use crate::run::event::Event;
 use crate::run::proxy::conn::{ClientIo, Finished, Shared, Timeouts};
 use crate::run::proxy::dispatch::{Dispatcher, Lease};
 use crate::run::proxy::failure::Failure;
+use crate::run::proxy::head::Arrival;
 use crate::run::proxy::relay::ProxyBody;
 use crate::run::proxy::spool::{SpoolError, Spooled};
 use crate::run::proxy::upstream::{Upstream, UpstreamBody};
@@ -75,6 +77,8 @@ pub(crate) struct Proxy {
     pub(crate) max_body: u64,
     /// `MOLT_HEADER_TIMEOUT` and `MOLT_KEEPALIVE_TIMEOUT`.
     pub(crate) timeouts: Timeouts,
+    /// `MOLT_UNDERSCORE_HEADERS`.
+    pub(crate) underscore_headers: UnderscoreHeaders,
 }
 
 /// When a request body is read whole before a worker is leased, so that a slow upload
@@ -103,9 +107,12 @@ pub(crate) async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = serve_connection(stream, Arc::clone(&proxy), shutdown.clone());
+                    // The address the client reached; the listener's own is `[::]`.
+                    let local = stream.local_addr().unwrap_or(peer);
+                    let arrival = Arrival { peer, local };
+                    let conn = serve_connection(stream, arrival, Arc::clone(&proxy), shutdown.clone());
                     let open = open.clone();
                     tokio::spawn(async move {
                         conn.await;
@@ -136,6 +143,7 @@ async fn until_set(flag: &mut watch::Receiver<bool>) {
 
 async fn serve_connection(
     stream: TcpStream,
+    arrival: Arrival,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -151,7 +159,7 @@ async fn serve_connection(
                 let response = if smuggled {
                     failure::respond(&Failure::LengthAndChunked)
                 } else {
-                    handle(req, proxy, &shared)
+                    handle(req, proxy, &shared, arrival)
                         .await
                         .unwrap_or_else(|failure| failure::respond(&failure))
                 };
@@ -192,7 +200,7 @@ async fn serve_connection(
             }
         };
         if let Err(err) = ended {
-            event!(Debug, "client_error", error = err);
+            failure::log_connection_error(&err);
             return;
         }
         let parts = Pin::into_inner(conn).into_parts();
@@ -242,12 +250,13 @@ async fn handle(
     mut req: Request<Incoming>,
     proxy: Arc<Proxy>,
     shared: &Shared,
+    arrival: Arrival,
 ) -> Result<Response<ProxyBody>, Failure> {
     if let Some(refusal) = head::refusal(&req) {
         return Err(Failure::Refused(refusal));
     }
     let upgrade = head::wants_upgrade(req.headers());
-    head::prepare_request(&mut req, upgrade);
+    head::prepare_request(&mut req, upgrade, arrival, proxy.underscore_headers);
     if head::content_length(req.headers()).is_some_and(|len| len > proxy.max_body) {
         return Err(Failure::BodyTooLarge);
     }
@@ -343,11 +352,14 @@ async fn exchange(
                 // dead worker is refused, and the request retried elsewhere).
                 lease.slot().upstreams.clear();
                 let Some(unsent) = err.take_message() else {
+                    let error = err.into_error();
+                    if error.is_user() {
+                        // The request's own body failed as it streamed: the client broke
+                        // off or sent broken chunks, which is no fault of the worker's.
+                        return Err(Failure::ClientBody(error));
+                    }
                     lease.slot().check_exiting();
-                    return Err(Failure::Upstream {
-                        worker,
-                        error: err.into_error(),
-                    });
+                    return Err(Failure::Upstream { worker, error });
                 };
                 req = unsent;
             }
