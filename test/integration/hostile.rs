@@ -65,7 +65,8 @@ const APP_SERVER: &str = "pyapp";
 
 use Expect::{Abandoned, NotForwarded, Rejected, RejectedAny, RejectedOrClosed, Served};
 
-/// One `#[test]` per case; see the module doc for what every case checks.
+/// One `#[test]` per case; see the module doc for what every case checks. The cases are
+/// also listed by [`corpus`], for tests that replay them elsewhere.
 macro_rules! corpus {
     ($($(#[$meta:meta])* $name:ident: $input:expr, $client:ident => $expect:expr;)*) => {
         $(
@@ -75,7 +76,20 @@ macro_rules! corpus {
                 run_case(stringify!($name), &$input, &Client::$client, &$expect);
             }
         )*
+
+        /// Every case of the corpus, for tests that replay it against other servers
+        /// (the differential test).
+        pub(crate) fn corpus() -> Vec<Case> {
+            vec![$(Case { name: stringify!($name), input: $input, client: Client::$client }),*]
+        }
     };
+}
+
+/// One case of the corpus as [`corpus`] lists it.
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
+    pub(crate) input: Input,
+    pub(crate) client: Client,
 }
 
 corpus! {
@@ -274,9 +288,9 @@ corpus! {
 
 /// What a hostile client sends: pieces written with [`PIECE_GAP`] between them, and the
 /// settings molt runs with for the case.
-struct Input {
-    pieces: Vec<Vec<u8>>,
-    env: Vec<(&'static str, &'static str)>,
+pub(crate) struct Input {
+    pub(crate) pieces: Vec<Vec<u8>>,
+    pub(crate) env: Vec<(&'static str, &'static str)>,
 }
 
 impl Input {
@@ -410,7 +424,8 @@ fn expect_continue_over_max_body() -> Input {
 // ---------------------------------------------------------------------------------------
 
 /// What the hostile client does once its input is written.
-enum Client {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Client {
     /// Reads until molt closes the connection.
     Reads,
     /// Shuts down its sending half, then reads until molt closes the connection.

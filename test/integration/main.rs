@@ -9,6 +9,9 @@ mod cnb;
 /// Learned concurrency on real app servers: Node I/O- and CPU-bound, Unicorn, Puma,
 /// against bare Node's throughput measured in the same test; buffering per request.
 mod concurrency;
+/// Requests and responses read by real origins and a strict client directly and through
+/// molt: the same, but for the documented rewrites.
+mod differential;
 /// The documentation: every relative link in README.md, ARCHITECTURE.md and docs/*.md
 /// resolves, anchors included, and README's set-up section gives `make demo` and `make test`.
 mod docs;

@@ -44,6 +44,9 @@ pub(crate) enum Failure {
     /// The worker broke the exchange after the request was sent; it may have acted on
     /// it, so it is not retried.
     Upstream { worker: u64, error: hyper::Error },
+    /// The worker's response head is one molt does not forward (see
+    /// `head::prepare_response`); its connection is not reused.
+    BadResponse { worker: u64, reason: &'static str },
     /// The worker did not answer within `MOLT_REQUEST_TIMEOUT`; it is killed.
     Timeout { worker: u64, limit: Duration },
 }
@@ -111,7 +114,9 @@ impl Failure {
             Failure::Spool { .. } | Failure::Overloaded(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, true, false)
             }
-            Failure::Unreachable { .. } | Failure::Upstream { .. } => {
+            Failure::Unreachable { .. }
+            | Failure::Upstream { .. }
+            | Failure::BadResponse { .. } => {
                 (StatusCode::BAD_GATEWAY, false, false)
             }
             Failure::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, false, false),
@@ -192,6 +197,13 @@ impl Failure {
                 worker = worker,
                 status = status,
                 error = error
+            ),
+            Failure::BadResponse { worker, reason } => event!(
+                Warn,
+                "upstream_error",
+                worker = worker,
+                status = status,
+                reason = reason
             ),
             Failure::Timeout { worker, limit } => event!(
                 Warn,
@@ -404,6 +416,13 @@ mod tests {
                 Failure::Upstream {
                     worker: 1,
                     error: hyper_error(),
+                },
+                answer(502, false, false),
+            ),
+            (
+                Failure::BadResponse {
+                    worker: 1,
+                    reason: "length_and_chunked",
                 },
                 answer(502, false, false),
             ),

@@ -149,7 +149,19 @@ pub(crate) fn prepare_request<B>(
             headers.insert(header::HOST, host);
         }
     }
+    // A client that takes trailers says so with `TE: trailers` (RFC 9110 10.1.4); the
+    // worker is told, so that trailers it sends reach the client (hyper sends a client
+    // trailers only when it asked for them).
+    let takes_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(headers, upgrade);
+    if takes_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if underscores == UnderscoreHeaders::Drop {
         drop_underscore_headers(headers);
     }
@@ -164,6 +176,24 @@ pub(crate) fn prepare_request<B>(
             headers.insert(HeaderName::from_static("x-request-start"), value);
         }
     }
+}
+
+/// Makes a worker's response head fit to send to the client, or says why the client gets
+/// 502 instead: a response with both `Content-Length` and `Transfer-Encoding` could be
+/// framed either way (RFC 9112 6.3 asks to handle it as an error; nginx answers 502).
+/// `Trailer` is kept: it names the trailer fields hyper then forwards.
+pub(crate) fn prepare_response(headers: &mut HeaderMap) -> Result<(), &'static str> {
+    if headers.contains_key(header::CONTENT_LENGTH)
+        && headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return Err("length_and_chunked");
+    }
+    let trailer: Vec<HeaderValue> = headers.get_all(header::TRAILER).iter().cloned().collect();
+    strip_hop_by_hop(headers, false);
+    for value in trailer {
+        headers.append(header::TRAILER, value);
+    }
+    Ok(())
 }
 
 /// Removes every header whose name holds `_`: Rack, WSGI and CGI map `-` and `_` to one

@@ -287,7 +287,10 @@ async fn handle(
         shared.upgraded(hyper::upgrade::on(&mut response), lease);
         return Ok(response.map(|_| ProxyBody::empty()));
     }
-    head::strip_hop_by_hop(response.headers_mut(), false);
+    if let Err(reason) = head::prepare_response(response.headers_mut()) {
+        let worker = lease.slot().id;
+        return Err(Failure::BadResponse { worker, reason });
+    }
     Ok(response.map(|body| ProxyBody::relayed(body, conn, lease)))
 }
 
