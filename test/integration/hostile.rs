@@ -122,8 +122,9 @@ corpus! {
     /// Asterisk-form is for OPTIONS only (RFC 9112 3.2.4).
     asterisk_form_target_on_get: bytes(b"GET * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), Reads => Rejected(400);
     asterisk_form_options_goes_to_the_app: bytes(b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), Reads => Served(&[404]);
-    /// CONNECT is forwarded like any method; the app (which is no forward proxy) refuses it.
-    connect_goes_to_the_app: bytes(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\nConnection: close\r\n\r\n"), Reads => Served(&[501]);
+    /// molt is no forward proxy: CONNECT gets 501 (RFC 9110 9.3.6 makes tunnels a
+    /// proxy's business; a worker's 2xx would open one to it).
+    connect_is_refused: bytes(b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\nConnection: close\r\n\r\n"), Reads => Rejected(501);
     /// RFC 9112 2.2: a server SHOULD ignore at least one empty line before the request line.
     empty_line_before_request_line_is_ignored: bytes(b"\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), Reads => Served(&[200]);
     /// RFC 9112 2.2: a recipient MAY take a bare LF as the end of a line.

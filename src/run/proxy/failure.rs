@@ -59,6 +59,8 @@ pub(crate) enum Refusal {
     UnknownCoding,
     /// `chunked` given twice.
     ChunkedTwice,
+    /// CONNECT, which asks a forward proxy for a tunnel.
+    Connect,
     /// An authority-form target on a method other than CONNECT.
     AuthorityForm,
     /// An asterisk-form target on a method other than OPTIONS.
@@ -72,7 +74,7 @@ pub(crate) enum Refusal {
 impl Refusal {
     fn status(self) -> StatusCode {
         match self {
-            Refusal::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
+            Refusal::UnknownCoding | Refusal::Connect => StatusCode::NOT_IMPLEMENTED,
             Refusal::ChunkedTwice
             | Refusal::AuthorityForm
             | Refusal::AsteriskForm
@@ -85,6 +87,7 @@ impl Refusal {
         match self {
             Refusal::UnknownCoding => "unknown_transfer_coding",
             Refusal::ChunkedTwice => "chunked_twice",
+            Refusal::Connect => "connect",
             Refusal::AuthorityForm => "authority_form",
             Refusal::AsteriskForm => "asterisk_form",
             Refusal::HostCount => "host_count",
@@ -116,9 +119,7 @@ impl Failure {
             }
             Failure::Unreachable { .. }
             | Failure::Upstream { .. }
-            | Failure::BadResponse { .. } => {
-                (StatusCode::BAD_GATEWAY, false, false)
-            }
+            | Failure::BadResponse { .. } => (StatusCode::BAD_GATEWAY, false, false),
             Failure::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, false, false),
         };
         Answer {
@@ -128,8 +129,8 @@ impl Failure {
         }
     }
 
-    /// The failure's log line. What the client did wrong is Info (or Debug where a
-    /// client that vanished is routine); what molt or a worker could not do is Warn.
+    /// The failure's log line. What the client did wrong is Info, so that an operator
+    /// sees why a client got its 4xx; what molt or a worker could not do is Warn.
     fn log(&self, status: StatusCode) {
         let status = status.as_u16();
         match self {
@@ -156,17 +157,17 @@ impl Failure {
                     reason = "body_too_large"
                 );
             }
-            Failure::ClientBody(error) if malformed_body(error) => event!(
+            Failure::ClientBody(error) => event!(
                 Info,
                 "bad_request",
                 status = status,
-                reason = "malformed_body",
+                reason = if malformed_body(error) {
+                    "malformed_body"
+                } else {
+                    "incomplete_body"
+                },
                 error = error
             ),
-            // A client that went away mid-body is routine.
-            Failure::ClientBody(error) => {
-                event!(Debug, "client_error", status = status, error = error);
-            }
             Failure::Spool { path, source } => event!(
                 Warn,
                 "spool_error",
@@ -256,6 +257,14 @@ pub(crate) fn log_connection_error(error: &hyper::Error) {
             "bad_request",
             status = status.as_u16(),
             reason = reason,
+            error = error
+        );
+    } else if error.is_incomplete_message() {
+        // The connection ended inside a head: hyper closes without a response.
+        event!(
+            Info,
+            "bad_request",
+            reason = "incomplete_head",
             error = error
         );
     } else {
@@ -369,6 +378,10 @@ mod tests {
             (
                 Failure::Refused(Refusal::ChunkedTwice),
                 answer(400, false, false),
+            ),
+            (
+                Failure::Refused(Refusal::Connect),
+                answer(501, false, false),
             ),
             (
                 Failure::Refused(Refusal::AuthorityForm),

@@ -74,8 +74,13 @@ pub(crate) fn refusal<B>(req: &Request<B>) -> Option<Refusal> {
     }
     let uri = req.uri();
     let method = req.method();
+    // molt is no forward proxy: a CONNECT's tunnel would open to the worker, which no
+    // app server serves (hyper takes a 2xx to it as the start of a tunnel).
+    if method == hyper::Method::CONNECT {
+        return Some(Refusal::Connect);
+    }
     // Authority form is for CONNECT only, asterisk form for OPTIONS only.
-    if uri.scheme().is_none() && uri.authority().is_some() && method != hyper::Method::CONNECT {
+    if uri.scheme().is_none() && uri.authority().is_some() {
         return Some(Refusal::AuthorityForm);
     }
     if uri.path() == "*" && method != hyper::Method::OPTIONS {
