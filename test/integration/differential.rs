@@ -122,21 +122,20 @@ fn origins() -> Vec<Origin> {
         ("uvicorn", "uvicorn", "asgi_echo.py", false),
         ("waitress", "waitress", "wsgi_echo.py", true),
     ] {
-        match python_with(module) {
-            Some(python) => origins.push(Origin {
-                name,
-                command: format!("exec {python} {dir}/{script}"),
-                environ,
-            }),
-            None => {
-                assert!(
-                    !e2e_required(),
-                    "MOLT_E2E_REQUIRED=1 but no python3 imports {module}: install python3-{module} \
-                     (.ci/run does)"
-                );
-                eprintln!("skipped origin {name}: no python3 imports {module}");
-            }
-        }
+        let Some(python) = python_with(module) else {
+            assert!(
+                !e2e_required(),
+                "MOLT_E2E_REQUIRED=1 but no python3 imports {module}: install python3-{module} \
+                 (.ci/run does)"
+            );
+            eprintln!("skipped origin {name}: no python3 imports {module}");
+            continue;
+        };
+        origins.push(Origin {
+            name,
+            command: format!("exec {python} {dir}/{script}"),
+            environ,
+        });
     }
     origins
 }
@@ -203,7 +202,7 @@ fn exchange(port: u16, pieces: &[Vec<u8>]) -> Vec<u8> {
     }
     let _ = stream.shutdown(Shutdown::Write);
     let mut reply = Vec::new();
-    let mut buf = [0; 64 * 1024];
+    let mut buf = vec![0; 64 * 1024];
     loop {
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return reply,
@@ -315,7 +314,7 @@ fn read_one(buf: &[u8], eof: bool, head_request: bool) -> Read1 {
         .filter(|c| !c.is_empty())
         .collect();
     let bodyless = head_request || status == 204 || status == 304 || status == 101;
-    let mut parsed = Parsed {
+    let parsed = Parsed {
         interim,
         status,
         headers: headers.clone(),
@@ -325,9 +324,28 @@ fn read_one(buf: &[u8], eof: bool, head_request: bool) -> Read1 {
     if bodyless {
         return Read1::Done(parsed, pos);
     }
+    read_body(buf, pos, eof, parsed, &codings, lengths.first().copied())
+}
+
+/// Reads the body of `parsed`, whose head ended at `pos`, framed by `codings` or `length`.
+fn read_body(
+    buf: &[u8],
+    mut pos: usize,
+    eof: bool,
+    mut parsed: Parsed,
+    codings: &[Vec<u8>],
+    length: Option<u64>,
+) -> Read1 {
+    let incomplete = |what: &str| {
+        if eof {
+            Read1::Invalid(format!("connection closed in the {what}"))
+        } else {
+            Read1::More
+        }
+    };
     if !codings.is_empty() {
         // RFC 9112 6.3: both is an error a client ought to handle as one.
-        if !lengths.is_empty() {
+        if length.is_some() {
             return Read1::Invalid("content-length and transfer-encoding".to_owned());
         }
         if codings != [b"chunked".to_vec()] {
@@ -371,7 +389,7 @@ fn read_one(buf: &[u8], eof: bool, head_request: bool) -> Read1 {
             }
         }
     }
-    if let Some(&length) = lengths.first() {
+    if let Some(length) = length {
         let Ok(length) = usize::try_from(length) else {
             return Read1::Invalid("content-length".to_owned());
         };
@@ -845,9 +863,9 @@ fn compare_readings(direct: &Reading, via: &Reading, molt_port: u16) -> Result<(
             .headers
             .iter()
             .filter(|(key, _)| {
-                !REWRITTEN.contains(&key.as_str())
-                    && !connection_named.contains(key)
-                    && !(host_rewritten && key == "host")
+                !(REWRITTEN.contains(&key.as_str())
+                    || connection_named.contains(key)
+                    || (host_rewritten && key == "host"))
             })
             .cloned()
             .collect();
@@ -859,10 +877,34 @@ fn compare_readings(direct: &Reading, via: &Reading, molt_port: u16) -> Result<(
     if direct_headers != via_headers {
         differ("headers", &direct_headers, &via_headers);
     }
-    // What molt adds or rewrites, checked for what it must be.
+    check_added(
+        direct,
+        via,
+        absolute.as_ref(),
+        &connection_named,
+        molt_port,
+        &mut differ,
+    );
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(differences.join("\n    "))
+    }
+}
+
+/// Checks what molt adds or rewrites for what it must be: `Host`, `X-Forwarded-*`,
+/// `X-Request-Start`.
+fn check_added(
+    direct: &Reading,
+    via: &Reading,
+    absolute: Option<&(String, String)>,
+    connection_named: &[String],
+    molt_port: u16,
+    differ: &mut dyn FnMut(&str, &dyn std::fmt::Debug, &dyn std::fmt::Debug),
+) {
     let kept_by_molt = |name: &str| !connection_named.iter().any(|n| n == name);
     let host = via.values("host");
-    if let Some((_, authority)) = &absolute {
+    if let Some((_, authority)) = absolute {
         let expected = authority
             .rsplit_once('@')
             .map_or(authority.as_str(), |(_, h)| h);
@@ -911,11 +953,6 @@ fn compare_readings(direct: &Reading, via: &Reading, molt_port: u16) -> Result<(
     let given = direct.values("x-request-start");
     if start.len() != 1 || (!given.is_empty() && start != given) {
         differ("x-request-start", &given, &start);
-    }
-    if differences.is_empty() {
-        Ok(())
-    } else {
-        Err(differences.join("\n    "))
     }
 }
 
@@ -1085,7 +1122,9 @@ fn judge(origin: &Origin, pair: &Pair, request: &Sent, tally: &mut Tally) -> Res
         if let Some((rule, connections)) = standard_form(&request.name, &direct_pieces.concat()) {
             let direct: Vec<Parsed> = connections
                 .iter()
-                .flat_map(|raw| read_all(&exchange(pair.direct.port(), &[raw.clone()])).0)
+                .flat_map(|raw| {
+                    read_all(&exchange(pair.direct.port(), std::slice::from_ref(raw))).0
+                })
                 .collect();
             outcome = verdict(origin, &direct, &via, refused_at, pair.molt.port());
             standard = Some(rule);

@@ -425,7 +425,6 @@ fn expect_continue_over_max_body() -> Input {
 // ---------------------------------------------------------------------------------------
 
 /// What the hostile client does once its input is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Client {
     /// Reads until molt closes the connection.
     Reads,
@@ -650,10 +649,12 @@ fn check_reply(name: &str, expect: &Expect, reply: &Reply, molt: &Molt) -> Optio
     match expect {
         Expect::Rejected(status) => {
             check_rejected(std::slice::from_ref(status), reply, closed, &context);
+            check_logged(reply, molt, &context);
             Some(0)
         }
         Expect::RejectedAny(statuses) => {
             check_rejected(statuses, reply, closed, &context);
+            check_logged(reply, molt, &context);
             Some(0)
         }
         Expect::RejectedOrClosed(statuses) => {
@@ -662,6 +663,7 @@ fn check_reply(name: &str, expect: &Expect, reply: &Reply, molt: &Molt) -> Optio
             } else {
                 check_rejected(statuses, reply, closed, &context);
             }
+            check_logged(reply, molt, &context);
             Some(0)
         }
         Expect::Served(statuses) => {
@@ -709,6 +711,28 @@ fn check_rejected(statuses: &[u16], reply: &Reply, closed: bool, context: &dyn F
     assert!(
         closed,
         "connection left open after the rejection: {}",
+        context()
+    );
+}
+
+/// Every refusal is logged with its reason (and the status the client got, when it got
+/// one), so that an operator sees why a client got a 4xx (docs/behaviour.md).
+fn check_logged(reply: &Reply, molt: &Molt, context: &dyn Fn() -> String) {
+    let status = parse_responses(&reply.bytes)
+        .ok()
+        .and_then(|responses| responses.first().map(|r| r.status));
+    let wanted = status.map(|status| format!(" status={status}"));
+    let logged = wait_until(REPLY_TIMEOUT, || {
+        molt.log().lines().any(|line| {
+            let refusal = (line.contains("at=bad_request") && line.contains(" reason="))
+                || line.contains("at=header_timeout");
+            refusal && wanted.as_ref().is_none_or(|w| line.contains(w.as_str()))
+        })
+    });
+    assert!(
+        logged,
+        "the refusal was not logged with its reason{}: {}",
+        wanted.unwrap_or_default(),
         context()
     );
 }

@@ -285,8 +285,9 @@ fn hop_by_hop_headers_are_dropped_and_request_start_added() {
         assert!(!json.contains(gone), "{gone} reached the app: {json}");
     }
     assert!(json.contains("\"x-request-id\": \"req-1\""), "{json}");
+    // The peer is appended to the client's list (docs/behaviour.md, "What the app sees").
     assert!(
-        json.contains("\"x-forwarded-for\": \"203.0.113.9\""),
+        json.contains("\"x-forwarded-for\": \"203.0.113.9, 127.0.0.1\""),
         "{json}"
     );
     assert!(json.contains("\"x-request-start\": \"t="), "{json}");
