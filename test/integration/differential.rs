@@ -817,7 +817,9 @@ const REWRITTEN: &[&str] = &[
 fn compare_readings(direct: &Reading, via: &Reading, molt_port: u16) -> Result<(), String> {
     let mut differences = Vec::new();
     let mut differ = |what: &str, d: &dyn std::fmt::Debug, v: &dyn std::fmt::Debug| {
-        differences.push(format!("{what}: direct {d:?}, through molt {v:?}"));
+        differences.push(format!(
+            "{what}: from the direct reading {d:?}, through molt {v:?}"
+        ));
     };
     let absolute = split_absolute(&direct.target);
     let expected_target = absolute
@@ -1176,6 +1178,10 @@ fn origins_read_each_request_through_molt_as_they_read_it_directly() {
             }
         }
         // Every refusal molt answered was logged with its status and reason.
+        // The log is read by another thread: the last lines may still be on their way.
+        let _ = wait_until(REFUSAL_LOG_WAIT, || {
+            pair.molt.count_log(REFUSAL_LOG) >= tally.refused
+        });
         let logged = pair.molt.count_log(REFUSAL_LOG);
         assert!(
             logged >= tally.refused,
@@ -1408,8 +1414,11 @@ fn clients_read_each_response_through_molt_as_they_read_it_directly() {
     }
     let _ = std::fs::remove_file(&file);
     eprintln!("{} responses: {outcomes:?}", RESPONSES.len());
-    let logged = pair.molt.count_log("at=upstream_error");
     let expected = RESPONSES.iter().filter(|c| c.bad_gateway.is_some()).count();
+    let _ = wait_until(REFUSAL_LOG_WAIT, || {
+        pair.molt.count_log("at=upstream_error") >= expected
+    });
+    let logged = pair.molt.count_log("at=upstream_error");
     assert!(
         failures.is_empty(),
         "{} responses differ:\n\n{}\n\nmolt's log:\n{}",
