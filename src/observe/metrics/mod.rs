@@ -190,6 +190,8 @@ struct Pool(StatusReport);
 /// The worker states counted, so that each has a series even at 0.
 const STATES: [&str; 5] = ["booting", "ready", "recycling", "draining", "stopping"];
 
+/// Its help texts end with a full stop, as `prometheus-client` ends those of the
+/// registered metrics.
 impl Collector for Pool {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let r = &self.0;
@@ -198,7 +200,7 @@ impl Collector for Pool {
         let workers = || r.workers.iter().filter(|w| w.role != "master");
         let mut family = encoder.encode_descriptor(
             "workers",
-            "Workers by state (in prefork mode, the adopted master's children)",
+            "Workers by state (in prefork mode, the adopted master's children).",
             None,
             MetricType::Gauge,
         )?;
@@ -208,7 +210,7 @@ impl Collector for Pool {
         }
         let mut family = encoder.encode_descriptor(
             "workers_bound",
-            "The fewest and most workers the pool may run (MOLT_MIN_WORKERS, MOLT_MAX_WORKERS)",
+            "The fewest and most workers the pool may run (MOLT_MIN_WORKERS, MOLT_MAX_WORKERS).",
             None,
             MetricType::Gauge,
         )?;
@@ -217,13 +219,13 @@ impl Collector for Pool {
         one_gauge(
             &mut encoder,
             "workers_desired",
-            "Workers the scaler wants now",
+            "Workers the scaler wants now.",
             None,
             r.desired,
         )?;
         let mut family = encoder.encode_descriptor(
             "worker_concurrency_limit",
-            "Requests each worker takes at once now, learned or fixed; absent when unlimited",
+            "Requests each worker takes at once now, learned or fixed; absent when unlimited.",
             None,
             MetricType::Gauge,
         )?;
@@ -237,21 +239,21 @@ impl Collector for Pool {
         one_gauge(
             &mut encoder,
             "requests_in_flight",
-            "Requests the workers hold now",
+            "Requests the workers hold now.",
             None,
             in_flight,
         )?;
         one_gauge(
             &mut encoder,
             "requests_queued",
-            "Requests waiting in molt's queue for a worker now",
+            "Requests waiting in molt's queue for a worker now.",
             None,
             r.queue,
         )?;
         let ratio = Unit::Other("ratio".to_owned());
         let metric = encoder.encode_descriptor(
             "utilization",
-            "Share of time the ready workers held at least one request, over the last interval",
+            "Share of time the ready workers held at least one request, over the last interval.",
             Some(&ratio),
             MetricType::Gauge,
         )?;
@@ -259,14 +261,14 @@ impl Collector for Pool {
         one_gauge(
             &mut encoder,
             "saturated",
-            "1 when the pool runs its most workers and requests still queue: scale out",
+            "1 when the pool runs its most workers and requests still queue: scale out.",
             None,
             usize::from(r.load.saturated),
         )?;
         self.memory(&mut encoder)?;
         let mut family = encoder.encode_descriptor(
             "recycles",
-            "Workers recycled gracefully since molt started, by reason",
+            "Workers recycled gracefully since molt started, by reason.",
             None,
             MetricType::Counter,
         )?;
@@ -275,7 +277,7 @@ impl Collector for Pool {
         }
         let mut family = encoder.encode_descriptor(
             "kills",
-            "Workers or children killed at once since molt started, by reason",
+            "Workers or children killed at once since molt started, by reason.",
             None,
             MetricType::Counter,
         )?;
@@ -284,7 +286,7 @@ impl Collector for Pool {
         }
         let metric = encoder.encode_descriptor(
             "boot_failures",
-            "Worker boots that failed since molt started",
+            "Worker boots that failed since molt started.",
             None,
             MetricType::Counter,
         )?;
@@ -297,7 +299,7 @@ impl Pool {
         let r = &self.0;
         let mut family = encoder.encode_descriptor(
             "worker_memory",
-            "Memory of each worker's process tree (PSS), or of an adopted master alone",
+            "Memory of each worker's process tree (PSS), or of an adopted master alone.",
             Some(&Unit::Bytes),
             MetricType::Gauge,
         )?;
@@ -312,18 +314,18 @@ impl Pool {
             gauge(family.encode_family(&labels)?, bytes)?;
         }
         let figures = [
-            ("pool", "Memory of the whole pool", r.pool_memory),
+            ("pool", "Memory of the whole pool.", r.pool_memory),
             (
                 "usable",
-                "Memory the pool may use (MOLT_MEMORY_TARGET of the budget, less molt's own)",
+                "Memory the pool may use (MOLT_MEMORY_TARGET of the budget, less molt's own).",
                 r.usable,
             ),
             (
                 "budget",
-                "The memory budget: MOLT_MEMORY_LIMIT, the cgroup limit or the machine's",
+                "The memory budget: MOLT_MEMORY_LIMIT, the cgroup limit or the machine's.",
                 r.budget,
             ),
-            ("molt", "molt's own resident memory", r.molt_rss),
+            ("molt", "molt's own resident memory.", r.molt_rss),
         ];
         for (name, help, bytes) in figures {
             let name = format!("memory_{name}");
@@ -331,7 +333,7 @@ impl Pool {
         }
         let mut family = encoder.encode_descriptor(
             "worker_memory_cap",
-            "Per-worker memory caps: over soft a worker is recycled, over hard killed",
+            "Per-worker memory caps: over soft a worker is recycled, over hard killed.",
             Some(&Unit::Bytes),
             MetricType::Gauge,
         )?;
