@@ -197,16 +197,16 @@ fn memory_stays_bounded_across_ten_thousand_scrapes() {
     for _ in 0..1_000 {
         scrape(metrics);
     }
-    let after_1k = rss_kb(molt.pid());
+    let early = rss_kb(molt.pid());
     for _ in 0..9_000 {
         scrape(metrics);
     }
-    let after_10k = rss_kb(molt.pid());
-    eprintln!("molt RSS: {after_1k} kB after 1,000 scrapes, {after_10k} kB after 10,000");
+    let late = rss_kb(molt.pid());
+    eprintln!("molt RSS: {early} kB after 1,000 scrapes, {late} kB after 10,000");
     // Nothing is kept per scrape: nine thousand more must not add even 1 kB each.
     assert!(
-        after_10k < after_1k + 8 * 1024,
-        "molt grew from {after_1k} kB to {after_10k} kB over 9,000 scrapes"
+        late < early + 8 * 1024,
+        "molt grew from {early} kB to {late} kB over 9,000 scrapes"
     );
 }
 
@@ -300,6 +300,11 @@ impl Drop for Prometheus {
     }
 }
 
+/// Whether a sample's value is `expected`, a small whole number Prometheus sends exactly.
+fn is(value: f64, expected: f64) -> bool {
+    (value - expected).abs() < 1e-9
+}
+
 /// `text` for a URL's query string: everything but unreserved characters percent-encoded.
 fn percent_encode(text: &str) -> String {
     text.bytes()
@@ -333,22 +338,22 @@ fn prometheus_scrapes_the_pool_while_load_runs() {
             })
         })
     };
-    let up = prometheus.wait_for("up{job=\"molt\"}", |v| v == 1.0);
-    let ready = prometheus.wait_for("molt_workers{state=\"ready\"}", |v| v == 2.0);
+    let up = prometheus.wait_for("up{job=\"molt\"}", |v| is(v, 1.0));
+    let ready = prometheus.wait_for("molt_workers{state=\"ready\"}", |v| is(v, 2.0));
     let waited = prometheus.wait_for("molt_queue_wait_seconds_sum", |v| v > 0.0);
     let p90 = prometheus.wait_for(
         "histogram_quantile(0.9, rate(molt_queue_wait_seconds_bucket[5s]))",
         |v| v > 0.0,
     );
     let busy = prometheus.wait_for("molt_utilization_ratio", |v| v > 0.5);
-    let saturated = prometheus.wait_for("max_over_time(molt_saturated[10s])", |v| v == 1.0);
+    let saturated = prometheus.wait_for("max_over_time(molt_saturated[10s])", |v| is(v, 1.0));
     let answered = prometheus.wait_for("sum(molt_requests_total{class=\"2xx\"})", |v| v > 10.0);
     let limits = prometheus.query("molt_worker_concurrency_limit");
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = load.join().expect("the load ran");
     assert_eq!(failed, 0, "{ok} ok");
     assert_eq!(limits.len(), 2, "{limits:?}");
-    assert!(limits.iter().all(|(_, v)| *v == 1.0), "{limits:?}");
+    assert!(limits.iter().all(|(_, v)| is(*v, 1.0)), "{limits:?}");
     eprintln!(
         "prometheus saw: up {up}, ready workers {ready}, queue wait sum {waited}s, p90 {p90}s, \
          utilization {busy}, saturated {saturated}, 2xx {answered}, limits {limits:?}"
@@ -359,7 +364,7 @@ fn prometheus_scrapes_the_pool_while_load_runs() {
     assert!(status["saturated"].is_boolean(), "{status}");
 }
 
-/// Every document of the YAML files in test/k8s/, as JSON, read with PyYAML.
+/// Every document of the YAML files in test/k8s/, as JSON, read with `PyYAML`.
 fn k8s_documents() -> Option<Vec<(String, serde_json::Value)>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("test/k8s");
     let script = "import json, sys, yaml\n\
@@ -400,7 +405,7 @@ fn k8s_documents() -> Option<Vec<(String, serde_json::Value)>> {
     Some(docs)
 }
 
-/// The names of molt's metrics in a PromQL query.
+/// The names of molt's metrics in a `PromQL` query.
 fn molt_metrics_in(query: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut rest = query;
