@@ -177,6 +177,56 @@ fn the_public_port_or_a_taken_address_is_refused_at_start() {
     );
 }
 
+#[test]
+fn utilization_and_saturation_are_in_the_metrics_line_and_status() {
+    if !python3_available() {
+        assert!(!e2e_required(), "python3 is required");
+        return;
+    }
+    let molt = pool(1, |b| {
+        b.env("MOLT_METRICS_INTERVAL", "300ms")
+            .env("MOLT_SAMPLE_INTERVAL", "300ms")
+    });
+    assert_eq!(get(molt.port(), "/").expect("served").status, 200);
+    // The first line is the first reading; utilization is measured from the second on.
+    assert!(
+        molt.wait_for_log("sample#molt.utilization=", Duration::from_secs(10)),
+        "{}",
+        molt.log()
+    );
+    let line = molt
+        .log()
+        .lines()
+        .find(|l| l.contains("sample#molt.utilization="))
+        .expect("a metrics line with utilization")
+        .to_owned();
+    let utilization: f64 = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("sample#molt.utilization="))
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    assert!((0.0..=1.0).contains(&utilization), "{line}");
+    assert!(line.contains(" sample#molt.saturated=0"), "{line}");
+    let socket = std::path::PathBuf::from(format!("/tmp/molt-{}.sock", molt.port()));
+    // Read again once MOLT_SAMPLE_INTERVAL has passed since the first status.
+    let mut status = status_json(&socket);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            status = status_json(&socket);
+            status["utilization"].is_f64()
+        }),
+        "{status}"
+    );
+    let utilization = status["utilization"]
+        .as_f64()
+        .expect("utilization measured");
+    assert!((0.0..=1.0).contains(&utilization), "{status}");
+    assert_eq!(status["saturated"], false, "{status}");
+    assert_eq!(status["boot_failures"], 0, "{status}");
+    assert_eq!(status["recycles"]["memory"], 0, "{status}");
+    assert_eq!(status["kills"]["memory_hard"], 0, "{status}");
+}
+
 /// The resident set of a process, from `/proc/<pid>/status`, in kB.
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("molt runs");

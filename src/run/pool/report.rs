@@ -363,3 +363,45 @@ fn mb(bytes: u64) -> String {
     let tenths = bytes * 10 / (1024 * 1024);
     format!("{}.{}MB", tenths / 10, tenths % 10)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utilization_is_busy_time_over_ready_time_between_readings() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let secs = Duration::from_secs;
+        let mut busy = Busy::default();
+        assert_eq!(
+            busy.read(&[(1, secs(0), at(0))], at(0)),
+            None,
+            "one reading"
+        );
+        // Worker 1 busy 3 of 4 seconds; worker 2 ready since second 2 and busy 1 of 2.
+        let readings = [(1, secs(3), at(0)), (2, secs(1), at(2))];
+        let utilization = busy.read(&readings, at(4)).expect("two readings");
+        assert!((utilization - 4.0 / 6.0).abs() < 1e-9, "{utilization}");
+        // Worker 1 gone; worker 2 busy for all of the next 2 seconds.
+        assert_eq!(busy.read(&[(2, secs(3), at(2))], at(6)), Some(1.0));
+        // No time passed: the last figure stands.
+        assert_eq!(busy.read(&[(2, secs(3), at(2))], at(6)), Some(1.0));
+        // A busy time read a little ahead of the clock cannot make it exceed 1.
+        assert_eq!(busy.read(&[(2, secs(9), at(2))], at(7)), Some(1.0));
+    }
+
+    #[test]
+    fn kills_are_counted_by_reason_and_kept_across_lines() {
+        let mut counters = Counters::default();
+        counters.count_kill("memory_hard");
+        counters.count_kill("something_new");
+        counters.count_recycle(Reason::Memory);
+        counters.count_boot_failure();
+        counters.next_line();
+        assert_eq!((counters.kills, counters.recycles), (0, [0; REASONS.len()]));
+        assert_eq!(counters.lasting.kills, [1, 0, 0, 0, 0, 1]);
+        assert_eq!(counters.lasting.recycles[reason_index(Reason::Memory)], 1);
+        assert_eq!(counters.lasting.boot_failures, 1);
+    }
+}
