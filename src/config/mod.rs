@@ -191,6 +191,8 @@ pub(crate) struct Config {
     pub metrics_interval: Option<Duration>,
     /// Unix socket `molt status` talks to; by default derived from the port.
     pub control_socket: PathBuf,
+    /// Where `GET /metrics` is served for Prometheus (`MOLT_METRICS_LISTEN`); `None` is off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Exec the command directly on the public port, with no pool.
     pub disable: bool,
     /// When the public port is bound.
@@ -284,6 +286,8 @@ pub(crate) const DEFAULT_WORKER_PROCESSES: usize = 1;
 pub(crate) const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 /// One l2met line a minute: the resolution Librato and other log-drain tools chart by default.
 pub(crate) const DEFAULT_METRICS_INTERVAL: Option<Duration> = Some(Duration::from_secs(60));
+/// No metrics listener: the scrape endpoint is opt-in (docs/scaling.md).
+pub(crate) const DEFAULT_METRICS_LISTEN: Option<std::net::SocketAddr> = None;
 /// molt is on unless switched off.
 pub(crate) const DEFAULT_DISABLE: bool = false;
 /// Binding at once keeps slow-booting apps from failing Heroku's R10 boot timeout.
@@ -341,6 +345,7 @@ impl Default for Config {
             sample_interval: DEFAULT_SAMPLE_INTERVAL,
             metrics_interval: DEFAULT_METRICS_INTERVAL,
             control_socket: default_control_socket(DEFAULT_PORT),
+            metrics_listen: DEFAULT_METRICS_LISTEN,
             disable: DEFAULT_DISABLE,
             bind: DEFAULT_BIND,
             mode: DEFAULT_MODE,
@@ -755,6 +760,7 @@ mod tests {
             sample_interval: Duration::from_millis(500),
             metrics_interval: None,
             control_socket: PathBuf::from("/run/molt.sock"),
+            metrics_listen: Some("[::]:9394".parse().unwrap()),
             disable: true,
             bind: BindMode::Ready,
             mode: Mode::Prefork,

@@ -4,6 +4,7 @@
 //! names when a value does not parse, and the display form of a value, with which a
 //! default is shown from [`Config::default`].
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -150,6 +151,13 @@ pub(crate) enum Kind {
     Socket {
         set: fn(&mut Config, PathBuf),
         get: fn(&Config) -> &Path,
+    },
+    /// `off` (or empty), which is `None`, or an IP address and port such as
+    /// `127.0.0.1:9394` or `[::]:9394`, on another port than the public one already
+    /// loaded, so the row must come after `port` in [`SETTINGS`].
+    Listen {
+        set: fn(&mut Config, Option<SocketAddr>),
+        get: fn(&Config) -> Option<SocketAddr>,
     },
 }
 
@@ -463,6 +471,16 @@ pub(crate) static SETTINGS: &[Setting] = &[
         doc: "Unix socket that molt status talks to; only molt's user can open it.",
     },
     Setting {
+        key: "metrics_listen",
+        env: "MOLT_METRICS_LISTEN",
+        flag: None,
+        kind: Kind::Listen {
+            set: |c, a| c.metrics_listen = a,
+            get: |c| c.metrics_listen,
+        },
+        doc: "Address of the Prometheus /metrics listener (127.0.0.1:9394 or [::]:9394), never the public port; off disables (docs/scaling.md).",
+    },
+    Setting {
         key: "disable",
         env: "MOLT_DISABLE",
         flag: None,
@@ -609,6 +627,7 @@ impl<'a> Raw<'a> {
 impl Kind {
     /// Interprets `raw`, stores it in `config` and returns its display form, or returns
     /// the accepted form for the error message.
+    #[allow(clippy::too_many_lines, reason = "one arm per kind, each short")]
     pub(super) fn apply(&self, raw: Raw<'_>, config: &mut Config) -> Result<String, String> {
         match *self {
             Kind::Count { min, max, set, .. } => {
@@ -710,6 +729,11 @@ impl Kind {
                 set(config, path);
                 Ok(shown)
             }
+            Kind::Listen { set, .. } => {
+                let addr = listen_from(raw, config.port)?;
+                set(config, addr);
+                Ok(shown_listen(addr))
+            }
         }
     }
 
@@ -730,6 +754,7 @@ impl Kind {
             Kind::Size { get, .. } => shown_auto(get(config), format_size),
             Kind::Memory { get, .. } => shown_auto(get(config), |a| a.to_string()),
             Kind::Socket { get, .. } => get(config).display().to_string(),
+            Kind::Listen { get, .. } => shown_listen(get(config)),
         }
     }
 }
@@ -826,6 +851,32 @@ fn socket_from(raw: Raw<'_>, port: u16) -> Result<PathBuf, String> {
         return Err(SOCKET_EXPECTED.to_owned());
     }
     Ok(PathBuf::from(text))
+}
+
+/// `off` (or empty) as `None`, or an address whose port is neither 0 nor `public_port`:
+/// the public listener binds `[::]:$PORT`, so any address on that port would collide
+/// with it, and a scraper needs a port it can be told.
+fn listen_from(raw: Raw<'_>, public_port: u16) -> Result<Option<SocketAddr>, String> {
+    let expected = || {
+        format!(
+            "an IP address and a port other than the public port {public_port}, \
+             such as 127.0.0.1:9394 or [::]:9394, or off"
+        )
+    };
+    let text = raw.text().ok_or_else(expected)?;
+    if text.is_empty() || text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let addr: SocketAddr = text.parse().map_err(|_| expected())?;
+    if addr.port() == 0 || addr.port() == public_port {
+        return Err(expected());
+    }
+    Ok(Some(addr))
+}
+
+/// `off` when there is no listener, else the address.
+fn shown_listen(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "off".to_owned(), |a| a.to_string())
 }
 
 /// `auto`, case-insensitive, or empty: the way to override a value set in `molt.toml`
@@ -1455,6 +1506,51 @@ mod tests {
         assert_eq!(
             toml_error("worker_memory = 45\n"),
             format!("invalid molt.toml:1 worker_memory = 45: expected {MEMORY_AMOUNT_EXPECTED}")
+        );
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_off_the_public_port() {
+        for (text, shown) in [
+            ("127.0.0.1:9394", "127.0.0.1:9394"),
+            ("[::]:9394", "[::]:9394"),
+            ("0.0.0.0:9100", "0.0.0.0:9100"),
+            ("off", "off"),
+            ("", "off"),
+        ] {
+            assert_eq!(apply("metrics_listen", text).unwrap().1, shown, "{text:?}");
+        }
+        assert_eq!(
+            apply("metrics_listen", "[::1]:9394")
+                .unwrap()
+                .0
+                .metrics_listen,
+            Some("[::1]:9394".parse().unwrap())
+        );
+        // The public port, on any address, would collide with the public listener.
+        assert_eq!(
+            env_error(&[("PORT", "8080"), ("MOLT_METRICS_LISTEN", "127.0.0.1:8080")]),
+            "invalid MOLT_METRICS_LISTEN=\"127.0.0.1:8080\": expected an IP address and a \
+             port other than the public port 8080, such as 127.0.0.1:9394 or [::]:9394, or off"
+        );
+        for text in [
+            "9394",
+            "localhost:9394",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "[::]:5000",
+            ":9394",
+        ] {
+            assert!(apply("metrics_listen", text).is_err(), "{text:?}");
+        }
+        let loaded = crate::config::testing::load_env(&[
+            ("PORT", "6000"),
+            ("MOLT_METRICS_LISTEN", "[::]:5000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            loaded.config.metrics_listen,
+            Some("[::]:5000".parse().unwrap())
         );
     }
 

@@ -6,6 +6,8 @@
 
 /// The Unix socket `molt status` and `molt restart` talk to.
 pub(crate) mod control;
+/// The opt-in Prometheus listener (`MOLT_METRICS_LISTEN`): request histograms, the pool.
+pub(crate) mod metrics;
 /// The pool's state for `molt status`: the report and its table and JSON forms.
 pub(crate) mod status;
 

@@ -26,7 +26,24 @@ pub(crate) struct StatusReport {
     pub(crate) mode: &'static str,
     /// The adopted preforking server, in prefork mode.
     pub(crate) server: Option<&'static str>,
+    pub(crate) load: Load,
     pub(crate) workers: Vec<WorkerRow>,
+}
+
+/// How busy the pool is, and what it went through since molt started: the figures to
+/// scale dynos or pods on (docs/scaling.md).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Load {
+    /// The share of time the ready workers held at least one request, from 0 to 1, over
+    /// the last interval (see `pool::report`); `None` until one has been measured.
+    pub(crate) utilization: Option<f64>,
+    /// The pool runs its most workers and requests still wait: more workers would not
+    /// come from molt, only from more dynos or pods.
+    pub(crate) saturated: bool,
+    /// Since molt started: worker boots that failed, recycles and kills by reason.
+    pub(crate) boot_failures: u64,
+    pub(crate) recycles: Vec<(&'static str, u64)>,
+    pub(crate) kills: Vec<(&'static str, u64)>,
 }
 
 /// One worker in [`StatusReport`].
@@ -127,6 +144,18 @@ pub(crate) fn text(r: &StatusReport) -> String {
         format_size(r.hard_cap),
         format_size(r.molt_rss),
     );
+    let _ = writeln!(
+        out,
+        "load: utilization {}, {}",
+        r.load
+            .utilization
+            .map_or_else(|| "-".to_owned(), |u| format!("{:.0}%", u * 100.0)),
+        if r.load.saturated {
+            "saturated (at max workers and queueing: add dynos or pods)"
+        } else {
+            "not saturated"
+        }
+    );
     if let Some(paused) = r.memory_guard_paused_s {
         let _ = writeln!(
             out,
@@ -176,6 +205,15 @@ pub(crate) fn text(r: &StatusReport) -> String {
     out
 }
 
+/// Counts by reason as one JSON object.
+fn by_reason(counts: &[(&str, u64)]) -> serde_json::Value {
+    counts
+        .iter()
+        .map(|&(reason, n)| (reason.to_owned(), n.into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// The report as JSON for machines; sizes in bytes, rates to a tenth of a byte.
 pub(crate) fn json(r: &StatusReport) -> String {
     let tenths = |v: Option<f64>| {
@@ -222,6 +260,11 @@ pub(crate) fn json(r: &StatusReport) -> String {
         "memory_guard_paused_s": r.memory_guard_paused_s,
         "mode": r.mode,
         "server": r.server,
+        "utilization": r.load.utilization.map(|u| (u * 1000.0).round() / 1000.0),
+        "saturated": r.load.saturated,
+        "boot_failures": r.load.boot_failures,
+        "recycles": by_reason(&r.load.recycles),
+        "kills": by_reason(&r.load.kills),
         "workers": workers,
     });
     format!("{report}\n")
@@ -269,6 +312,13 @@ mod tests {
             memory_guard_paused_s: None,
             mode: "pool",
             server: None,
+            load: Load {
+                utilization: Some(0.4567),
+                saturated: false,
+                boot_failures: 0,
+                recycles: vec![("memory", 2)],
+                kills: Vec::new(),
+            },
             workers,
         }
     }
@@ -305,6 +355,21 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_str(&json_of(vec![row(None, false)])).unwrap();
         assert!(json["workers"][0]["limit"].is_null(), "unlimited");
+    }
+
+    #[test]
+    fn utilization_and_saturation_are_shown() {
+        let text = text_of(vec![row(Some(1), false)]);
+        assert!(
+            text.contains("\nload: utilization 46%, not saturated\n"),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&json_of(vec![row(Some(1), false)])).unwrap();
+        assert_eq!(json["utilization"], 0.457);
+        assert_eq!(json["saturated"], false);
+        assert_eq!(json["recycles"]["memory"], 2);
+        assert_eq!(json["kills"], serde_json::json!({}));
     }
 
     fn text_of(workers: Vec<WorkerRow>) -> String {

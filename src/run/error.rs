@@ -26,6 +26,11 @@ pub(crate) enum Fatal {
     ControlSocket(BindError),
     /// The public port could not be bound or used.
     Listen { port: u16, source: io::Error },
+    /// `MOLT_METRICS_LISTEN` could not be bound.
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
     /// The app failed to boot `failures` times in a row and no worker was ever ready.
     CannotBoot {
         failures: u32,
@@ -43,6 +48,12 @@ impl fmt::Display for Fatal {
                 f,
                 "cannot listen on port {port}: is another process using it? Set PORT or \
                  --port to a free port: {source}"
+            ),
+            Fatal::MetricsListen { addr, source } => write!(
+                f,
+                "cannot listen on MOLT_METRICS_LISTEN={addr}: is another process using it, \
+                 or is the address not one of this machine's? Set MOLT_METRICS_LISTEN to a \
+                 free port, or to off: {source}"
             ),
             Fatal::CannotBoot {
                 failures,

@@ -157,6 +157,24 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
     tokio::spawn(crate::observe::control::serve(control, move |command| {
         events.send(Event::Command(command)).is_ok()
     }));
+    // Bound before any worker starts, like the control socket, so that an address in
+    // use stops molt at once; never the public port (refused when configured).
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = crate::observe::metrics::bind(addr)
+                .map_err(|source| Fatal::MetricsListen { addr, source })?;
+            let requests = Arc::new(crate::observe::metrics::Requests::new());
+            let events = links.events.clone();
+            tokio::spawn(crate::observe::metrics::serve(
+                listener,
+                Arc::clone(&requests),
+                move |command| events.send(Event::Command(command)).is_ok(),
+            ));
+            event!(Info, "metrics_listen", addr = addr);
+            Some(requests)
+        }
+        None => None,
+    };
 
     // Bind before any worker exists: Heroku's boot timeout (R10) needs only the bind,
     // and requests that arrive meanwhile wait in the queue.
@@ -181,6 +199,7 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
             keepalive: config.keepalive_timeout,
         },
         underscore_headers: config.underscore_headers,
+        metrics,
     });
     tokio::spawn(proxy::listen::serve_public(
         listener,

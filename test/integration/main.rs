@@ -26,6 +26,9 @@ mod hostile;
 mod lifecycle;
 /// Memory governance, recycling, autoscaling, status and metrics.
 mod memory;
+/// The metrics listener: promtool, a real Prometheus server under load, only /metrics
+/// served, memory across scrapes, and the Kubernetes manifests in test/k8s/.
+mod metrics;
 /// Preforking servers (Unicorn, gunicorn, Puma) adopted: their children governed by
 /// signals, their shared memory kept.
 mod prefork;

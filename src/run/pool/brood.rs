@@ -710,7 +710,7 @@ impl Supervisor {
         }
         self.procs.signal(Pid::from_raw(pid), Signal::SIGKILL);
         w.slot.upstreams.forget();
-        self.counters.kills += 1;
+        self.counters.count_kill(reason);
         self.set_brood_capacity(id);
     }
 

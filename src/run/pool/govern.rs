@@ -420,7 +420,7 @@ impl Supervisor {
         self.procs.signal_group(w.pid, Signal::SIGKILL);
         w.slot.upstreams.clear();
         w.state = State::Stopping { deadline: None };
-        self.counters.kills += 1;
+        self.counters.count_kill(reason);
     }
 
     /// One recycle at a time: picks the next worker to replace, starts its replacement

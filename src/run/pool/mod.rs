@@ -315,7 +315,7 @@ impl Supervisor {
             }
             Event::Inspected { id, found } => self.on_inspected(id, found, now),
             Event::Command(Command::Status(reply)) => {
-                let _ = reply.send(self.status_report(now));
+                let _ = reply.send(self.report(now));
             }
             Event::Fatal(fatal) => {
                 for w in &self.workers {
@@ -484,6 +484,7 @@ impl Supervisor {
     /// Counts a failed boot, backs off, and gives up when the app has never booted.
     fn boot_failed(&mut self, reason: BootFailure, now: Instant) -> Option<Done> {
         self.boot_failures += 1;
+        self.counters.count_boot_failure();
         let failures = self.boot_failures;
         if !self.ever_ready && failures >= self.config.max_boot_failures {
             for w in &self.workers {

@@ -1,25 +1,115 @@
 //! What the supervisor tells the outside: the `molt status` report and, every
 //! `MOLT_METRICS_INTERVAL`, one l2met line that Heroku log-drain tools (Librato and
 //! others) chart without setup.
+//!
+//! Utilization is the share of time the ready workers held at least one request, as
+//! Judoscale's figure of that name: 1 means every worker was busy all the time. It is
+//! measured from each worker's busy time (`Slot::busy_time`) between two readings, one
+//! per l2met line and one for `molt status` and the metrics listener, taken at most once
+//! per `MOLT_SAMPLE_INTERVAL`. An adopted preforking master is one worker here: it is busy
+//! while any of its children holds a request.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::{Reason, State, Supervisor};
 use crate::observe::emit;
-use crate::observe::status::{StatusReport, WorkerRow};
+use crate::observe::status::{Load, StatusReport, WorkerRow};
 
 /// Events counted between two metrics lines.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) kills: u64,
     recycles: [u64; REASONS.len()],
+    /// What is not reset with each line.
+    lasting: Lasting,
+}
+
+/// Counts since molt started, for `molt status` and the metrics listener, and the
+/// readings utilization is measured between.
+#[derive(Debug, Default)]
+struct Lasting {
+    recycles: [u64; REASONS.len()],
+    kills: [u64; KILL_REASONS.len()],
+    boot_failures: u64,
+    /// For the l2met line: since the previous line.
+    line_busy: Busy,
+    /// For `molt status` and the metrics listener: since the previous reading at least
+    /// `MOLT_SAMPLE_INTERVAL` ago.
+    report_busy: Busy,
 }
 
 impl Counters {
     pub(crate) fn count_recycle(&mut self, reason: Reason) {
         self.recycles[reason_index(reason)] += 1;
+        self.lasting.recycles[reason_index(reason)] += 1;
+    }
+
+    /// A worker or child killed at once, `reason` as its `kill` log line says.
+    pub(crate) fn count_kill(&mut self, reason: &str) {
+        self.kills += 1;
+        let index = KILL_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(KILL_REASONS.len() - 1);
+        self.lasting.kills[index] += 1;
+    }
+
+    pub(crate) fn count_boot_failure(&mut self) {
+        self.lasting.boot_failures += 1;
+    }
+
+    /// The counts of one line are done; those since molt started go on.
+    fn next_line(&mut self) {
+        let lasting = std::mem::take(&mut self.lasting);
+        *self = Counters {
+            lasting,
+            ..Counters::default()
+        };
+    }
+}
+
+/// Why workers are killed, as the `kill` log lines name it; the last catches any other.
+const KILL_REASONS: [&str; 6] = [
+    "memory_hard",
+    "memory_pool",
+    "request_timeout",
+    "boot_timeout",
+    "stop_timeout",
+    "other",
+];
+
+/// One series of readings of the ready workers' busy time.
+#[derive(Debug, Default)]
+struct Busy {
+    /// When the last reading was taken, with each ready worker's busy time then.
+    last: Option<(Instant, HashMap<u64, Duration>)>,
+    /// The utilization measured at the last reading.
+    utilization: Option<f64>,
+}
+
+impl Busy {
+    /// Reads the ready workers (id, busy time so far, ready since) at `now` and returns
+    /// the utilization since the previous reading: busy time over ready time, summed over
+    /// the workers; a worker that became ready since counts from then.
+    fn read(&mut self, ready: &[(u64, Duration, Instant)], now: Instant) -> Option<f64> {
+        let seen: HashMap<u64, Duration> = ready.iter().map(|&(id, busy, _)| (id, busy)).collect();
+        let Some((then, before)) = self.last.replace((now, seen)) else {
+            return self.utilization;
+        };
+        let (mut busy, mut time) = (Duration::ZERO, Duration::ZERO);
+        for &(id, busy_now, ready_since) in ready {
+            let from = ready_since.max(then);
+            time += now.saturating_duration_since(from);
+            busy += busy_now.saturating_sub(before.get(&id).copied().unwrap_or_default());
+        }
+        if !time.is_zero() {
+            self.utilization = Some((busy.as_secs_f64() / time.as_secs_f64()).clamp(0.0, 1.0));
+        }
+        self.utilization
     }
 }
 
@@ -41,6 +131,69 @@ fn reason_index(reason: Reason) -> usize {
 }
 
 impl Supervisor {
+    /// The ready workers as utilization reads them: id, busy time so far, ready since.
+    fn busy_readings(&self) -> Vec<(u64, Duration, Instant)> {
+        self.workers
+            .iter()
+            .filter(|w| w.is_ready())
+            .filter_map(|w| Some((w.id, w.slot.busy_time(), w.ready_since?)))
+            .collect()
+    }
+
+    /// The pool runs its most workers and requests still wait for one.
+    fn saturated(&self) -> bool {
+        let workers = if self.mode == super::Mode::Prefork {
+            self.workers
+                .iter()
+                .filter_map(|w| w.brood.as_ref())
+                .map(|b| b.children.len())
+                .sum()
+        } else {
+            self.workers.iter().filter(|w| w.is_live()).count()
+        };
+        self.dispatcher.queued() > 0 && workers >= self.budget.max_workers
+    }
+
+    /// Utilization for `molt status` and the metrics listener: read again once
+    /// `MOLT_SAMPLE_INTERVAL` has passed since the last reading, so that a scrape every
+    /// second does not measure a moment.
+    fn report_utilization(&mut self, now: Instant) -> Option<f64> {
+        let due = self
+            .counters
+            .lasting
+            .report_busy
+            .last
+            .as_ref()
+            .is_none_or(|(then, _)| {
+                now.saturating_duration_since(*then) >= self.config.sample_interval
+            });
+        if !due {
+            return self.counters.lasting.report_busy.utilization;
+        }
+        let readings = self.busy_readings();
+        self.counters.lasting.report_busy.read(&readings, now)
+    }
+
+    /// The status report with its [`Load`], utilization read when due.
+    pub(super) fn report(&mut self, now: Instant) -> StatusReport {
+        let utilization = self.report_utilization(now);
+        let lasting = &self.counters.lasting;
+        let load = Load {
+            utilization,
+            saturated: self.saturated(),
+            boot_failures: lasting.boot_failures,
+            recycles: REASONS
+                .iter()
+                .map(|r| (r.as_str(), lasting.recycles[reason_index(*r)]))
+                .collect(),
+            kills: KILL_REASONS.iter().copied().zip(lasting.kills).collect(),
+        };
+        StatusReport {
+            load,
+            ..self.status_report(now)
+        }
+    }
+
     pub(super) fn status_report(&self, now: Instant) -> StatusReport {
         let ticks = crate::sys::memory::clock_ticks_per_second();
         #[allow(clippy::cast_precision_loss, reason = "seconds for people to read")]
@@ -138,6 +291,7 @@ impl Supervisor {
                 .workers
                 .iter()
                 .find_map(|w| w.brood.as_ref().map(|b| b.server.name())),
+            load: Load::default(),
             workers,
         }
     }
@@ -190,8 +344,17 @@ impl Supervisor {
         if let Some(largest) = self.workers.iter().filter_map(|w| w.mem.now).max() {
             let _ = write!(line, " sample#molt.memory.worker.max={}", mb(largest));
         }
+        let readings = self.busy_readings();
+        if let Some(utilization) = self.counters.lasting.line_busy.read(&readings, now) {
+            let _ = write!(line, " sample#molt.utilization={utilization:.3}");
+        }
+        let _ = write!(
+            line,
+            " sample#molt.saturated={}",
+            u8::from(self.saturated())
+        );
         emit(&line);
-        self.counters = Counters::default();
+        self.counters.next_line();
     }
 }
 
@@ -199,4 +362,46 @@ impl Supervisor {
 fn mb(bytes: u64) -> String {
     let tenths = bytes * 10 / (1024 * 1024);
     format!("{}.{}MB", tenths / 10, tenths % 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utilization_is_busy_time_over_ready_time_between_readings() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let secs = Duration::from_secs;
+        let mut busy = Busy::default();
+        assert_eq!(
+            busy.read(&[(1, secs(0), at(0))], at(0)),
+            None,
+            "one reading"
+        );
+        // Worker 1 busy 3 of 4 seconds; worker 2 ready since second 2 and busy 1 of 2.
+        let readings = [(1, secs(3), at(0)), (2, secs(1), at(2))];
+        let utilization = busy.read(&readings, at(4)).expect("two readings");
+        assert!((utilization - 4.0 / 6.0).abs() < 1e-9, "{utilization}");
+        // Worker 1 gone; worker 2 busy for all of the next 2 seconds.
+        assert_eq!(busy.read(&[(2, secs(3), at(2))], at(6)), Some(1.0));
+        // No time passed: the last figure stands.
+        assert_eq!(busy.read(&[(2, secs(3), at(2))], at(6)), Some(1.0));
+        // A busy time read a little ahead of the clock cannot make it exceed 1.
+        assert_eq!(busy.read(&[(2, secs(9), at(2))], at(7)), Some(1.0));
+    }
+
+    #[test]
+    fn kills_are_counted_by_reason_and_kept_across_lines() {
+        let mut counters = Counters::default();
+        counters.count_kill("memory_hard");
+        counters.count_kill("something_new");
+        counters.count_recycle(Reason::Memory);
+        counters.count_boot_failure();
+        counters.next_line();
+        assert_eq!((counters.kills, counters.recycles), (0, [0; REASONS.len()]));
+        assert_eq!(counters.lasting.kills, [1, 0, 0, 0, 0, 1]);
+        assert_eq!(counters.lasting.recycles[reason_index(Reason::Memory)], 1);
+        assert_eq!(counters.lasting.boot_failures, 1);
+    }
 }

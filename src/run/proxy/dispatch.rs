@@ -72,6 +72,11 @@ pub(crate) struct Slot {
     /// that leaves it below its capacity clears it, and releases leave it as it is: with
     /// requests waiting, a freed place is taken again at once.
     full_since_ms: AtomicU64,
+    /// When `in_flight` last rose from zero, in microseconds after `created`.
+    busy_since_us: AtomicU64,
+    /// How long the worker held at least one request, in microseconds, until
+    /// `in_flight` last dropped to zero (see [`Slot::busy_time`]).
+    busy_us: AtomicU64,
 }
 
 /// `full_since_ms` of a slot that is not full.
@@ -134,7 +139,20 @@ impl Slot {
             learning: None,
             fixed: AtomicBool::new(false),
             full_since_ms: AtomicU64::new(NOT_FULL),
+            busy_since_us: AtomicU64::new(0),
+            busy_us: AtomicU64::new(0),
         }
+    }
+
+    /// How long, since it was created, the worker has held at least one request: what
+    /// the utilization the pool reports is made of (see `pool::report`).
+    pub(crate) fn busy_time(&self) -> Duration {
+        let mut us = self.busy_us.load(Ordering::Relaxed);
+        if self.in_flight() > 0 {
+            let now = micros(self.created.elapsed());
+            us += now.saturating_sub(self.busy_since_us.load(Ordering::Relaxed));
+        }
+        Duration::from_micros(us)
     }
 
     /// Has this worker learn its capacity from its latency, within `settings`.
@@ -396,10 +414,17 @@ impl Drop for Lease {
 
 fn release(slot: &Slot) {
     if slot.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-        let ms = u64::try_from(slot.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = slot.created.elapsed();
+        let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         slot.idle_since_ms.store(ms, Ordering::Relaxed);
+        let busy = micros(elapsed).saturating_sub(slot.busy_since_us.load(Ordering::Relaxed));
+        slot.busy_us.fetch_add(busy, Ordering::Relaxed);
         slot.idle.notify_waiters();
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -567,6 +592,10 @@ impl Dispatcher {
     fn lease(self: &Arc<Self>, slot: &Arc<Slot>) -> Lease {
         let busy = slot.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         slot.peak.fetch_max(busy, Ordering::AcqRel);
+        if busy == 1 {
+            let now = micros(slot.created.elapsed());
+            slot.busy_since_us.store(now, Ordering::Relaxed);
+        }
         if slot.learning.is_some() {
             let full = self
                 .capacity_of(slot)

@@ -49,6 +49,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::UnderscoreHeaders;
 use crate::observe::event;
+use crate::observe::metrics::Requests;
 use crate::run::event::Event;
 use crate::run::proxy::conn::{ClientIo, Finished, Shared, Timeouts};
 use crate::run::proxy::dispatch::{Dispatcher, Lease};
@@ -79,6 +80,9 @@ pub(crate) struct Proxy {
     pub(crate) timeouts: Timeouts,
     /// `MOLT_UNDERSCORE_HEADERS`.
     pub(crate) underscore_headers: UnderscoreHeaders,
+    /// What requests count for the metrics listener; `None` when it is off, so that
+    /// requests then pay nothing for it.
+    pub(crate) metrics: Option<Arc<Requests>>,
 }
 
 /// When a request body is read whole before a worker is leased, so that a slow upload
@@ -156,6 +160,12 @@ async fn serve_connection(
             let shared = Arc::clone(&shared);
             let proxy = Arc::clone(&proxy);
             Box::pin(async move {
+                // Before the head is rewritten: molt adds its own X-Request-Start.
+                let metrics = proxy.metrics.clone();
+                let arrived = metrics.as_ref().map(|metrics| {
+                    metrics.arrived(req.headers(), std::time::SystemTime::now());
+                    std::time::Instant::now()
+                });
                 let response = if smuggled {
                     failure::respond(&Failure::LengthAndChunked)
                 } else {
@@ -163,6 +173,9 @@ async fn serve_connection(
                         .await
                         .unwrap_or_else(|failure| failure::respond(&failure))
                 };
+                if let (Some(metrics), Some(arrived)) = (metrics, arrived) {
+                    metrics.answered(response.status(), arrived.elapsed());
+                }
                 Ok::<_, Infallible>(response.map(|body| Tracked {
                     body,
                     _finished: finished,
@@ -309,11 +322,12 @@ async fn exchange(
     let mut req = req;
     let mut retried = false;
     loop {
-        let lease = proxy
-            .dispatcher
-            .acquire()
-            .await
-            .map_err(Failure::Overloaded)?;
+        let asked = proxy.metrics.as_ref().map(|_| std::time::Instant::now());
+        let lease = proxy.dispatcher.acquire().await;
+        if let (Some(metrics), Some(asked)) = (&proxy.metrics, asked) {
+            metrics.queue_wait.observe(asked.elapsed());
+        }
+        let lease = lease.map_err(Failure::Overloaded)?;
         let worker = lease.slot().id;
         let slot = lease.slot();
         let mut conn = match slot.upstreams.connect(slot.addr).await {
