@@ -176,6 +176,8 @@ pub(crate) struct Supervisor {
     next_sample: Instant,
     sampling: bool,
     guard: govern::KillLoopGuard,
+    /// The request rate and its recent peak, for recycling in lulls.
+    lull: govern::LullMeter,
     next_metrics: Option<Instant>,
     counters: report::Counters,
     /// Randomness for jitter: recycles of different workers must not line up.
@@ -237,6 +239,7 @@ impl Supervisor {
             next_sample: Instant::now(),
             sampling: false,
             guard: govern::KillLoopGuard::default(),
+            lull: govern::LullMeter::default(),
             next_metrics: config.metrics_interval.map(|every| Instant::now() + every),
             counters: report::Counters::default(),
             rng: govern::seed(),

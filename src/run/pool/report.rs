@@ -23,7 +23,7 @@ impl Counters {
     }
 }
 
-const REASONS: [Reason; 7] = [
+const REASONS: [Reason; 8] = [
     Reason::Restart,
     Reason::Memory,
     Reason::Pool,
@@ -31,6 +31,7 @@ const REASONS: [Reason; 7] = [
     Reason::Lifetime,
     Reason::Idle,
     Reason::Refused,
+    Reason::Lull,
 ];
 
 fn reason_index(reason: Reason) -> usize {
