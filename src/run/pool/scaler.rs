@@ -844,13 +844,19 @@ mod tests {
             served,
             ..idle(id, t0)
         };
-        // Worker 2 is the fresh replacement of a recycle: it goes before the warm worker 3,
-        // though 3 is newer; among the warm ones, the newest.
+        // Worker 2 is the fresh replacement of a recycle: it goes first, though 4 is
+        // newer; then 3, which has served less than 4.
         let workers = [served(1, 900), served(2, 4), served(3, 700), served(4, 800)];
         let s = settings(2, 6, 1);
         assert_eq!(
             decide(&roomy(&workers, 0), &s, now),
-            Decision::Retire(vec![2, 4])
+            Decision::Retire(vec![2, 3])
+        );
+        // As warm as each other: the newest first.
+        let workers = [served(1, 50), served(2, 50), served(3, 50)];
+        assert_eq!(
+            decide(&roomy(&workers, 0), &s, now),
+            Decision::Retire(vec![3])
         );
     }
 

@@ -715,8 +715,9 @@ mod tests {
             served_slot(3, 0, 0),
         ];
         assert_eq!(ids(choose(&pool, 3)), Some(2), "the least busy warm one");
+        assert_eq!(ids(choose(&pool, 2)), Some(2));
         // Once the warm ones are full, the cold one takes the request.
-        assert_eq!(ids(choose(&pool, 2)), Some(3));
+        assert_eq!(ids(choose(&pool, 1)), Some(3));
         // A worker molt warmed up counts as warm before serving anything.
         let pool = [served_slot(1, 500, 1), served_slot(2, 0, 0)];
         assert_eq!(ids(choose(&pool, 2)), Some(1));
