@@ -225,7 +225,7 @@ pub(crate) struct Grower {
     pub(crate) id: u64,
     /// Bytes at the last sample.
     pub(crate) memory: u64,
-    /// Its boot footprint (or first sample once ready).
+    /// Its first sample once ready (what it held before it grew).
     pub(crate) footprint: Option<u64>,
     /// Growth per hour after warm-up, once measured.
     pub(crate) per_hour: Option<f64>,
@@ -323,7 +323,11 @@ impl Supervisor {
         if let Some(rss) = molt_rss {
             self.molt_rss = rss;
         }
-        let served = self.workers.iter().map(|w| (w.id, w.slot.served())).collect();
+        let served = self
+            .workers
+            .iter()
+            .map(|w| (w.id, w.slot.served()))
+            .collect();
         self.lull.observe(served, now);
         self.refresh_budget();
         event!(
@@ -469,8 +473,7 @@ impl Supervisor {
         let Some(horizon) = self.config.recycle_horizon else {
             return;
         };
-        if self.mode != super::Mode::Pool || self.recycling.is_some() || !self.pending.is_empty()
-        {
+        if self.mode != super::Mode::Pool || self.recycling.is_some() || !self.pending.is_empty() {
             return;
         }
         let footprint = self.facts.worker_footprint.unwrap_or(0);
@@ -485,7 +488,7 @@ impl Supervisor {
                 Some(Grower {
                     id: w.id,
                     memory: own_memory(w)?,
-                    footprint: w.mem.footprint.or(w.mem.first_ready),
+                    footprint: w.mem.first_ready.or(w.mem.footprint),
                     per_hour: w.mem.growth.map(|g| g.per_hour),
                     in_flight: w.slot.in_flight(),
                     capacity: self.dispatcher.capacity_of(&w.slot),
@@ -874,7 +877,7 @@ mod tests {
                 .map(|w| Grower {
                     id: w.id,
                     memory: w.mem.now.unwrap_or(0),
-                    footprint: w.mem.footprint.or(w.mem.first_ready),
+                    footprint: w.mem.first_ready.or(w.mem.footprint),
                     per_hour: w.mem.growth.map(|g| g.per_hour),
                     in_flight,
                     capacity: Some(4),
@@ -911,15 +914,24 @@ mod tests {
         // peak to the night before.
         let before = simulate(400.0, 0.0, None);
         let after = simulate(400.0, 0.0, Some(Duration::from_secs(9 * HOUR)));
-        assert!(before.at_peak >= 10, "the cap recycles at the peak: {before:?}");
+        assert!(
+            before.at_peak >= 10,
+            "the cap recycles at the peak: {before:?}"
+        );
         assert!(
             after.at_peak * 2 <= before.at_peak,
             "lulls take most of the peak's recycles: {before:?} {after:?}"
         );
-        assert!(after.in_trough >= 3 * before.in_trough, "{before:?} {after:?}");
+        assert!(
+            after.in_trough >= 3 * before.in_trough,
+            "{before:?} {after:?}"
+        );
         assert!(after.early > 0, "{after:?}");
         // Never over the cap by more than a sample's growth, and no higher than before.
-        assert!(after.max_memory <= before.max_memory, "{before:?} {after:?}");
+        assert!(
+            after.max_memory <= before.max_memory,
+            "{before:?} {after:?}"
+        );
         assert!(after.max_memory <= SOFT_CAP + MB, "{after:?}");
         // The early ones cost some of each worker's life, not a multiple of the recycles.
         assert!(after.total <= before.total * 3 / 2, "{before:?} {after:?}");
@@ -928,7 +940,11 @@ mod tests {
     #[test]
     fn a_worker_that_does_not_grow_is_never_recycled_early() {
         // Memory that wobbles by 2 MB up and down from sample to sample, and no leak.
-        let flat = simulate(0.0, 2.0 * 1024.0 * 1024.0, Some(Duration::from_secs(9 * HOUR)));
+        let flat = simulate(
+            0.0,
+            2.0 * 1024.0 * 1024.0,
+            Some(Duration::from_secs(9 * HOUR)),
+        );
         assert_eq!((flat.total, flat.early), (0, 0), "{flat:?}");
         // A worker that grows, but would take days to reach its cap, is not either.
         let slow = simulate(16.0, 0.0, Some(Duration::from_secs(9 * HOUR)));
@@ -941,7 +957,10 @@ mod tests {
         let before = simulate(400.0, 0.0, None);
         let after = simulate(400.0, 0.0, Some(Duration::from_secs(600)));
         assert!(after.total <= before.total + 1, "{before:?} {after:?}");
-        assert!(after.max_memory <= before.max_memory, "{before:?} {after:?}");
+        assert!(
+            after.max_memory <= before.max_memory,
+            "{before:?} {after:?}"
+        );
     }
 
     fn grower(id: u64, memory: u64, per_hour: f64, in_flight: usize) -> Grower {

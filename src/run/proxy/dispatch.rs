@@ -161,7 +161,6 @@ impl Slot {
         self.served().saturating_add(warmed)
     }
 
-
     /// Has this worker learn its capacity from its latency, within `settings`.
     #[must_use]
     pub(crate) fn learning(mut self, settings: LimiterSettings) -> Self {
@@ -435,6 +434,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Where a worker stands for the next request, lowest first: cold or not, how far from
+/// warm a cold one is, how busy it is.
+type Rank = (bool, u64, usize);
+
 /// The worker to take the next request, among those under capacity that have not
 /// refused a connection: warm first, cold last (ARCHITECTURE.md, "A request").
 ///
@@ -447,7 +450,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 ///   requests go to one worker, which warms up soonest, and a second cold worker (a
 ///   rolling restart's next replacement) takes traffic only when the first is full.
 pub(crate) fn choose(pool: &[Arc<Slot>], capacity: usize) -> Option<&Arc<Slot>> {
-    let mut best: Option<(&Arc<Slot>, (bool, u64, usize))> = None;
+    let mut best: Option<(&Arc<Slot>, Rank)> = None;
     for slot in pool {
         let busy = slot.in_flight();
         if !slot.admits(busy, capacity) || slot.at_request_limit() || slot.is_refused() {
@@ -738,7 +741,11 @@ mod tests {
         pool[0].in_flight.store(2, Ordering::Relaxed);
         assert_eq!(ids(choose(&pool, 2)), Some(3), "then the warmest cold one");
         pool[2].in_flight.store(2, Ordering::Relaxed);
-        assert_eq!(ids(choose(&pool, 2)), Some(2), "then the next, as the queue needs");
+        assert_eq!(
+            ids(choose(&pool, 2)),
+            Some(2),
+            "then the next, as the queue needs"
+        );
     }
 
     #[tokio::test]
