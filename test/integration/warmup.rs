@@ -18,10 +18,10 @@ const SLOW_MS: u64 = 200;
 const SLOW_REQUESTS: u32 = 5;
 /// ... and the rest this long. Long enough that a loaded machine's scheduling noise is
 /// small beside it, so the ratio of two p99s measures molt, not the machine.
-const FAST_MS: u64 = 20;
+const FAST_MS: u64 = 40;
 
 /// How long each side is loaded.
-const LOAD: Duration = Duration::from_secs(30);
+const LOAD: Duration = Duration::from_secs(36);
 
 /// Requests within this long before a process's first answer, or this long after it,
 /// are in its recycle window: the old worker stops taking requests at its limit shortly
@@ -33,7 +33,7 @@ fn coldstart_app() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test/fixtures/apps/coldstart/app.py")
 }
 
-/// Four workers taking one request at a time, each recycled after about 300 requests,
+/// Four workers taking one request at a time, each recycled after about 150 requests,
 /// for two clients: room for two workers at their request limit at once. (Two workers
 /// loaded alike reach their limits within one recycle of each other more often than not,
 /// and recycles go one at a time, so with no room to spare the second one's requests
@@ -45,7 +45,7 @@ fn cold_pool(configure: impl FnOnce(MoltBuilder) -> MoltBuilder) -> Molt {
         .env("MOLT_MIN_WORKERS", "4")
         .env("MOLT_MAX_WORKERS", "4")
         .env("MOLT_WORKER_CONCURRENCY", "1")
-        .env("MOLT_MAX_REQUESTS", "300")
+        .env("MOLT_MAX_REQUESTS", "150")
         .env("COLD_SLOW_REQUESTS", SLOW_REQUESTS.to_string())
         .env("COLD_SLOW_MS", SLOW_MS.to_string())
         .env("COLD_FAST_MS", FAST_MS.to_string())
@@ -210,7 +210,7 @@ fn warm_up_and_warm_routing_keep_recycles_from_being_felt() {
             split.processes
         );
         assert!(
-            split.windows.len() >= 300 && split.steady.len() >= 300,
+            split.windows.len() >= 250 && split.steady.len() >= 250,
             "{name}: {} requests in recycle windows, {} outside",
             split.windows.len(),
             split.steady.len()
@@ -237,11 +237,11 @@ fn warm_up_and_warm_routing_keep_recycles_from_being_felt() {
         on.2,
         off.0
     );
-    // The test can tell: without warm-up the cold requests are felt.
+    // The test can tell: without warm-up the cold requests are felt, in the p99 itself.
     assert!(
-        off.0 > 2.0 * on.0,
-        "without warm-up the p99 around recycles should be far above the steady one: \
-         {off:?} against {on:?}"
+        off.1 >= Duration::from_millis(SLOW_MS) && off.0 > on.0,
+        "without warm-up the p99 around recycles should be a cold request's: {off:?} \
+         against {on:?} with warm-up"
     );
 }
 
