@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as b  # noqa: E402
 
 APP = os.path.join(b.ROOT, "test", "fixtures", "apps", "coldstart", "app.py")
-DAY = float(os.environ.get("BENCH_DAY") or (24 if b.SMOKE else 240))
+DAY = float(os.environ.get("BENCH_DAY") or (12 if b.SMOKE else 240))
 DAYS = float(os.environ.get("BENCH_DAYS") or (1 if b.SMOKE else 3))
 # At the peak the three workers are two-thirds busy (50 ms a request), so the load spreads
 # over all of them, and a worker reaches its cap about every day and a quarter.
