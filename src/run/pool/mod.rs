@@ -453,7 +453,7 @@ impl Supervisor {
         for w in &mut self.workers {
             match w.state {
                 State::Booting { .. } if now >= w.boot_deadline(boot_timeout) => {
-                    timed_out.push(w.id);
+                    timed_out.push((w.id, w.warming));
                 }
                 State::Draining { deadline, .. } if now >= deadline => drained.push(w.id),
                 State::Stopping {
@@ -472,10 +472,15 @@ impl Supervisor {
                 _ => {}
             }
         }
-        for id in timed_out {
+        for (id, warming) in timed_out {
             self.kill(id, "boot_timeout");
             if self.phase == Phase::Running {
-                let failed = self.boot_failed(BootFailure::NotReady(boot_timeout), now);
+                let reason = if warming {
+                    self.warmup_timed_out(boot_timeout)
+                } else {
+                    BootFailure::NotReady(boot_timeout)
+                };
+                let failed = self.boot_failed(reason, now);
                 outcome = outcome.or(failed);
             }
         }
@@ -1450,6 +1455,11 @@ mod tests {
         h.tick(6000);
         assert_eq!(h.signals(), [(h.pid(1), Signal::SIGKILL)]);
         assert_eq!(h.sup.boot_failures, 1);
+        assert!(h
+            .sup
+            .warmup_timed_out(Duration::from_secs(5))
+            .to_string()
+            .starts_with("the warm-up requests GET /warm (MOLT_WARMUP_PATH) were not answered"));
     }
 
     #[tokio::test]

@@ -55,7 +55,8 @@ pub(crate) enum WarmupFailure {
     /// Not every GET was answered by the boot deadline.
     Timeout {
         path: String,
-        answered: u32,
+        /// How many were answered, when known.
+        answered: Option<u32>,
         requests: u32,
         timeout: Duration,
     },
@@ -78,14 +79,21 @@ impl fmt::Display for WarmupFailure {
                 answered,
                 requests,
                 timeout,
-            } => write!(
-                f,
-                "the warm-up requests GET {path} (MOLT_WARMUP_PATH) were not answered within \
-                 {} of the start (MOLT_BOOT_TIMEOUT): {answered} of {requests} answered; \
-                 give the warm-up a faster path, fewer MOLT_WARMUP_REQUESTS or a longer \
-                 MOLT_BOOT_TIMEOUT",
-                humantime::format_duration(*timeout)
-            ),
+            } => {
+                write!(
+                    f,
+                    "the warm-up requests GET {path} (MOLT_WARMUP_PATH) were not answered \
+                     within {} of the start (MOLT_BOOT_TIMEOUT): ",
+                    humantime::format_duration(*timeout)
+                )?;
+                if let Some(answered) = answered {
+                    write!(f, "{answered} of {requests} answered; ")?;
+                }
+                f.write_str(
+                    "give the warm-up a faster path, fewer MOLT_WARMUP_REQUESTS or a longer \
+                     MOLT_BOOT_TIMEOUT",
+                )
+            }
         }
     }
 }
@@ -198,6 +206,17 @@ impl Supervisor {
         }
     }
 
+    /// Why a worker still warming up at its boot deadline (and the grace after it) failed
+    /// to boot: its warm-up task did not say, so how far it got is not known.
+    pub(super) fn warmup_timed_out(&self, timeout: Duration) -> BootFailure {
+        BootFailure::WarmUp(WarmupFailure::Timeout {
+            path: self.config.warmup_path.clone().unwrap_or_default(),
+            answered: None,
+            requests: self.config.warmup_requests,
+            timeout,
+        })
+    }
+
     /// Warms the `new` children a sample found under adopted master `id`, through the
     /// master's port: the children share it and cannot be addressed one by one, so
     /// `new` times `MOLT_WARMUP_REQUESTS` GETs go to it, `new` at a time, and the kernel
@@ -257,7 +276,7 @@ pub(crate) async fn run(addr: SocketAddr, warmup: Warmup) -> Result<(), WarmupFa
             Err(_) => {
                 return Err(WarmupFailure::Timeout {
                     path: warmup.path,
-                    answered,
+                    answered: Some(answered),
                     requests: warmup.requests,
                     timeout: warmup.timeout,
                 })
@@ -425,12 +444,18 @@ mod tests {
             matches!(
                 failure,
                 WarmupFailure::Timeout {
-                    answered: 0,
+                    answered: Some(0),
                     requests: 2,
                     ..
                 }
             ),
             "{failure:?}"
+        );
+        assert_eq!(
+            failure.to_string(),
+            "the warm-up requests GET /warm (MOLT_WARMUP_PATH) were not answered within 200ms \
+             of the start (MOLT_BOOT_TIMEOUT): 0 of 2 answered; give the warm-up a faster \
+             path, fewer MOLT_WARMUP_REQUESTS or a longer MOLT_BOOT_TIMEOUT"
         );
     }
 
