@@ -175,6 +175,13 @@ pub(crate) struct Config {
     pub max_lifetime: Option<Duration>,
     /// Random spread, in percent, of `max_requests` and `max_lifetime` per worker (0 to 50).
     pub jitter: u8,
+    /// A worker predicted to reach its soft cap within this time is recycled early, when
+    /// the pool is quiet; `None` is off.
+    pub recycle_horizon: Option<Duration>,
+    /// With a path, a new worker gets `warmup_requests` GETs to it before it takes traffic.
+    pub warmup_path: Option<String>,
+    /// GETs to `warmup_path` a new worker gets before it takes traffic (at least 1).
+    pub warmup_requests: u32,
     /// Time allowed for in-flight requests to finish on SIGTERM.
     pub shutdown_timeout: Duration,
     /// Time a recycled worker gets to finish its in-flight requests.
@@ -271,6 +278,14 @@ pub(crate) const DEFAULT_MAX_LIFETIME: Option<Duration> = None;
 /// Workers started together reach a request or age limit within 10% of each other, not in
 /// the same instant (gunicorn users set `max_requests_jitter` to about this).
 pub(crate) const DEFAULT_JITTER: u8 = 10;
+/// Ten minutes: a worker that would reach its cap within a few sample intervals is caught
+/// by the cap itself, and one hours away would be recycled long before it needs to be; a
+/// daily traffic curve has lulls (between bursts, overnight) within minutes of most peaks.
+pub(crate) const DEFAULT_RECYCLE_HORIZON: Option<Duration> = Some(Duration::from_secs(600));
+/// Off: molt cannot guess which path of an app is cheap and safe to call.
+pub(crate) const DEFAULT_WARMUP_PATH: Option<String> = None;
+/// One GET: the first request is the one that loads lazy code paths in most apps.
+pub(crate) const DEFAULT_WARMUP_REQUESTS: u32 = 1;
 /// Inside the 30s Heroku allows between SIGTERM and SIGKILL, leaving time to stop workers.
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 /// Heroku's router timeout is 30s, so no request that can still succeed is longer.
@@ -337,6 +352,9 @@ impl Default for Config {
             max_requests: DEFAULT_MAX_REQUESTS,
             max_lifetime: DEFAULT_MAX_LIFETIME,
             jitter: DEFAULT_JITTER,
+            recycle_horizon: DEFAULT_RECYCLE_HORIZON,
+            warmup_path: DEFAULT_WARMUP_PATH,
+            warmup_requests: DEFAULT_WARMUP_REQUESTS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             stop_signal: DEFAULT_STOP_SIGNAL,
@@ -752,6 +770,9 @@ mod tests {
             max_requests: 5000,
             max_lifetime: Some(Duration::from_secs(12 * 3600)),
             jitter: 20,
+            recycle_horizon: None,
+            warmup_path: Some("/warm".to_owned()),
+            warmup_requests: 3,
             shutdown_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_millis(12_500),
             stop_signal: Signal::SIGQUIT,

@@ -385,6 +385,38 @@ pub(crate) static SETTINGS: &[Setting] = &[
         doc: "Random spread of max_requests and max_lifetime per worker, so workers do not recycle together.",
     },
     Setting {
+        key: "recycle_horizon",
+        env: "MOLT_RECYCLE_HORIZON",
+        flag: None,
+        kind: Kind::DurationOrOff {
+            set: |c, d| c.recycle_horizon = d,
+            get: |c| c.recycle_horizon,
+        },
+        doc: "A worker whose growth would take it to its soft cap within this time is recycled early, in a lull; off or 0 disables.",
+    },
+    Setting {
+        key: "warmup_path",
+        env: "MOLT_WARMUP_PATH",
+        flag: None,
+        kind: Kind::Path {
+            set: |c, p| c.warmup_path = p,
+            get: |c| c.warmup_path.as_deref(),
+        },
+        doc: "With a path, a new worker gets warmup_requests GETs to it from molt before it takes traffic; a status of 500 or more fails its boot.",
+    },
+    Setting {
+        key: "warmup_requests",
+        env: "MOLT_WARMUP_REQUESTS",
+        flag: None,
+        kind: Kind::Count {
+            min: 1,
+            max: 1000,
+            set: |c, n| c.warmup_requests = n,
+            get: |c| u64::from(c.warmup_requests),
+        },
+        doc: "GETs to warmup_path a new worker gets before it takes traffic.",
+    },
+    Setting {
         key: "shutdown_timeout",
         env: "MOLT_SHUTDOWN_TIMEOUT",
         flag: None,

@@ -12,6 +12,7 @@ use std::io;
 use std::time::Duration;
 
 use crate::observe::control::BindError;
+use crate::run::pool::WarmupFailure;
 use crate::sys::Exit;
 
 /// What stops molt, with what the user needs to act on it.
@@ -89,6 +90,8 @@ pub(crate) enum BootFailure {
     Exited(Exit),
     /// The command did not accept connections within `MOLT_BOOT_TIMEOUT`.
     NotReady(Duration),
+    /// The worker accepted connections but failed its warm-up (`MOLT_WARMUP_PATH`).
+    WarmUp(WarmupFailure),
 }
 
 impl fmt::Display for BootFailure {
@@ -111,6 +114,7 @@ impl fmt::Display for BootFailure {
                  (MOLT_BOOT_TIMEOUT); check that it listens on $PORT",
                 humantime::format_duration(*timeout)
             ),
+            BootFailure::WarmUp(failure) => write!(f, "{failure}"),
         }
     }
 }

@@ -7,6 +7,7 @@ use nix::unistd::Pid;
 
 use crate::observe::control::Command;
 use crate::run::error::Fatal;
+use crate::run::pool::WarmupFailure;
 use crate::sys::memory::TreeMemory;
 use crate::sys::prefork::{NotPrefork, Prefork};
 use crate::sys::Exit;
@@ -18,6 +19,12 @@ pub(crate) enum Event {
     Exited { pid: Pid, how: Exit },
     /// A booting worker accepted a connection (or passed its health check).
     Ready { id: u64 },
+    /// A new worker's warm-up requests (`MOLT_WARMUP_PATH`) were all answered, or one
+    /// failed; for an adopted master, the warm-up of its new children.
+    Warmed {
+        id: u64,
+        result: Result<(), WarmupFailure>,
+    },
     /// A draining worker has no request in flight any more.
     Drained { id: u64 },
     /// SIGTERM or SIGINT: finish in-flight requests, then stop.

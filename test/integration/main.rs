@@ -40,3 +40,6 @@ mod relay;
 mod settings;
 /// Shared helpers: the molt guard, `/proc` inspection, a small HTTP/1.1 client.
 mod support;
+/// Warm-up and warm-first routing: recycles of an app slow on its first requests, with
+/// warm-up off and on side by side; a failing warm-up.
+mod warmup;

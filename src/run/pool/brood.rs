@@ -182,20 +182,23 @@ impl Brood {
         }
     }
 
-    /// Takes in the children a sample found: new ones adopted, gone ones dropped.
+    /// Takes in the children a sample found: new ones adopted, gone ones dropped. Returns
+    /// how many were new.
     fn take_sample(
         &mut self,
         id: u64,
         found: Vec<(i32, crate::sys::memory::TreeMemory)>,
         lifetime_ends: Vec<Option<Instant>>,
         now: Instant,
-    ) {
+    ) -> usize {
+        let mut adopted = 0;
         let mut kept = Vec::with_capacity(found.len());
         for ((pid, memory), lifetime_end) in found.into_iter().zip(lifetime_ends) {
             let mut child = if let Some(at) = self.children.iter().position(|c| c.pid == pid) {
                 self.children.swap_remove(at)
             } else {
                 event!(Info, "child", worker = id, pid = pid, action = "adopted");
+                adopted += 1;
                 Child {
                     pid,
                     seen: now,
@@ -221,6 +224,7 @@ impl Brood {
         }
         kept.sort_by_key(|c| c.pid);
         self.children = kept;
+        adopted
     }
 }
 
@@ -362,7 +366,7 @@ impl Supervisor {
             return;
         };
         brood.own = Some(sample.own);
-        brood.take_sample(id, sample.children, lifetime_ends, now);
+        let new = brood.take_sample(id, sample.children, lifetime_ends, now);
         let count = brood.children.len();
         if brood
             .retiring
@@ -434,6 +438,7 @@ impl Supervisor {
             return;
         }
         self.set_brood_capacity(id);
+        self.warm_children(id, new, now);
     }
 
     /// The master's capacity: its children times the per-child concurrency.

@@ -17,6 +17,15 @@
 //! served a request, says so with the numbers, and pauses memory recycling with a
 //! growing back-off. (Age alone would not do: a fast leak legitimately recycles young
 //! workers.)
+//!
+//! Recycling in lulls (`MOLT_RECYCLE_HORIZON`): a worker that grows steadily reaches its
+//! soft cap at a moment the leak picks, which under daily traffic is at the peak, when
+//! the replacement's cold start hurts most. So at each sample, [`early_recycle`] predicts
+//! from each worker's growth per hour when it will reach the cap; one predicted to reach
+//! it within the horizon is recycled at once if the pool is in a lull: nothing queues, the
+//! other workers can carry what the pool holds now, the smoothed request rate is at most
+//! [`LULL_SHARE`] of its recent peak ([`LullMeter`]), no other recycle is under way, and
+//! memory allows the replacement to start first. If no lull comes, the cap acts as before.
 
 use std::fmt;
 use std::time::Duration;
@@ -56,6 +65,8 @@ pub(crate) enum Reason {
     Idle,
     /// Refused a connection while it was still running.
     Refused,
+    /// Predicted to reach its soft cap within `MOLT_RECYCLE_HORIZON`, recycled in a lull.
+    Lull,
 }
 
 impl Reason {
@@ -68,6 +79,7 @@ impl Reason {
             Reason::Lifetime => "lifetime",
             Reason::Idle => "idle",
             Reason::Refused => "refused",
+            Reason::Lull => "lull",
         }
     }
 
@@ -147,6 +159,131 @@ pub(crate) fn with_jitter(value: u64, percent: u8, rng: &mut u64) -> u64 {
     value + *rng % (spread + 1)
 }
 
+/// A lull is a smoothed request rate at most this share of its recent peak.
+pub(crate) const LULL_SHARE: f64 = 0.5;
+
+/// How long the request rate is smoothed over: a lull is minutes of lower traffic, not
+/// the gap between two requests.
+const RATE_SMOOTHING: Duration = Duration::from_secs(30);
+
+/// The recent peak fades by half in this time, so that a peak of last week does not make
+/// every hour of today look like a lull, while the peak of this afternoon still marks
+/// tonight as one.
+const PEAK_HALF_LIFE: Duration = Duration::from_secs(12 * 3600);
+
+/// The pool's request rate, smoothed, and its recent peak: what says a lull is now.
+#[derive(Debug, Default)]
+pub(crate) struct LullMeter {
+    /// Requests each worker had been handed at the last sample.
+    served: Vec<(u64, u64)>,
+    at: Option<Instant>,
+    /// Requests a second, smoothed over [`RATE_SMOOTHING`].
+    pub(crate) rate: f64,
+    /// The highest smoothed rate, fading with a half-life of [`PEAK_HALF_LIFE`].
+    pub(crate) peak: f64,
+}
+
+impl LullMeter {
+    /// Takes in what each worker had been handed at `now` (a worker not seen before
+    /// started from nothing).
+    pub(crate) fn observe(&mut self, served: Vec<(u64, u64)>, now: Instant) {
+        let handed: u64 = served
+            .iter()
+            .map(|&(id, n)| {
+                let before = self
+                    .served
+                    .iter()
+                    .find(|(known, _)| *known == id)
+                    .map_or(0, |&(_, n)| n);
+                n.saturating_sub(before)
+            })
+            .sum();
+        let elapsed = self.at.map(|at| now.saturating_duration_since(at));
+        self.served = served;
+        self.at = Some(now);
+        let Some(elapsed) = elapsed.filter(|e| !e.is_zero()) else {
+            return;
+        };
+        let seconds = elapsed.as_secs_f64();
+        #[allow(clippy::cast_precision_loss, reason = "a rate")]
+        let now_rate = handed as f64 / seconds;
+        let weight = 1.0 - (-seconds / RATE_SMOOTHING.as_secs_f64()).exp();
+        self.rate += weight * (now_rate - self.rate);
+        let fade = 0.5_f64.powf(seconds / PEAK_HALF_LIFE.as_secs_f64());
+        self.peak = (self.peak * fade).max(self.rate);
+    }
+
+    /// Whether traffic is in a lull: at most [`LULL_SHARE`] of its recent peak.
+    pub(crate) fn is_lull(&self) -> bool {
+        self.rate <= LULL_SHARE * self.peak
+    }
+}
+
+/// One ready worker as the lull recycling sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grower {
+    pub(crate) id: u64,
+    /// Bytes at the last sample.
+    pub(crate) memory: u64,
+    /// Its first sample once ready (what it held before it grew).
+    pub(crate) footprint: Option<u64>,
+    /// Growth per hour after warm-up, once measured.
+    pub(crate) per_hour: Option<f64>,
+    pub(crate) in_flight: usize,
+    /// Requests it takes at once; `None` unlimited.
+    pub(crate) capacity: Option<usize>,
+}
+
+impl Grower {
+    /// When it reaches `soft_cap` at its growth so far. Only a worker past half of the
+    /// way from its footprint to the cap is predicted: noise in the first minutes of
+    /// measurement must not recycle a worker that does not grow.
+    pub(crate) fn time_to_cap(&self, soft_cap: u64) -> Option<Duration> {
+        let per_hour = self.per_hour.filter(|g| *g > 0.0)?;
+        let footprint = self.footprint.unwrap_or(0).min(soft_cap);
+        let halfway = footprint + (soft_cap - footprint) / 2;
+        if self.memory < halfway || self.memory >= soft_cap {
+            return None;
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a prediction")]
+        let hours = (soft_cap - self.memory) as f64 / per_hour;
+        Some(Duration::from_secs_f64((hours * 3600.0).min(1e9)))
+    }
+}
+
+/// The worker to recycle now, in a lull, before it reaches `soft_cap`: the one predicted
+/// to reach it soonest within `horizon`, when `lull` holds, nothing is `queued` and the
+/// other workers can take every request the pool holds. Pure: the supervisor checks the
+/// rest (no recycle under way, memory for the replacement).
+pub(crate) fn early_recycle(
+    workers: &[Grower],
+    soft_cap: u64,
+    horizon: Duration,
+    queued: usize,
+    lull: bool,
+) -> Option<u64> {
+    if !lull || queued > 0 {
+        return None;
+    }
+    let held: usize = workers.iter().map(|w| w.in_flight).sum();
+    let (id, _) = workers
+        .iter()
+        .filter_map(|w| w.time_to_cap(soft_cap).map(|t| (w, t)))
+        .filter(|&(_, t)| t <= horizon)
+        .min_by_key(|&(_, t)| t)
+        .map(|(w, t)| (w.id, t))?;
+    let others: Option<usize> = workers
+        .iter()
+        .filter(|w| w.id != id)
+        .map(|w| w.capacity)
+        .try_fold(0usize, |sum, c| c.map(|c| sum.saturating_add(c)));
+    // The replacement starts first, so no capacity is lost; but it starts cold, so the
+    // others (unlimited: `None`) should have room for all the pool holds now. A worker
+    // alone has no others: the lull is all there is.
+    let spare = workers.len() == 1 || others.is_none_or(|others| others > held);
+    spare.then_some(id)
+}
+
 impl Supervisor {
     /// Measures every worker's tree off this task; the result arrives as
     /// [`Event::Sampled`].
@@ -186,6 +323,12 @@ impl Supervisor {
         if let Some(rss) = molt_rss {
             self.molt_rss = rss;
         }
+        let served = self
+            .workers
+            .iter()
+            .map(|w| (w.id, w.slot.served()))
+            .collect();
+        self.lull.observe(served, now);
         self.refresh_budget();
         event!(
             Debug,
@@ -319,6 +462,57 @@ impl Supervisor {
         for id in expired {
             self.request_recycle(id, Reason::Lifetime, now);
         }
+        self.recycle_in_lull(now);
+    }
+
+    /// Recycles, in a lull, the worker predicted to reach its soft cap soonest within
+    /// `MOLT_RECYCLE_HORIZON` (see the module documentation): only one recycle at a time,
+    /// never while another is under way or waiting, and only when memory lets the
+    /// replacement start first. Children of an adopted master are recycled at their cap.
+    fn recycle_in_lull(&mut self, now: Instant) {
+        let Some(horizon) = self.config.recycle_horizon else {
+            return;
+        };
+        if self.mode != super::Mode::Pool || self.recycling.is_some() || !self.pending.is_empty() {
+            return;
+        }
+        let footprint = self.facts.worker_footprint.unwrap_or(0);
+        if self.pool_memory() + footprint > self.budget.usable {
+            return;
+        }
+        let growers: Vec<Grower> = self
+            .workers
+            .iter()
+            .filter(|w| w.is_ready())
+            .filter_map(|w| {
+                Some(Grower {
+                    id: w.id,
+                    memory: own_memory(w)?,
+                    footprint: w.mem.first_ready.or(w.mem.footprint),
+                    per_hour: w.mem.growth.map(|g| g.per_hour),
+                    in_flight: w.slot.in_flight(),
+                    capacity: self.dispatcher.capacity_of(&w.slot),
+                })
+            })
+            .collect();
+        let soft = self.budget.soft_cap;
+        let queued = self.dispatcher.queued();
+        let Some(id) = early_recycle(&growers, soft, horizon, queued, self.lull.is_lull()) else {
+            return;
+        };
+        if let Some(w) = growers.iter().find(|w| w.id == id) {
+            event!(
+                Info,
+                "recycle_early",
+                worker = id,
+                memory = format_size(w.memory),
+                soft_cap = format_size(soft),
+                cap_in_s = w.time_to_cap(soft).map_or(0, |t| t.as_secs()),
+                rate = format!("{:.1}", self.lull.rate),
+                peak_rate = format!("{:.1}", self.lull.peak),
+            );
+        }
+        self.request_recycle(id, Reason::Lull, now);
     }
 
     fn largest(&self, eligible: impl Fn(&super::Worker) -> bool) -> Option<u64> {
@@ -509,6 +703,7 @@ impl Supervisor {
                     State::Draining { .. } | State::Stopping { .. } => WorkerPhase::Leaving,
                 },
                 memory: w.mem.now,
+                served: w.slot.warmth(),
             })
             .collect();
         let view = PoolView {
@@ -585,6 +780,252 @@ fn own_memory(w: &super::Worker) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::pool::memstats::MemStats;
+
+    const MB: u64 = 1024 * 1024;
+    const HOUR: u64 = 3600;
+    const SOFT_CAP: u64 = 300 * MB;
+    const FOOTPRINT: u64 = 100 * MB;
+    /// Requests a second at the daily peak; each worker takes 4 at once.
+    const PEAK_RATE: f64 = 24.0;
+
+    /// Requests a second at `t` seconds into a day: 10% of the peak at 02:00, the peak
+    /// at 14:00, a cosine between.
+    fn daily_rate(t: u64) -> f64 {
+        #[allow(clippy::cast_precision_loss, reason = "seconds in a few days")]
+        let day = ((t + 22 * HOUR) % (24 * HOUR)) as f64 / (24.0 * 3600.0);
+        PEAK_RATE * (0.55 - 0.45 * (2.0 * std::f64::consts::PI * day).cos())
+    }
+
+    struct SimWorker {
+        id: u64,
+        mem: MemStats,
+        bytes: f64,
+        served: u64,
+        owed: f64,
+        born: Instant,
+    }
+
+    #[derive(Debug, Default)]
+    struct SimResult {
+        /// Recycles while traffic was above 70% of the peak, and below 30%.
+        at_peak: u32,
+        in_trough: u32,
+        early: u32,
+        total: u32,
+        /// The most any worker held at a sample.
+        max_memory: u64,
+    }
+
+    /// Three workers under twelve days of daily traffic, each request leaking
+    /// `leak_per_request` bytes (plus `noise` bytes of jitter up and down per sample),
+    /// sampled every 5 s. A worker over the soft cap is recycled at the sample that sees
+    /// it (one at a time, as the supervisor does); with a horizon, `early_recycle` picks
+    /// workers in lulls as the supervisor would.
+    fn simulate(leak_per_request: f64, noise: f64, horizon: Option<Duration>) -> SimResult {
+        const STEP: u64 = 5;
+        const DAYS: u64 = 12;
+        let t0 = Instant::now();
+        let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next_id = 1;
+        let mut fresh = |at: Instant| {
+            let w = SimWorker {
+                id: next_id,
+                mem: MemStats::default(),
+                #[allow(clippy::cast_precision_loss, reason = "test sizes")]
+                bytes: FOOTPRINT as f64,
+                served: 0,
+                owed: 0.0,
+                born: at,
+            };
+            next_id += 1;
+            w
+        };
+        let mut workers: Vec<SimWorker> = (0..3).map(|_| fresh(t0)).collect();
+        let mut meter = LullMeter::default();
+        let mut result = SimResult::default();
+        for step in 0..(DAYS * 24 * HOUR / STEP) {
+            let t = step * STEP;
+            let now = t0 + Duration::from_secs(t);
+            let rate = daily_rate(t);
+            let share = rate / PEAK_RATE;
+            for w in &mut workers {
+                #[allow(clippy::cast_precision_loss, reason = "test sizes")]
+                let requests = rate * STEP as f64 / 3.0 + w.owed;
+                let whole = requests.floor();
+                w.owed = requests - whole;
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let whole_requests = whole as u64;
+                w.served += whole_requests;
+                w.bytes += whole * leak_per_request;
+                #[allow(clippy::cast_precision_loss, reason = "test sizes")]
+                let wobble = (rng % 1000) as f64 / 1000.0 * 2.0 - 1.0;
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let sampled = (w.bytes + wobble * noise).max(0.0) as u64;
+                w.mem.record(sampled, 0, w.served, Some(w.born), now);
+                result.max_memory = result.max_memory.max(sampled);
+            }
+            meter.observe(workers.iter().map(|w| (w.id, w.served)).collect(), now);
+            // Each worker holds its share of 4 requests at once: 4 at the peak.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let in_flight = (share * 4.0).ceil() as usize;
+            let growers: Vec<Grower> = workers
+                .iter()
+                .map(|w| Grower {
+                    id: w.id,
+                    memory: w.mem.now.unwrap_or(0),
+                    footprint: w.mem.first_ready.or(w.mem.footprint),
+                    per_hour: w.mem.growth.map(|g| g.per_hour),
+                    in_flight,
+                    capacity: Some(4),
+                })
+                .collect();
+            let over_cap = workers
+                .iter()
+                .position(|w| w.mem.now.is_some_and(|m| m > SOFT_CAP));
+            let early = horizon.and_then(|h| {
+                early_recycle(&growers, SOFT_CAP, h, 0, meter.is_lull())
+                    .and_then(|id| workers.iter().position(|w| w.id == id))
+            });
+            let Some(index) = over_cap.or(early) else {
+                continue;
+            };
+            result.total += 1;
+            if over_cap.is_none() {
+                result.early += 1;
+            }
+            if share > 0.7 {
+                result.at_peak += 1;
+            } else if share < 0.3 {
+                result.in_trough += 1;
+            }
+            workers[index] = fresh(now);
+        }
+        result
+    }
+
+    #[test]
+    fn recycles_move_from_the_peaks_to_the_lulls_of_a_daily_curve() {
+        // 400 bytes a request: each worker reaches its cap about every 32 hours, sooner
+        // when it grows fastest, at the peak. A horizon of 9 hours reaches back from the
+        // peak to the night before.
+        let before = simulate(400.0, 0.0, None);
+        let after = simulate(400.0, 0.0, Some(Duration::from_secs(9 * HOUR)));
+        assert!(
+            before.at_peak >= 10,
+            "the cap recycles at the peak: {before:?}"
+        );
+        assert!(
+            after.at_peak * 2 <= before.at_peak,
+            "lulls take most of the peak's recycles: {before:?} {after:?}"
+        );
+        assert!(
+            after.in_trough >= 3 * before.in_trough,
+            "{before:?} {after:?}"
+        );
+        assert!(after.early > 0, "{after:?}");
+        // Never over the cap by more than a sample's growth, and no higher than before.
+        assert!(
+            after.max_memory <= before.max_memory,
+            "{before:?} {after:?}"
+        );
+        assert!(after.max_memory <= SOFT_CAP + MB, "{after:?}");
+        // The early ones cost some of each worker's life, not a multiple of the recycles.
+        assert!(after.total <= before.total * 3 / 2, "{before:?} {after:?}");
+    }
+
+    #[test]
+    fn a_worker_that_does_not_grow_is_never_recycled_early() {
+        // Memory that wobbles by 2 MB up and down from sample to sample, and no leak.
+        let flat = simulate(
+            0.0,
+            2.0 * 1024.0 * 1024.0,
+            Some(Duration::from_secs(9 * HOUR)),
+        );
+        assert_eq!((flat.total, flat.early), (0, 0), "{flat:?}");
+        // A worker that grows, but would take days to reach its cap, is not either.
+        let slow = simulate(16.0, 0.0, Some(Duration::from_secs(9 * HOUR)));
+        assert_eq!(slow.total, 0, "{slow:?}");
+    }
+
+    #[test]
+    fn a_horizon_of_minutes_changes_nothing_when_the_cap_comes_at_the_peak() {
+        // No lull within ten minutes of the cap: the cap acts as it did.
+        let before = simulate(400.0, 0.0, None);
+        let after = simulate(400.0, 0.0, Some(Duration::from_secs(600)));
+        assert!(after.total <= before.total + 1, "{before:?} {after:?}");
+        assert!(
+            after.max_memory <= before.max_memory,
+            "{before:?} {after:?}"
+        );
+    }
+
+    fn grower(id: u64, memory: u64, per_hour: f64, in_flight: usize) -> Grower {
+        Grower {
+            id,
+            memory,
+            footprint: Some(FOOTPRINT),
+            #[allow(clippy::cast_precision_loss, reason = "test sizes")]
+            per_hour: Some(per_hour * MB as f64),
+            in_flight,
+            capacity: Some(2),
+        }
+    }
+
+    #[test]
+    fn an_early_recycle_needs_a_lull_an_empty_queue_and_room_in_the_others() {
+        let ten_min = Duration::from_secs(600);
+        // Worker 2 reaches 300 MB in 6 minutes (30 MB at 300 MB/h); worker 1 in an hour.
+        let pool = [
+            grower(1, 250 * MB, 50.0, 0),
+            grower(2, 270 * MB, 300.0, 1),
+            grower(3, 120 * MB, 0.0, 1),
+        ];
+        assert_eq!(early_recycle(&pool, SOFT_CAP, ten_min, 0, true), Some(2));
+        assert_eq!(early_recycle(&pool, SOFT_CAP, ten_min, 0, false), None);
+        assert_eq!(early_recycle(&pool, SOFT_CAP, ten_min, 1, true), None);
+        assert_eq!(
+            early_recycle(&pool, SOFT_CAP, Duration::from_secs(60), 0, true),
+            None,
+            "outside the horizon"
+        );
+        // The others hold 4 requests between them and take 4 at once: no room.
+        let busy = [
+            grower(1, 250 * MB, 50.0, 2),
+            grower(2, 270 * MB, 300.0, 1),
+            grower(3, 120 * MB, 0.0, 1),
+        ];
+        assert_eq!(early_recycle(&busy, SOFT_CAP, ten_min, 0, true), None);
+        // Over the cap already: the cap's recycle, not an early one.
+        let over = [grower(1, 310 * MB, 300.0, 0), grower(2, 100 * MB, 0.0, 0)];
+        assert_eq!(early_recycle(&over, SOFT_CAP, ten_min, 0, true), None);
+    }
+
+    #[test]
+    fn the_lull_meter_follows_the_rate_against_its_recent_peak() {
+        let t0 = Instant::now();
+        let mut meter = LullMeter::default();
+        let mut served = 0;
+        // Ten minutes at 100 requests a second, then ten at 20.
+        for s in (2..=600).step_by(2) {
+            served += 200;
+            meter.observe(vec![(1, served)], t0 + Duration::from_secs(s));
+        }
+        assert!((meter.rate - 100.0).abs() < 1.0, "{meter:?}");
+        assert!(!meter.is_lull());
+        for s in (602..=1200).step_by(2) {
+            served += 40;
+            meter.observe(vec![(1, served)], t0 + Duration::from_secs(s));
+        }
+        assert!((meter.rate - 20.0).abs() < 1.0, "{meter:?}");
+        assert!(meter.is_lull());
+        // A replacement starts from nothing; the worker it replaced is gone.
+        meter.observe(vec![(2, 40)], t0 + Duration::from_secs(1202));
+        assert!((meter.rate - 20.0).abs() < 1.0, "{meter:?}");
+    }
 
     #[test]
     fn jitter_stays_within_its_percentage_and_varies() {

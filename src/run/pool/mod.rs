@@ -16,6 +16,8 @@ mod memstats;
 mod report;
 /// Pure autoscaling decision: how many workers to add or retire.
 mod scaler;
+/// A new worker's warm-up GETs before it takes traffic.
+mod warmup;
 /// Starting, probing and signalling worker processes.
 pub(crate) mod worker;
 
@@ -43,6 +45,7 @@ use memstats::MemStats;
 use worker::{AppCommand, Processes, Spawn};
 
 pub(crate) use govern::Reason;
+pub(crate) use warmup::WarmupFailure;
 
 /// First pause after a failed boot; it doubles with each consecutive failure.
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -95,6 +98,8 @@ struct Worker {
     web_concurrency: usize,
     /// Ready, and its tree is being looked at for a preforking master.
     inspecting: bool,
+    /// Booting, accepting connections, and answering molt's warm-up requests.
+    warming: bool,
 }
 
 impl Worker {
@@ -104,6 +109,18 @@ impl Worker {
 
     fn is_live(&self) -> bool {
         matches!(self.state, State::Booting { .. } | State::Ready)
+    }
+
+    /// When a booting worker has taken too long: `MOLT_BOOT_TIMEOUT` after its start, and
+    /// a moment more while it is warming up, so that the warm-up's own timeout, which
+    /// says how far it got, is the one reported.
+    fn boot_deadline(&self, boot_timeout: Duration) -> Instant {
+        let grace = if self.warming {
+            warmup::DEADLINE_GRACE
+        } else {
+            Duration::ZERO
+        };
+        self.started + boot_timeout + grace
     }
 
     /// Cancels the helper task of the current state, if any.
@@ -176,6 +193,8 @@ pub(crate) struct Supervisor {
     next_sample: Instant,
     sampling: bool,
     guard: govern::KillLoopGuard,
+    /// The request rate and its recent peak, for recycling in lulls.
+    lull: govern::LullMeter,
     next_metrics: Option<Instant>,
     counters: report::Counters,
     /// Randomness for jitter: recycles of different workers must not line up.
@@ -237,6 +256,7 @@ impl Supervisor {
             next_sample: Instant::now(),
             sampling: false,
             guard: govern::KillLoopGuard::default(),
+            lull: govern::LullMeter::default(),
             next_metrics: config.metrics_interval.map(|every| Instant::now() + every),
             counters: report::Counters::default(),
             rng: govern::seed(),
@@ -274,7 +294,8 @@ impl Supervisor {
     fn handle(&mut self, event: Event, now: Instant) -> Option<Done> {
         match event {
             Event::Exited { pid, how } => return self.on_exit(pid, how, now),
-            Event::Ready { id } => self.on_ready(id, now),
+            Event::Ready { id } => self.on_accepting(id, now),
+            Event::Warmed { id, result } => return self.on_warmed(id, result, now),
             Event::Drained { id } => {
                 if let Some(w) = self.worker_mut(id) {
                     if matches!(w.state, State::Draining { .. }) {
@@ -431,7 +452,9 @@ impl Supervisor {
         let mut drained = Vec::new();
         for w in &mut self.workers {
             match w.state {
-                State::Booting { .. } if now >= w.started + boot_timeout => timed_out.push(w.id),
+                State::Booting { .. } if now >= w.boot_deadline(boot_timeout) => {
+                    timed_out.push((w.id, w.warming));
+                }
                 State::Draining { deadline, .. } if now >= deadline => drained.push(w.id),
                 State::Stopping {
                     deadline: Some(deadline),
@@ -449,10 +472,15 @@ impl Supervisor {
                 _ => {}
             }
         }
-        for id in timed_out {
+        for (id, warming) in timed_out {
             self.kill(id, "boot_timeout");
             if self.phase == Phase::Running {
-                let failed = self.boot_failed(BootFailure::NotReady(boot_timeout), now);
+                let reason = if warming {
+                    self.warmup_timed_out(boot_timeout)
+                } else {
+                    BootFailure::NotReady(boot_timeout)
+                };
+                let failed = self.boot_failed(reason, now);
                 outcome = outcome.or(failed);
             }
         }
@@ -630,6 +658,7 @@ impl Supervisor {
             brood: None,
             web_concurrency,
             inspecting: false,
+            warming: false,
         });
         Ok(())
     }
@@ -707,7 +736,7 @@ impl Supervisor {
     fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let boot_timeout = self.config.boot_timeout;
         let workers = self.workers.iter().filter_map(|w| match w.state {
-            State::Booting { .. } => Some(w.started + boot_timeout),
+            State::Booting { .. } => Some(w.boot_deadline(boot_timeout)),
             State::Draining { deadline, .. } => Some(deadline),
             State::Stopping { deadline } => deadline,
             State::Ready => None,
@@ -768,6 +797,8 @@ mod tests {
         direct: Vec<(Pid, Signal)>,
         /// Workers whose trees were inspected.
         inspected: Vec<u64>,
+        /// Warm-ups started: the worker, the GETs, how many at once.
+        warmed: Vec<(u64, u32, u32)>,
     }
 
     struct Fake {
@@ -812,6 +843,19 @@ mod tests {
 
         fn measure(&self, _targets: Vec<worker::Target>, _events: mpsc::UnboundedSender<Event>) {
             // Tests deliver samples themselves.
+        }
+
+        fn warm_up(
+            &self,
+            id: u64,
+            _addr: SocketAddr,
+            warmup: warmup::Warmup,
+            _events: mpsc::UnboundedSender<Event>,
+        ) -> AbortHandle {
+            // Tests deliver the warm-up's result themselves.
+            let mut record = self.record.lock().expect("test lock");
+            record.warmed.push((id, warmup.requests, warmup.at_once));
+            tokio::spawn(std::future::pending::<()>()).abort_handle()
         }
 
         fn watch_ready(
@@ -1331,6 +1375,211 @@ mod tests {
         // Its later, larger samples are growth, not footprint.
         h.step(sampled(&[(1, 90 * MB)]), 30);
         assert_eq!(h.sup.facts.worker_footprint, Some(50 * MB));
+    }
+
+    // -- Warm-up and recycling in lulls --
+
+    fn warming(config: Config) -> Config {
+        Config {
+            warmup_path: Some("/warm".into()),
+            warmup_requests: 3,
+            ..config
+        }
+    }
+
+    fn warmed(id: u64) -> Event {
+        Event::Warmed { id, result: Ok(()) }
+    }
+
+    #[tokio::test]
+    async fn a_new_worker_takes_traffic_only_once_warmed_up() {
+        let mut h = Harness::new(warming(config(1)));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 100);
+        assert!(h.dispatcher.routable().is_empty(), "accepting, not warm");
+        assert_eq!(h.record.lock().expect("test lock").warmed, [(1, 3, 1)]);
+        // A second Ready (a late probe) starts nothing more.
+        h.step(Event::Ready { id: 1 }, 110);
+        assert_eq!(h.record.lock().expect("test lock").warmed.len(), 1);
+        h.step(warmed(1), 200);
+        assert_eq!(h.dispatcher.routable(), [1]);
+        assert!(h.sup.workers[0].slot.warmth() >= crate::run::proxy::dispatch::WARM_AFTER);
+        assert!(*h.links.first_ready.borrow());
+    }
+
+    #[tokio::test]
+    async fn a_failed_warm_up_is_a_failed_boot_with_its_reason() {
+        let mut h = Harness::new(warming(config(1)));
+        h.sup.reconcile(h.t0);
+        let failure = || Event::Warmed {
+            id: 0,
+            result: Err(WarmupFailure::Status {
+                path: "/warm".into(),
+                status: 500,
+            }),
+        };
+        let mut outcome = None;
+        for (id, ms) in [(1, 0), (2, 1100), (3, 3200)] {
+            h.tick(ms);
+            assert_eq!(h.spawned().len(), usize::try_from(id).expect("small"));
+            h.step(Event::Ready { id }, ms);
+            let Event::Warmed { result, .. } = failure() else {
+                unreachable!()
+            };
+            outcome = h.step(Event::Warmed { id, result }, ms + 1);
+            assert!(h.signals().contains(&(h.pid(id), Signal::SIGKILL)));
+            assert!(h.dispatcher.routable().is_empty());
+            if outcome.is_none() {
+                h.exit(id, ms + 2);
+            }
+        }
+        let Some(Err(fatal)) = outcome else {
+            panic!("three failed warm-ups before any worker was ready: {outcome:?}");
+        };
+        assert_eq!(
+            fatal.to_string(),
+            "the app failed to boot 3 time(s) in a row (MOLT_MAX_BOOT_FAILURES=3): the warm-up \
+             request GET /warm (MOLT_WARMUP_PATH) answered 500; the warm-up path must answer \
+             below 500"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_warm_up_gets_a_moment_past_the_boot_timeout_to_say_how_far_it_got() {
+        let mut h = Harness::new(warming(config(1)));
+        h.sup.reconcile(h.t0);
+        h.tick(0);
+        h.step(Event::Ready { id: 1 }, 4000);
+        // Boot timeout 5s: the warm-up's own deadline; the supervisor's is a moment later.
+        assert_eq!(h.tick(5000), None);
+        assert!(h.signals().is_empty());
+        h.tick(6000);
+        assert_eq!(h.signals(), [(h.pid(1), Signal::SIGKILL)]);
+        assert_eq!(h.sup.boot_failures, 1);
+        assert!(h
+            .sup
+            .warmup_timed_out(Duration::from_secs(5))
+            .to_string()
+            .starts_with("the warm-up requests GET /warm (MOLT_WARMUP_PATH) were not answered"));
+    }
+
+    #[tokio::test]
+    async fn a_rolling_restart_warms_each_replacement_before_the_old_worker_drains() {
+        let mut h = ready(warming(config(2)), 0);
+        for id in 1..=2 {
+            h.step(Event::Ready { id }, 0);
+            h.step(warmed(id), 0);
+        }
+        h.step(Event::Command(Command::Restart), 100);
+        h.step(Event::Ready { id: 3 }, 200);
+        assert_eq!(h.dispatcher.routable(), [1, 2], "3 is warming up");
+        h.step(warmed(3), 300);
+        assert_eq!(h.dispatcher.routable(), [2, 3]);
+    }
+
+    #[tokio::test]
+    async fn new_children_of_an_adopted_master_are_warmed_through_its_port() {
+        let mut h = Harness::new(warming(auto(3)));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(warmed(1), 5);
+        h.step(found(&[5001]), 10);
+        let warmups = |h: &Harness| h.record.lock().expect("test lock").warmed.clone();
+        assert_eq!(
+            warmups(&h),
+            [(1, 3, 1)],
+            "the instance, before it was ready"
+        );
+        h.step(prefork_sample(20 * MB, &[(5001, 30 * MB)]), 100);
+        assert_eq!(warmups(&h).len(), 1, "a known child is not warmed again");
+        // Two children forked since: six GETs to the master's port, two at a time.
+        h.step(
+            prefork_sample(
+                20 * MB,
+                &[(5001, 30 * MB), (5002, 30 * MB), (5003, 30 * MB)],
+            ),
+            200,
+        );
+        assert_eq!(warmups(&h), [(1, 3, 1), (1, 6, 2)]);
+        // Its result is only logged: the instance stays ready.
+        h.step(
+            Event::Warmed {
+                id: 1,
+                result: Err(WarmupFailure::Status {
+                    path: "/warm".into(),
+                    status: 502,
+                }),
+            },
+            300,
+        );
+        assert_eq!(h.dispatcher.routable(), [1]);
+        assert!(h.signals().is_empty());
+    }
+
+    /// A sample of each (worker, bytes).
+    fn grow(h: &mut Harness, memory: &[(u64, u64)], ms: u64) {
+        h.step(sampled(memory), ms);
+    }
+
+    #[tokio::test]
+    async fn a_worker_near_its_cap_is_recycled_early_in_a_lull() {
+        let run = |horizon: Option<Duration>| {
+            let mut h = ready(
+                Config {
+                    recycle_horizon: horizon,
+                    ..capped(2, 1024 * MB)
+                },
+                2,
+            );
+            grow(&mut h, &[(1, 40 * MB), (2, 40 * MB)], 1_000);
+            // Warm by time after a minute: growth is measured from here.
+            grow(&mut h, &[(1, 40 * MB), (2, 40 * MB)], 61_000);
+            // Worker 1 grew 40 MB in a minute: 20 MB from its 100 MB cap, 30 s away.
+            grow(&mut h, &[(1, 80 * MB), (2, 41 * MB)], 121_000);
+            h
+        };
+        let h = run(None);
+        assert_eq!(h.spawned().len(), 2, "without a horizon, the cap decides");
+        let mut h = run(Some(Duration::from_secs(600)));
+        // No traffic at all is a lull: worker 1's replacement starts first.
+        assert_eq!(h.spawned().len(), 3);
+        assert_eq!(
+            h.sup.recycling.map(|r| (r.id, r.reason)),
+            Some((1, Reason::Lull))
+        );
+        h.step(Event::Ready { id: 3 }, 122_000);
+        assert_eq!(h.dispatcher.routable(), [2, 3]);
+        // One early recycle at a time: worker 2 does not grow, and is left alone.
+        h.step(Event::Drained { id: 1 }, 122_100);
+        h.exit(1, 122_200);
+        grow(&mut h, &[(2, 42 * MB), (3, 40 * MB)], 181_000);
+        assert_eq!(h.spawned().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn no_early_recycle_while_requests_queue() {
+        let mut h = ready(
+            Config {
+                recycle_horizon: Some(Duration::from_secs(600)),
+                ..capped(1, 1024 * MB)
+            },
+            1,
+        );
+        grow(&mut h, &[(1, 40 * MB)], 1_000);
+        grow(&mut h, &[(1, 40 * MB)], 61_000);
+        let _busy = h.dispatcher.acquire().await.expect("worker 1 is free");
+        let dispatcher = Arc::clone(&h.dispatcher);
+        let queued = tokio::spawn(async move { dispatcher.acquire().await.map(drop) });
+        for _ in 0..100 {
+            if h.dispatcher.queued() == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(h.dispatcher.queued(), 1, "a request waits");
+        grow(&mut h, &[(1, 80 * MB)], 121_000);
+        assert!(h.sup.recycling.is_none(), "{:?}", h.sup.recycling);
+        queued.abort();
     }
 
     // -- Prefork: an adopted master, its children governed by signals --

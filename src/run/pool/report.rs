@@ -113,7 +113,7 @@ impl Busy {
     }
 }
 
-const REASONS: [Reason; 7] = [
+const REASONS: [Reason; 8] = [
     Reason::Restart,
     Reason::Memory,
     Reason::Pool,
@@ -121,6 +121,7 @@ const REASONS: [Reason; 7] = [
     Reason::Lifetime,
     Reason::Idle,
     Reason::Refused,
+    Reason::Lull,
 ];
 
 fn reason_index(reason: Reason) -> usize {

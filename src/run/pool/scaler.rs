@@ -41,10 +41,11 @@
 //!    queue back, so a one-at-a-time app waits for scale-up at most that long.
 //! 3. **Scale down after idleness.** With nothing queued, Ready workers with no request in
 //!    flight that have been idle for at least `idle_timeout` are retired gracefully, all at
-//!    once, as long as `live` stays at or above `min_workers`. The newest (highest id) go
-//!    first: the dispatcher sends ties to the earliest workers in the pool, so under a
-//!    steady light load the later workers are the ones left idle, and retiring them keeps
-//!    the warm, long-serving ones. Nothing is retired while `boot_blocked`, because a worker
+//!    once, as long as `live` stays at or above `min_workers`. The coldest (fewest requests
+//!    served; a worker molt warmed up counts as warm) go first, then the newest (highest
+//!    id): the dispatcher sends requests to warm workers first and ties to the earliest
+//!    workers in the pool, so under a steady light load the cold and later workers are the
+//!    ones left idle, and retiring them keeps the warm, long-serving ones. Nothing is retired while `boot_blocked`, because a worker
 //!    retired then could not be replaced if a burst arrived.
 //! 4. **No flapping timers.** Scaling down needs a full `idle_timeout` of idleness per
 //!    worker, so bursts every few seconds keep the pool at the size they need, and an idle
@@ -106,6 +107,9 @@ pub(crate) struct WorkerView {
     pub(crate) phase: WorkerPhase,
     /// Bytes at the last sample; `None` before the first one.
     pub(crate) memory: Option<u64>,
+    /// How warm it is: the requests it has served, more once molt warmed it up
+    /// (`Slot::warmth`).
+    pub(crate) served: u64,
 }
 
 /// The pool at one moment.
@@ -310,7 +314,8 @@ fn memory_fits(view: &PoolView<'_>, booting: usize, floor: usize) -> (usize, Lim
     (fits, Limit::Memory)
 }
 
-/// The idle workers to retire, newest first, down to the floor.
+/// The idle workers to retire, coldest (fewest requests served) first, then newest, down to
+/// the floor.
 fn retire_idle(
     view: &PoolView<'_>,
     settings: &ScaleSettings,
@@ -324,7 +329,7 @@ fn retire_idle(
     if surplus == 0 {
         return Decision::Hold;
     }
-    let mut idle: Vec<u64> = view
+    let mut idle: Vec<(u64, u64)> = view
         .workers
         .iter()
         .filter(|w| match w.phase {
@@ -335,16 +340,17 @@ fn retire_idle(
             } => now.saturating_duration_since(since) >= settings.idle_timeout,
             _ => false,
         })
-        .map(|w| w.id)
+        .map(|w| (w.id, w.served))
         .collect();
     if idle.is_empty() {
         return Decision::Hold;
     }
-    // Highest ids first: the dispatcher breaks ties toward the earliest workers, so the
-    // newest ones are those a light load leaves idle.
-    idle.sort_unstable_by(|a, b| b.cmp(a));
+    // Coldest first, then highest ids: the dispatcher sends requests to warm workers first
+    // and breaks ties toward the earliest, so the cold and newest ones are those a light
+    // load leaves idle, and retiring them keeps the warm, long-serving ones.
+    idle.sort_unstable_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
     idle.truncate(surplus);
-    Decision::Retire(idle)
+    Decision::Retire(idle.into_iter().map(|(id, _)| id).collect())
 }
 
 #[cfg(test)]
@@ -399,6 +405,7 @@ mod tests {
             id,
             phase: WorkerPhase::Booting,
             memory: Some(100 * MB),
+            served: 0,
         }
     }
 
@@ -407,6 +414,7 @@ mod tests {
             id,
             phase: ready_phase(in_flight, None),
             memory: Some(100 * MB),
+            served: 0,
         }
     }
 
@@ -415,6 +423,7 @@ mod tests {
             id,
             phase: ready_phase(0, Some(since)),
             memory: Some(100 * MB),
+            served: 0,
         }
     }
 
@@ -423,6 +432,7 @@ mod tests {
             id,
             phase: WorkerPhase::Leaving,
             memory: Some(100 * MB),
+            served: 0,
         }
     }
 
@@ -827,6 +837,30 @@ mod tests {
     }
 
     #[test]
+    fn the_coldest_idle_worker_is_retired_first() {
+        let t0 = Instant::now();
+        let now = at(t0, 600);
+        let served = |id, served| WorkerView {
+            served,
+            ..idle(id, t0)
+        };
+        // Worker 2 is the fresh replacement of a recycle: it goes first, though 4 is
+        // newer; then 3, which has served less than 4.
+        let workers = [served(1, 900), served(2, 4), served(3, 700), served(4, 800)];
+        let s = settings(2, 6, 1);
+        assert_eq!(
+            decide(&roomy(&workers, 0), &s, now),
+            Decision::Retire(vec![2, 3])
+        );
+        // As warm as each other: the newest first.
+        let workers = [served(1, 50), served(2, 50), served(3, 50)];
+        assert_eq!(
+            decide(&roomy(&workers, 0), &s, now),
+            Decision::Retire(vec![3])
+        );
+    }
+
+    #[test]
     fn no_retirement_while_requests_queue() {
         let t0 = Instant::now();
         // Worker 2 went idle long ago but the queue is waiting on a full worker 1 (e.g. a
@@ -939,6 +973,7 @@ mod tests {
                     id: w.id,
                     phase: w.phase,
                     memory: Some(100 * MB),
+                    served: 0,
                 })
                 .collect();
             match decide(&roomy(&workers, queued), &s, now) {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use super::warmup::Warmup;
 use crate::observe::event;
 use crate::run::event::{ChildSamples, Event};
 use crate::sys::memory;
@@ -130,6 +131,15 @@ pub(crate) trait Processes: Send {
     /// Looks at the process tree of a worker that just became ready, off the supervisor
     /// task, for a preforking master listening on `port`; reports [`Event::Inspected`].
     fn inspect(&self, id: u64, pid: Pid, port: u16, events: mpsc::UnboundedSender<Event>);
+    /// Sends a new worker's warm-up requests (or those of an adopted master's new
+    /// children) to `addr` off the supervisor task; reports [`Event::Warmed`].
+    fn warm_up(
+        &self,
+        id: u64,
+        addr: SocketAddr,
+        warmup: Warmup,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> AbortHandle;
     /// Starts watching a booting worker; reports [`Event::Ready`] when it is ready.
     fn watch_ready(
         &self,
@@ -163,6 +173,20 @@ impl Os {
 impl Processes for Os {
     fn spawn(&self, spec: &Spawn<'_>) -> std::io::Result<Pid> {
         spawn(spec)
+    }
+
+    fn warm_up(
+        &self,
+        id: u64,
+        addr: SocketAddr,
+        warmup: Warmup,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> AbortHandle {
+        tokio::spawn(async move {
+            let result = super::warmup::run(addr, warmup).await;
+            let _ = events.send(Event::Warmed { id, result });
+        })
+        .abort_handle()
     }
 
     fn signal_group(&self, pid: Pid, signal: Signal) {

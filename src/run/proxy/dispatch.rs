@@ -77,7 +77,14 @@ pub(crate) struct Slot {
     /// How long the worker held at least one request, in microseconds, until
     /// `in_flight` last dropped to zero (see [`Slot::busy_time`]).
     busy_us: AtomicU64,
+    /// Set once molt's warm-up requests (`MOLT_WARMUP_PATH`) were answered: the worker is
+    /// warm before it has served a request ([`Slot::warmth`]).
+    warmed: AtomicBool,
 }
+
+/// Requests a worker serves before it counts as warm for routing (see [`choose`]): as
+/// many as its memory statistics take to warm up (lazy code loaded, caches filled).
+pub(crate) const WARM_AFTER: u64 = 20;
 
 /// `full_since_ms` of a slot that is not full.
 const NOT_FULL: u64 = u64::MAX;
@@ -141,6 +148,7 @@ impl Slot {
             full_since_ms: AtomicU64::new(NOT_FULL),
             busy_since_us: AtomicU64::new(0),
             busy_us: AtomicU64::new(0),
+            warmed: AtomicBool::new(false),
         }
     }
 
@@ -153,6 +161,22 @@ impl Slot {
             us += now.saturating_sub(self.busy_since_us.load(Ordering::Relaxed));
         }
         Duration::from_micros(us)
+    }
+
+    /// Marks the worker warm: molt's warm-up requests were answered.
+    pub(crate) fn mark_warmed(&self) {
+        self.warmed.store(true, Ordering::Release);
+    }
+
+    /// How warm the worker is: the requests it has served, and [`WARM_AFTER`] more once
+    /// molt's warm-up requests were answered.
+    pub(crate) fn warmth(&self) -> u64 {
+        let warmed = if self.warmed.load(Ordering::Acquire) {
+            WARM_AFTER
+        } else {
+            0
+        };
+        self.served().saturating_add(warmed)
     }
 
     /// Has this worker learn its capacity from its latency, within `settings`.
@@ -435,21 +459,36 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The least-busy worker under capacity that has not refused a connection. Ties go to
-/// the earliest worker in the pool, which leaves later ones idle so that they can be
-/// scaled down.
+/// Where a worker stands for the next request, lowest first: cold or not, how far from
+/// warm a cold one is, how busy it is.
+type Rank = (bool, u64, usize);
+
+/// The worker to take the next request, among those under capacity that have not
+/// refused a connection: warm first, cold last (ARCHITECTURE.md, "A request").
+///
+/// - A warm worker goes before a cold one (its [`Slot::warmth`] is below [`WARM_AFTER`]): a fresh process is slow on
+///   its first requests (code loaded lazily, caches empty), so it takes a request only
+///   when no warm worker has room.
+/// - Among warm workers, the least busy. Ties go to the earliest worker in the pool, which
+///   leaves later ones idle so that they can be scaled down.
+/// - Among cold workers, the one that has served the most, then the least busy: the cold
+///   requests go to one worker, which warms up soonest, and a second cold worker (a
+///   rolling restart's next replacement) takes traffic only when the first is full.
 pub(crate) fn choose(pool: &[Arc<Slot>], capacity: usize) -> Option<&Arc<Slot>> {
-    let mut best: Option<&Arc<Slot>> = None;
+    let mut best: Option<(&Arc<Slot>, Rank)> = None;
     for slot in pool {
         let busy = slot.in_flight();
         if !slot.admits(busy, capacity) || slot.at_request_limit() || slot.is_refused() {
             continue;
         }
-        if best.is_none_or(|b| busy < b.in_flight()) {
-            best = Some(slot);
+        let warmth = slot.warmth();
+        let cold = warmth < WARM_AFTER;
+        let key = (cold, if cold { u64::MAX - warmth } else { 0 }, busy);
+        if best.is_none_or(|(_, best_key)| key < best_key) {
+            best = Some((slot, key));
         }
     }
-    best
+    best.map(|(slot, _)| slot)
 }
 
 impl Dispatcher {
@@ -690,6 +729,52 @@ mod tests {
     fn ties_go_to_the_earliest_worker() {
         let pool = [slot(4, 0), slot(5, 0)];
         assert_eq!(ids(choose(&pool, 1)), Some(4));
+    }
+
+    /// A slot that has served `served` requests and holds `busy`.
+    fn served_slot(id: u64, served: u64, busy: usize) -> Arc<Slot> {
+        let s = slot(id, busy);
+        s.served.store(served, Ordering::Relaxed);
+        s
+    }
+
+    #[test]
+    fn warm_workers_go_first_and_cold_ones_last() {
+        // A fresh worker (3) is idle, the warm ones are busy but have room: they go first.
+        let pool = [
+            served_slot(1, 500, 2),
+            served_slot(2, WARM_AFTER, 1),
+            served_slot(3, 0, 0),
+        ];
+        assert_eq!(ids(choose(&pool, 3)), Some(2), "the least busy warm one");
+        assert_eq!(ids(choose(&pool, 2)), Some(2));
+        // Once the warm ones are full, the cold one takes the request.
+        assert_eq!(ids(choose(&pool, 1)), Some(3));
+        // A worker molt warmed up counts as warm before serving anything.
+        let pool = [served_slot(1, 500, 1), served_slot(2, 0, 0)];
+        assert_eq!(ids(choose(&pool, 2)), Some(1));
+        pool[1].mark_warmed();
+        assert_eq!(ids(choose(&pool, 2)), Some(2));
+    }
+
+    #[test]
+    fn among_cold_workers_the_warmest_takes_the_traffic() {
+        // A rolling restart's two replacements: the one that has served more takes the
+        // requests while it has room, so one cold worker at a time warms up.
+        let pool = [
+            served_slot(1, 500, 1),
+            served_slot(2, 3, 1),
+            served_slot(3, 12, 1),
+        ];
+        assert_eq!(ids(choose(&pool, 2)), Some(1), "warm first");
+        pool[0].in_flight.store(2, Ordering::Relaxed);
+        assert_eq!(ids(choose(&pool, 2)), Some(3), "then the warmest cold one");
+        pool[2].in_flight.store(2, Ordering::Relaxed);
+        assert_eq!(
+            ids(choose(&pool, 2)),
+            Some(2),
+            "then the next, as the queue needs"
+        );
     }
 
     #[tokio::test]
