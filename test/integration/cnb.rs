@@ -232,6 +232,49 @@ fn buildpack_toml_is_a_component_buildpack_for_api_0_10() {
     assert!(base_url.contains("{version}"), "{base_url}");
 }
 
+/// The README's `project.toml` for Fir is `test/fixtures/fir/project.toml`, word for word:
+/// a project descriptor whose group runs the language CNB, then `heroku/procfile`, then
+/// molt from the image that the release workflow publishes.
+#[test]
+fn the_readmes_fir_project_toml_lists_molt_last_from_the_published_image() {
+    let sample = fs::read_to_string(repo().join("test/fixtures/fir/project.toml"))
+        .expect("the sample exists");
+    let readme = fs::read_to_string(repo().join("README.md")).expect("README.md exists");
+    assert!(
+        readme.contains(&format!("```toml\n{sample}```\n")),
+        "README.md must show test/fixtures/fir/project.toml as it is"
+    );
+    let project: toml::Table = toml::from_str(&sample).expect("project.toml parses");
+    assert_eq!(project["_"]["schema-version"].as_str(), Some("0.2"));
+    let group = project["io"]["buildpacks"]["group"]
+        .as_array()
+        .expect("[[io.buildpacks.group]]");
+    let ids: Vec<Option<&str>> = group
+        .iter()
+        .map(|bp| bp.get("id").and_then(|id| id.as_str()))
+        .collect();
+    assert_eq!(ids, [Some("heroku/ruby"), Some("heroku/procfile"), None]);
+
+    // The image: ghcr.io/<the homepage's GitHub owner>/molt-buildpack, as release.yml names it.
+    let descriptor: ComponentBuildpackDescriptor = toml::from_str(
+        &fs::read_to_string(repo().join("buildpack.toml")).expect("buildpack.toml exists"),
+    )
+    .expect("buildpack.toml parses");
+    let homepage = descriptor.buildpack.homepage.expect("a homepage");
+    let owner = homepage
+        .strip_prefix("https://github.com/")
+        .and_then(|rest| rest.split('/').next())
+        .expect("the homepage is a GitHub repository");
+    assert_eq!(
+        group[2].get("uri").and_then(|uri| uri.as_str()),
+        Some(format!("docker://ghcr.io/{owner}/molt-buildpack").as_str())
+    );
+    let workflow = fs::read_to_string(repo().join(".github/workflows/release.yml"))
+        .expect("release.yml exists");
+    assert!(workflow.contains("image=ghcr.io/$(printf '%s' \"$GITHUB_REPOSITORY_OWNER\" | tr '[:upper:]' '[:lower:]')/molt-buildpack"));
+    assert!(workflow.contains("--publish"));
+}
+
 #[test]
 fn package_toml_packages_the_buildpack_directory() {
     let text = fs::read_to_string(repo().join("package.toml")).expect("package.toml exists");
