@@ -23,7 +23,8 @@ const INSTALL_PATH: &str = ".molt/bin/molt";
 const ORIGINAL_PROCFILE: &str = ".molt/Procfile.orig";
 
 /// The script that puts molt on PATH. Dynos source `.profile.d/*.sh` after the config vars
-/// are set, for the web process and for `heroku run` alike.
+/// are set, for the web process and for `heroku run` and `heroku ps:exec` shells alike
+/// (a `ps:exec` shell runs them but does not load the config vars).
 const PROFILE_SCRIPT: &str = ".profile.d/molt.sh";
 
 /// Its contents: `$HOME` is `/app` on a dyno, where the build directory ends up.
