@@ -33,6 +33,19 @@ current_version() {
     sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1
 }
 
+# Empties DIST for a new build and prints its absolute path. DIST is removed first, so it
+# may be neither the repository nor a directory that holds it.
+fresh_dist() {
+    local dist
+    dist=$(realpath -m "$1")
+    if [[ $dist == / || $root == "$dist" || $root == "$dist"/* ]]; then
+        die "DIST=$1 would remove the repository; give a directory of its own, such as dist"
+    fi
+    rm -rf "$dist"
+    mkdir -p "$dist"
+    printf '%s\n' "$dist"
+}
+
 # Writes VERSION into Cargo.toml, molt's entry in Cargo.lock and buildpack.toml.
 set_version() {
     local version=$1
@@ -149,10 +162,8 @@ cmd_release() {
     local version=$1 dist=$2
     shift 2
     [[ $# -gt 0 ]] || die "no targets given"
+    dist=$(fresh_dist "$dist")
     set_version "$version"
-    rm -rf "$dist"
-    mkdir -p "$dist"
-    dist=$(cd "$dist" && pwd)
     build_archives "$version" "$dist" "$@"
     smoke_test
     write_checksums "$version" "$dist" "${built[@]}"
@@ -178,9 +189,7 @@ cmd_verify() {
         t = $2; sub("^molt-" v "-", "", t); sub("\\.tar\\.gz$", "", t); print t }' checksums.txt)
     [[ ${#targets[@]} -gt 0 ]] ||
         die "checksums.txt lists no archive of molt $version; run make release VERSION=$version and commit"
-    rm -rf "$dist"
-    mkdir -p "$dist"
-    dist=$(cd "$dist" && pwd)
+    dist=$(fresh_dist "$dist")
     build_archives "$version" "$dist" "${targets[@]}"
     [[ ${#built[@]} -eq ${#targets[@]} ]] || die "not every archive in checksums.txt could be rebuilt"
     write_checksums "$version" "$dist" "${built[@]}"
