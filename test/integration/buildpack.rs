@@ -727,6 +727,23 @@ fn node_app_without_a_procfile_runs_its_start_script() {
     );
 }
 
+#[test]
+fn molt_disable_with_no_procfile_leaves_the_language_buildpacks_default_alone() {
+    let build = node_app_without_procfile(r#"{"name": "fixture"}"#);
+    build.config_var("MOLT_DISABLE", "1");
+    let phase = build.compile().run();
+    phase.assert_success();
+    assert_eq!(
+        phase.stdout,
+        packaged_headline()
+            + "       Installed .molt/bin/molt; .profile.d/molt.sh puts it on PATH when a dyno starts\n\
+               \x20      Procfile: none in the app, so the web process is heroku/nodejs's default, because package.json has no start script and the app has a server.js, which npm start runs\n\
+               \x20      Procfile: none written, because MOLT_DISABLE is set: the web process runs without molt\n\
+               \x20      To run it under molt: heroku config:unset MOLT_DISABLE, then deploy again\n"
+    );
+    assert!(!build.app.join("Procfile").exists());
+}
+
 /// Writes `gemfile` into the app and resolves it with `bundle lock --local` (the gems
 /// Debian installed, no network), as the Ruby buildpack leaves a Gemfile.lock.
 pub(crate) fn bundle(app: &Path, gemfile: &str) {
