@@ -1,16 +1,21 @@
 # The two set-up commands in README.md are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: build test lint demo package bench bench-smoke
+.PHONY: build test lint demo package bench bench-smoke toolchain release verify-release reproducible
 
-build:
+# rust-toolchain.toml pins the toolchain; this makes it usable offline where rustup's
+# stable is that version (scripts/toolchain.sh), before any cargo call.
+toolchain:
+	@sh scripts/toolchain.sh
+
+build: toolchain
 	$(CARGO) build --release --locked
 
 # Unit tests, then the integration tests against the real binary and real processes.
-test:
+test: toolchain
 	$(CARGO) test --locked --all-targets
 
-lint:
+lint: toolchain
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
@@ -35,39 +40,32 @@ bench: build
 bench-smoke: build
 	bash test/bench/all.sh --smoke
 
-# The buildpack as it is released, under dist/, for each target in PACKAGE_TARGETS:
+# Releases (docs/buildpack.md, "Cutting a release"). `make release VERSION=x.y.z` writes
+# the version into Cargo.toml, Cargo.lock and buildpack.toml, and builds under DIST, for
+# each target in RELEASE_TARGETS:
 #   molt-VERSION-TARGET.tar.gz            the release archive (`molt` at its top level) that
 #                                         bin/compile downloads when a buildpack has no bin/molt
 #   molt-buildpack-VERSION-TARGET/        the buildpack with bin/molt inside: run
 #                                         `pack buildpack package` there (package.toml)
 #   molt-buildpack-VERSION-TARGET.tgz     the same as a tarball, for `heroku buildpacks:add URL`
-# and checksums.txt (sha256 of the release archives) is rewritten, here and in each
-# buildpack. The binaries are static musl executables, so one file runs on every stack.
-# aarch64 links with rust-lld, which works because every dependency is pure Rust (no C).
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-PACKAGE_TARGETS ?= x86_64-unknown-linux-musl aarch64-unknown-linux-musl
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER = rust-lld
+# and checksums.txt (sha256 of the release archives), here and in DIST, so the commit
+# tagged vVERSION carries the checksums of its own archives. The builds are bit for bit
+# reproducible (scripts/release.sh says how): `make verify-release` rebuilds every archive
+# checksums.txt lists and compares, as the release workflow does on a tag, and `make
+# reproducible` builds the host's archive in two fresh directories and compares them.
+# A target rustup cannot install is reported as NOT BUILT and left out of checksums.txt.
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+RELEASE_TARGETS ?= x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+DIST ?= dist
 
-package:
-	rm -rf dist && mkdir -p dist
-	set -e; for target in $(PACKAGE_TARGETS); do \
-	  rustup target add $$target; \
-	  $(CARGO) build --release --locked --target $$target; \
-	  bin=target/$$target/release/molt; \
-	  file $$bin; ldd $$bin || true; \
-	  tmp=$$(mktemp -d); cp $$bin $$tmp/molt; \
-	  tar -czf dist/molt-$(VERSION)-$$target.tar.gz -C $$tmp molt; rm -rf $$tmp; \
-	done
-	# The binary for this machine must serve: `molt run` in front of python3's http.server.
-	PORT=$$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') \
-	  sh test/package-smoke.sh target/$$(uname -m)-unknown-linux-musl/release/molt
-	{ sed -n '/^#/p' checksums.txt; cd dist && sha256sum molt-$(VERSION)-*.tar.gz; } > dist/checksums.txt
-	cp dist/checksums.txt checksums.txt
-	set -e; for target in $(PACKAGE_TARGETS); do \
-	  dir=dist/molt-buildpack-$(VERSION)-$$target; \
-	  mkdir -p $$dir; \
-	  cp -R bin buildpack.toml package.toml checksums.txt README.md docs $$dir/; \
-	  cp target/$$target/release/molt $$dir/bin/molt; \
-	  tar -czf $$dir.tgz -C $$dir .; \
-	done
-	cd dist && sha256sum *.tgz *.tar.gz
+release: toolchain
+	bash scripts/release.sh release $(VERSION) $(DIST) $(RELEASE_TARGETS)
+
+# The release of the version Cargo.toml has now.
+package: release
+
+verify-release: toolchain
+	bash scripts/release.sh verify $(DIST)
+
+reproducible: toolchain
+	bash scripts/release.sh reproducible $(DIST)/reproducible $$(uname -m)-unknown-linux-musl

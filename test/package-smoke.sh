@@ -1,6 +1,7 @@
 #!/bin/sh
-# Smoke test of a release binary, run by `make package`: `molt run` in front of python3's
-# http.server on $PORT must answer a request, then stop cleanly on SIGTERM.
+# Smoke test of a release binary, run by `make release` (and `make package`): `molt run`
+# in front of python3's http.server on $PORT must answer a request, then stop cleanly on
+# SIGTERM.
 # Usage: PORT=<free port> sh test/package-smoke.sh path/to/molt
 set -eu
 molt=$1

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use super::messages::{Message, Platform};
 use super::procfile;
 use super::{
-    binary, detail, fail, load_settings, molt_vars_in, settings_lines, write_file, Web, WebLine,
+    binary, default_web_line, detail, fail, load_settings, molt_vars_in, settings_lines,
+    write_file, Web, WebLine,
 };
 
 /// Classic `bin/detect`: the buildpack does not apply.
@@ -22,13 +23,15 @@ const INSTALL_PATH: &str = ".molt/bin/molt";
 const ORIGINAL_PROCFILE: &str = ".molt/Procfile.orig";
 
 /// The script that puts molt on PATH. Dynos source `.profile.d/*.sh` after the config vars
-/// are set, for the web process and for `heroku run` alike.
+/// are set, for the web process and for `heroku run` and `heroku ps:exec` shells alike
+/// (a `ps:exec` shell runs them but does not load the config vars).
 const PROFILE_SCRIPT: &str = ".profile.d/molt.sh";
 
 /// Its contents: `$HOME` is `/app` on a dyno, where the build directory ends up.
 const PROFILE_SCRIPT_TEXT: &str = "\
 # Written by the molt buildpack: puts molt on PATH for the web process, which the Procfile
-# runs as `molt run -- '<command>'`, and for `heroku run molt status` or `molt plan`.
+# runs as `molt run -- '<command>'`, and for a shell in the running dyno: there,
+# `heroku ps:exec -d web.1`, then `molt status` (or `molt restart`, `molt plan`).
 export PATH=\"$HOME/.molt/bin:$PATH\"
 ";
 
@@ -36,7 +39,8 @@ export PATH=\"$HOME/.molt/bin:$PATH\"
 /// the web process.
 const RELEASE_YAML: &str = "--- {}\n";
 
-/// `bin/detect BUILD_DIR`: passes, printing `molt`, when the Procfile has a web process.
+/// `bin/detect BUILD_DIR`: passes, printing `molt`, when the Procfile has a web process,
+/// or when there is no Procfile and the language buildpack gives the app a default one.
 pub(crate) fn detect(build_dir: &Path) -> ExitCode {
     match Web::read(build_dir, Platform::Heroku) {
         Ok(_) => {
@@ -82,9 +86,18 @@ fn compile_app(build_dir: &Path, env_dir: Option<&Path>) -> Result<(), Message> 
         "Installed {INSTALL_PATH}; {PROFILE_SCRIPT} puts it on PATH when a dyno starts"
     ));
 
+    if let WebLine::Default(default) = &web.line {
+        detail(&default_web_line(default));
+    }
     if loaded.config.disable {
         // The runtime's MOLT_DISABLE would run the command without molt anyway; leaving
         // the Procfile alone makes that visible in the slug too.
+        if let WebLine::Default(_) = &web.line {
+            // With no Procfile the language buildpack's own default web process runs.
+            detail("Procfile: none written, because MOLT_DISABLE is set: the web process runs without molt");
+            detail("To run it under molt: heroku config:unset MOLT_DISABLE, then deploy again");
+            return Ok(());
+        }
         detail("Procfile: left as it is, because MOLT_DISABLE is set: the web process runs without molt");
         detail(&format!("web: {}", web.command()));
         detail("To run it under molt: heroku config:unset MOLT_DISABLE, then deploy again");
@@ -103,6 +116,19 @@ fn compile_app(build_dir: &Path, env_dir: Option<&Path>) -> Result<(), Message> 
         WebLine::UnderMolt { command } => {
             detail("Procfile: the web process already runs under molt; left as it is");
             detail(&format!("web: {command}"));
+        }
+        WebLine::Default(default) => {
+            // The Procfile in the slug names the process types, and its web entry
+            // replaces the language buildpack's default_process_types one.
+            write_file(
+                &build_dir.join(super::PROCFILE),
+                &format!("web: {}\n", procfile::molt_command(&default.command)),
+            )?;
+            detail("Procfile: written with that web process under molt; add a Procfile to the app to run another");
+            detail(&format!(
+                "web: {}",
+                procfile::molt_command(&default.command)
+            ));
         }
     }
     detail(&settings_lines(&loaded, Platform::Heroku));

@@ -12,10 +12,12 @@ use std::process::ExitCode;
 
 use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
 
+use super::default_web::DefaultWeb;
 use super::messages::{self, Message, Platform};
 use super::procfile;
 use super::{
-    binary, detail, fail, load_settings, molt_vars_in, settings_lines, write_file, Web, WebLine,
+    binary, default_web_line, detail, fail, load_settings, molt_vars_in, settings_lines,
+    write_file, Web, WebLine,
 };
 
 /// CNB `bin/detect`: the buildpack does not apply (libcnb.rs's `DetectResult::Fail`).
@@ -29,7 +31,8 @@ const LAYER: &str = "molt";
 const CYCLONEDX_VERSION: &str = "1.4";
 
 /// `bin/detect PLATFORM PLAN`, run in the app directory: passes when the Procfile has a
-/// web process. The build plan is left empty: molt neither provides nor requires anything.
+/// web process, or when there is no Procfile and the language buildpack gives the app a
+/// default one. The build plan is left empty: molt neither provides nor requires anything.
 pub(crate) fn detect() -> ExitCode {
     match Web::read(Path::new("."), Platform::Cnb) {
         Ok(_) => ExitCode::SUCCESS,
@@ -83,6 +86,9 @@ fn build_app(app_dir: &Path, layers_dir: &Path, platform_dir: &Path) -> Result<(
     )?;
     detail("Layer molt: bin/molt, on PATH at launch");
 
+    if let WebLine::Default(default) = &web.line {
+        detail(&default_web_line(default));
+    }
     let launch_toml = layers_dir.join("launch.toml");
     if loaded.config.disable {
         // Without a web process of molt's, heroku/procfile's stands.
@@ -92,12 +98,21 @@ fn build_app(app_dir: &Path, layers_dir: &Path, platform_dir: &Path) -> Result<(
             }
             _ => {}
         }
-        detail("web: left to the Procfile as it is, because MOLT_DISABLE is set");
+        if let WebLine::Default(_) = &web.line {
+            detail("web: left to the language buildpack, because MOLT_DISABLE is set");
+        } else {
+            detail("web: left to the Procfile as it is, because MOLT_DISABLE is set");
+        }
         detail(&format!("web: {}", web.command()));
         return Ok(());
     }
     match &web.line {
-        WebLine::Wrap { original, .. } => {
+        // The language buildpack's default web process, with no Procfile, is replaced
+        // the same way as heroku/procfile's: molt's build runs later.
+        WebLine::Wrap { original, .. }
+        | WebLine::Default(DefaultWeb {
+            command: original, ..
+        }) => {
             write_file(&launch_toml, &launch(original))?;
             detail(&format!("web: {}", procfile::molt_command(original)));
         }

@@ -8,8 +8,9 @@
 //!   in the app directory ([`cnb`]). One `bin/detect` serves both platforms; only a CNB
 //!   lifecycle sets `CNB_BUILDPACK_DIR`, which is how the two are told apart.
 //!
-//! Both platforms share what is decided about the app: its Procfile's web process, and its
-//! settings, validated exactly as `molt run` will validate them.
+//! Both platforms share what is decided about the app: its Procfile's web process (or,
+//! with no Procfile, the language buildpack's default one), and its settings, validated
+//! exactly as `molt run` will validate them.
 
 /// Finding the running binary and installing it into the app or a layer.
 mod binary;
@@ -17,6 +18,8 @@ mod binary;
 mod classic;
 /// Cloud Native Buildpacks: detect, build.
 mod cnb;
+/// The language buildpack's default web process, for an app with no Procfile.
+mod default_web;
 /// Every message the buildpack shows a user, each in four parts.
 mod messages;
 /// Procfile parsing and the web line rewrite.
@@ -80,7 +83,8 @@ fn detail(line: &str) {
     }
 }
 
-/// The app's web process, as the Procfile gives it.
+/// The app's web process, as the Procfile gives it, or the language buildpack's default
+/// when there is no Procfile.
 struct Web {
     /// What molt does with it.
     line: WebLine,
@@ -91,15 +95,24 @@ struct Web {
 }
 
 impl Web {
-    /// Reads `app_dir/Procfile`; it must have a web process with a command.
+    /// Reads `app_dir/Procfile`; it must have a web process with a command. With no
+    /// Procfile, the language buildpack's default web process, if there is one.
     fn read(app_dir: &Path, platform: Platform) -> Result<Web, Message> {
-        let text = fs::read_to_string(app_dir.join(PROCFILE)).map_err(|error| {
-            if error.kind() == io::ErrorKind::NotFound {
-                messages::no_procfile(platform, &error)
-            } else {
-                messages::unreadable_procfile(&error)
+        let text = match fs::read_to_string(app_dir.join(PROCFILE)) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let files = default_web::AppFiles::read(app_dir);
+                return match default_web::choose(&files, platform) {
+                    Some(default) => Ok(Web {
+                        line: WebLine::Default(default),
+                        text: String::new(),
+                        ignored: Vec::new(),
+                    }),
+                    None => Err(messages::no_procfile(platform, &error)),
+                };
             }
-        })?;
+            Err(error) => return Err(messages::unreadable_procfile(&error)),
+        };
         let parsed =
             procfile::parse(&text).map_err(|error| messages::bad_procfile(platform, &error))?;
         let rewrite = procfile::rewrite_web(&text)
@@ -129,6 +142,7 @@ impl Web {
         match &self.line {
             WebLine::Wrap { original, .. } => original,
             WebLine::UnderMolt { command } => command,
+            WebLine::Default(default) => &default.command,
         }
     }
 
@@ -146,6 +160,8 @@ enum WebLine {
     Wrap { text: String, original: String },
     /// Leaves it alone: `command` already runs molt (the app's own doing, or an earlier build).
     UnderMolt { command: String },
+    /// There is no Procfile: runs the language buildpack's default web command under molt.
+    Default(default_web::DefaultWeb),
 }
 
 /// The `MOLT_*` variables of a directory holding one file per variable (Heroku's
@@ -218,6 +234,14 @@ fn settings_lines(loaded: &Loaded, platform: Platform) -> String {
             .expect("writing to a String cannot fail");
     }
     out
+}
+
+/// The build log's line saying which default web process an app with no Procfile gets.
+fn default_web_line(default: &default_web::DefaultWeb) -> String {
+    format!(
+        "Procfile: none in the app, so the web process is {}'s default, because {}",
+        default.buildpack, default.because
+    )
 }
 
 /// Writes `contents` to `path`, creating its directory.

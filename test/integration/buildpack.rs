@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::support::{get, tools_present, unique_tag, ProcessTree};
+use crate::support::{get, tools_present, unique_tag, wait_until, ProcessTree};
 
 /// The buildpack's version: the crate's, which `buildpack.toml` must match.
 pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -318,6 +318,11 @@ exec bash -c "$DYNO_COMMAND""#;
 
 /// Boots the Procfile's web process of a built app as a dyno does.
 fn boot_dyno(app: &Path) -> ProcessTree {
+    boot_dyno_with(app, &[])
+}
+
+/// Boots it with config vars set.
+fn boot_dyno_with(app: &Path, config_vars: &[(&str, &str)]) -> ProcessTree {
     let mut command = Command::new("bash");
     command
         .arg("-c")
@@ -327,6 +332,7 @@ fn boot_dyno(app: &Path) -> ProcessTree {
         .env("HOME", app)
         .env("DYNO", "web.1")
         .env("DYNO_COMMAND", procfile_web(app))
+        .envs(config_vars.iter().copied())
         .current_dir(app);
     ProcessTree::start(command)
 }
@@ -615,6 +621,244 @@ fn node_app_builds_and_serves_like_a_dyno() {
         procfile: "web: molt run -- 'node server.js'\r\nrelease: node -e \"console.log(1)\"\r\n",
         greeting: "hello from node pid=",
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Apps with no Procfile: the language buildpack's default web process, under molt
+// ---------------------------------------------------------------------------------------
+
+/// A default web process and what its build and boot must show.
+struct DefaultWeb {
+    /// The buildpack whose default it is, and why, as compile says it.
+    because: String,
+    /// The command taken.
+    command: &'static str,
+    /// Config vars of the dyno (Heroku's Ruby buildpack sets `RACK_ENV` and `RAILS_ENV`).
+    config_vars: &'static [(&'static str, &'static str)],
+    /// What a GET / answers, at its start.
+    greeting: &'static str,
+    /// Workers that must become ready.
+    workers: usize,
+}
+
+/// Builds `build`'s app, which has no Procfile: detect passes, compile says which default
+/// it took and why, writes it into the Procfile under molt, and the dyno serves through it.
+fn default_builds_and_serves(build: &Build, default: &DefaultWeb) {
+    assert!(!build.app.join("Procfile").exists());
+    assert_eq!(build.detect().assert_success().stdout, "molt\n");
+    let compile = build.compile().run();
+    compile.assert_success();
+    let web = format!(
+        "web: molt run -- '{}'",
+        default.command.replace('\'', "'\\''")
+    );
+    let expected = format!(
+        "       Procfile: none in the app, so the web process is {}\n\
+         \x20      Procfile: written with that web process under molt; add a Procfile to the app to run another\n\
+         \x20      {web}\n",
+        default.because
+    );
+    assert!(compile.stdout.contains(&expected), "{}", compile.stdout);
+    assert_eq!(build.read("Procfile"), format!("{web}\n"));
+    assert!(!build.app.join(".molt/Procfile.orig").exists());
+
+    let mut dyno = boot_dyno_with(build.app.path(), default.config_vars);
+    assert!(
+        wait_until(BOOT_TIMEOUT, || dyno.count_log("molt at=ready")
+            >= default.workers),
+        "{} worker(s) did not become ready:\n{}",
+        default.workers,
+        dyno.log()
+    );
+    let response = get(dyno.port(), "/").expect("the app answers through molt");
+    assert_eq!(response.status, 200, "{}", dyno.log());
+    assert!(
+        response.text().starts_with(default.greeting),
+        "{}",
+        response.text()
+    );
+    assert!(dyno.stop(true).success(), "{}", dyno.log());
+}
+
+/// The node fixture with no Procfile and `package_json`.
+fn node_app_without_procfile(package_json: &str) -> Build {
+    let build = Build::new(Packaged::Yes, "node");
+    fs::remove_file(build.app.join("Procfile")).expect("the fixture has a Procfile");
+    fs::write(build.app.join("package.json"), package_json).expect("writable");
+    build
+}
+
+#[test]
+fn node_app_without_a_procfile_runs_its_server_js() {
+    if !tools_present(&["node"]) {
+        return;
+    }
+    let build = node_app_without_procfile(r#"{"name": "fixture", "scripts": {"test": "true"}}"#);
+    default_builds_and_serves(
+        &build,
+        &DefaultWeb {
+            because: "heroku/nodejs's default, because package.json has no start script and \
+                      the app has a server.js, which npm start runs"
+                .to_owned(),
+            command: "node server.js",
+            config_vars: &[],
+            greeting: "hello from node pid=",
+            workers: 1,
+        },
+    );
+}
+
+#[test]
+fn node_app_without_a_procfile_runs_its_start_script() {
+    if !tools_present(&["node", "npm"]) {
+        return;
+    }
+    let build =
+        node_app_without_procfile(r#"{"name": "fixture", "scripts": {"start": "node server.js"}}"#);
+    default_builds_and_serves(
+        &build,
+        &DefaultWeb {
+            because: "heroku/nodejs's default, because package.json has a start script".to_owned(),
+            command: "npm start",
+            config_vars: &[],
+            greeting: "hello from node pid=",
+            workers: 1,
+        },
+    );
+}
+
+#[test]
+fn molt_disable_with_no_procfile_leaves_the_language_buildpacks_default_alone() {
+    let build = node_app_without_procfile(r#"{"name": "fixture"}"#);
+    build.config_var("MOLT_DISABLE", "1");
+    let phase = build.compile().run();
+    phase.assert_success();
+    assert_eq!(
+        phase.stdout,
+        packaged_headline()
+            + "       Installed .molt/bin/molt; .profile.d/molt.sh puts it on PATH when a dyno starts\n\
+               \x20      Procfile: none in the app, so the web process is heroku/nodejs's default, because package.json has no start script and the app has a server.js, which npm start runs\n\
+               \x20      Procfile: none written, because MOLT_DISABLE is set: the web process runs without molt\n\
+               \x20      To run it under molt: heroku config:unset MOLT_DISABLE, then deploy again\n"
+    );
+    assert!(!build.app.join("Procfile").exists());
+}
+
+/// Writes `gemfile` into the app and resolves it with `bundle lock --local` (the gems
+/// Debian installed, no network), as the Ruby buildpack leaves a Gemfile.lock.
+pub(crate) fn bundle(app: &Path, gemfile: &str) {
+    fs::write(app.join("Gemfile"), gemfile).expect("writable");
+    let lock = Command::new("bundle")
+        .args(["lock", "--local"])
+        .current_dir(app)
+        .output()
+        .expect("bundle runs");
+    assert!(
+        lock.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&lock.stdout),
+        String::from_utf8_lossy(&lock.stderr)
+    );
+}
+
+#[test]
+fn rack_app_without_a_procfile_runs_rackup() {
+    if !tools_present(&["ruby", "bundle", "puma"]) {
+        return;
+    }
+    let build = Build::new(Packaged::Yes, "ruby-unicorn");
+    fs::remove_file(build.app.join("Procfile")).expect("the fixture has a Procfile");
+    bundle(
+        build.app.path(),
+        "source 'https://rubygems.org'\ngem 'rack'\ngem 'puma'\n",
+    );
+    default_builds_and_serves(
+        &build,
+        &DefaultWeb {
+            because: "heroku/ruby's default, because Gemfile.lock has rack and the app has a \
+                      config.ru (a Rack app)"
+                .to_owned(),
+            command: "bundle exec rackup config.ru -p ${PORT:-5000}",
+            config_vars: &[("RACK_ENV", "production")],
+            greeting: "hello from unicorn pid=",
+            workers: 1,
+        },
+    );
+}
+
+/// A minimal Rails app (`rails new --minimal`, offline with Debian's gems) on Puma, whose
+/// `/` answers its pid, with its Gemfile.lock.
+pub(crate) fn rails_app(dir: &Path) {
+    let new = Command::new("rails")
+        .args([
+            "new",
+            ".",
+            "--minimal",
+            "--skip-bundle",
+            "--skip-git",
+            "--skip-test",
+            "--skip-system-test",
+            "--skip-active-record",
+            "--skip-javascript",
+            "--skip-sprockets",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("rails new runs");
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    fs::write(
+        dir.join("config/routes.rb"),
+        "Rails.application.routes.draw do\n  get '/', to: proc { [200, { 'content-type' => \
+         'text/plain' }, [\"hello from rails pid=#{Process.pid}\\n\"]] }\nend\n",
+    )
+    .expect("writable");
+    bundle(
+        dir,
+        "source 'https://rubygems.org'\ngem 'rails', '~> 6.1'\ngem 'puma'\n",
+    );
+}
+
+#[test]
+fn rails_app_without_a_procfile_runs_rails_server_one_per_worker() {
+    if !tools_present(&["rails", "bundle", "puma"]) {
+        return;
+    }
+    let build = Build::new(Packaged::Yes, "pyapp");
+    for file in ["Procfile", "app.py"] {
+        fs::remove_file(build.app.join(file)).expect("the fixture has it");
+    }
+    rails_app(build.app.path());
+    let railties = fs::read_to_string(build.app.join("Gemfile.lock"))
+        .expect("bundle wrote Gemfile.lock")
+        .lines()
+        .find_map(|line| line.strip_prefix("    railties ("))
+        .map(|version| version.trim_end_matches(')').to_owned())
+        .expect("Gemfile.lock resolves railties");
+    let because = format!(
+        "heroku/ruby's default, because Gemfile.lock has railties {railties} (a Rails app); \
+         with a pid file per worker, as several run side by side"
+    );
+    // Two instances of `rails server` in one directory, as a pool runs them: each needs its
+    // own pid file, or the second exits saying a server is already running.
+    default_builds_and_serves(
+        &build,
+        &DefaultWeb {
+            because,
+            command: "bin/rails server -p ${PORT:-5000} -e $RAILS_ENV -P tmp/pids/server.${PORT:-5000}.pid",
+            config_vars: &[
+                ("RAILS_ENV", "production"),
+                ("SECRET_KEY_BASE", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+                ("MOLT_MODE", "pool"),
+                ("MOLT_MIN_WORKERS", "2"),
+            ],
+            greeting: "hello from rails pid=",
+            workers: 2,
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ use libcnb_data::package_descriptor::PackageDescriptor;
 use libcnb_data::sbom::SbomFormat;
 
 use crate::buildpack::{
-    app, buildpack, molt_binary, repo, sha256_hex, Packaged, Phase, Script, TempDir, BOOT_TIMEOUT,
-    VERSION,
+    app, buildpack, bundle, molt_binary, rails_app, repo, sha256_hex, Packaged, Phase, Script,
+    TempDir, BOOT_TIMEOUT, VERSION,
 };
-use crate::support::{get, tools_present, ProcessTree};
+use crate::support::{get, tools_present, wait_until, ProcessTree};
 
 /// The buildpack's id, as `buildpack.toml` gives it.
 const ID: &str = "molt/molt";
@@ -130,6 +130,11 @@ impl Lifecycle {
     /// Starts the default process as the launcher does: every launch layer's `bin/` on
     /// PATH, then `command` + `args` exec'd directly in the app directory.
     fn launch(&self) -> ProcessTree {
+        self.launch_with(&[])
+    }
+
+    /// The same with the container's environment holding `vars`.
+    fn launch_with(&self, vars: &[(&str, &str)]) -> ProcessTree {
         let launch = self.launch_toml();
         let defaults: Vec<_> = launch.processes.iter().filter(|p| p.default).collect();
         assert_eq!(
@@ -177,6 +182,7 @@ impl Lifecycle {
             .env("PATH", path)
             .env("HOME", self.app.path())
             .env("CNB_PROCESS_TYPE", process.r#type.as_str())
+            .envs(vars.iter().copied())
             .current_dir(self.app.path());
         ProcessTree::start(command)
     }
@@ -224,6 +230,49 @@ fn buildpack_toml_is_a_component_buildpack_for_api_0_10() {
         .and_then(|u| u.as_str())
         .expect("[metadata.release] base-url is set");
     assert!(base_url.contains("{version}"), "{base_url}");
+}
+
+/// The README's `project.toml` for Fir is `test/fixtures/fir/project.toml`, word for word:
+/// a project descriptor whose group runs the language CNB, then `heroku/procfile`, then
+/// molt from the image that the release workflow publishes.
+#[test]
+fn the_readmes_fir_project_toml_lists_molt_last_from_the_published_image() {
+    let sample = fs::read_to_string(repo().join("test/fixtures/fir/project.toml"))
+        .expect("the sample exists");
+    let readme = fs::read_to_string(repo().join("README.md")).expect("README.md exists");
+    assert!(
+        readme.contains(&format!("```toml\n{sample}```\n")),
+        "README.md must show test/fixtures/fir/project.toml as it is"
+    );
+    let project: toml::Table = toml::from_str(&sample).expect("project.toml parses");
+    assert_eq!(project["_"]["schema-version"].as_str(), Some("0.2"));
+    let group = project["io"]["buildpacks"]["group"]
+        .as_array()
+        .expect("[[io.buildpacks.group]]");
+    let ids: Vec<Option<&str>> = group
+        .iter()
+        .map(|bp| bp.get("id").and_then(|id| id.as_str()))
+        .collect();
+    assert_eq!(ids, [Some("heroku/ruby"), Some("heroku/procfile"), None]);
+
+    // The image: ghcr.io/<the homepage's GitHub owner>/molt-buildpack, as release.yml names it.
+    let descriptor: ComponentBuildpackDescriptor = toml::from_str(
+        &fs::read_to_string(repo().join("buildpack.toml")).expect("buildpack.toml exists"),
+    )
+    .expect("buildpack.toml parses");
+    let homepage = descriptor.buildpack.homepage.expect("a homepage");
+    let owner = homepage
+        .strip_prefix("https://github.com/")
+        .and_then(|rest| rest.split('/').next())
+        .expect("the homepage is a GitHub repository");
+    assert_eq!(
+        group[2].get("uri").and_then(|uri| uri.as_str()),
+        Some(format!("docker://ghcr.io/{owner}/molt-buildpack").as_str())
+    );
+    let workflow = fs::read_to_string(repo().join(".github/workflows/release.yml"))
+        .expect("release.yml exists");
+    assert!(workflow.contains("image=ghcr.io/$(printf '%s' \"$GITHUB_REPOSITORY_OWNER\" | tr '[:upper:]' '[:lower:]')/molt-buildpack"));
+    assert!(workflow.contains("--publish"));
 }
 
 #[test]
@@ -395,4 +444,133 @@ fn build_fails_on_an_invalid_setting_from_the_platform() {
     );
     assert!(!lifecycle.bp_layers().join("launch.toml").exists());
     assert!(!lifecycle.bp_layers().join("molt").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// Apps with no Procfile: the language CNB's default web process, under molt
+// ---------------------------------------------------------------------------------------
+
+/// Builds the lifecycle's app, which has no Procfile: detect passes, build says which
+/// default it took and why and makes `molt run -- <command>` the default web process,
+/// and the launched process serves through molt with `greeting`.
+fn default_builds_and_launches(
+    lifecycle: &Lifecycle,
+    because: &str,
+    command: &str,
+    vars: &[(&str, &str)],
+    greeting: &str,
+) {
+    assert!(!lifecycle.app.join("Procfile").exists());
+    assert_eq!(lifecycle.detect().status.code(), Some(0));
+    let build = lifecycle.build();
+    build.assert_success();
+    let expected = format!(
+        "       Layer molt: bin/molt, on PATH at launch\n\
+         \x20      Procfile: none in the app, so the web process is {because}\n\
+         \x20      web: molt run -- '{}'\n",
+        command.replace('\'', "'\\''")
+    );
+    assert!(build.stdout.contains(&expected), "{}", build.stdout);
+    let launch = lifecycle.launch_toml();
+    assert_eq!(launch.processes.len(), 1);
+    assert_eq!(launch.processes[0].command, ["molt", "run", "--", command]);
+    assert!(launch.processes[0].default);
+
+    let mut process = lifecycle.launch_with(vars);
+    assert!(
+        wait_until(BOOT_TIMEOUT, || process.count_log("molt at=ready") >= 1),
+        "{}",
+        process.log()
+    );
+    let response = get(process.port(), "/").expect("the app answers through molt");
+    assert_eq!(response.status, 200, "{}", process.log());
+    assert!(response.text().starts_with(greeting), "{}", response.text());
+    assert!(process.stop(false).success(), "{}", process.log());
+}
+
+/// The node fixture with no Procfile and `package_json`.
+fn node_lifecycle(package_json: &str) -> Lifecycle {
+    let lifecycle = Lifecycle::new("node");
+    fs::remove_file(lifecycle.app.join("Procfile")).expect("the fixture has one");
+    fs::write(lifecycle.app.join("package.json"), package_json).expect("writable");
+    lifecycle
+}
+
+#[test]
+fn node_app_without_a_procfile_launches_its_server_js() {
+    if !tools_present(&["node"]) {
+        return;
+    }
+    default_builds_and_launches(
+        &node_lifecycle(r#"{"name": "fixture"}"#),
+        "heroku/nodejs's default, because package.json has no start script and the app has a server.js",
+        "node server.js",
+        &[],
+        "hello from node pid=",
+    );
+}
+
+#[test]
+fn node_app_without_a_procfile_launches_its_start_script() {
+    if !tools_present(&["node", "npm"]) {
+        return;
+    }
+    default_builds_and_launches(
+        &node_lifecycle(r#"{"name": "fixture", "scripts": {"start": "node server.js"}}"#),
+        "heroku/nodejs's default, because package.json has a start script",
+        "npm start",
+        &[],
+        "hello from node pid=",
+    );
+}
+
+#[test]
+fn rack_app_without_a_procfile_launches_rackup_on_every_address() {
+    if !tools_present(&["ruby", "bundle", "puma"]) {
+        return;
+    }
+    let lifecycle = Lifecycle::new("ruby-unicorn");
+    fs::remove_file(lifecycle.app.join("Procfile")).expect("the fixture has one");
+    bundle(
+        lifecycle.app.path(),
+        "source 'https://rubygems.org'\ngem 'rack'\ngem 'puma'\n",
+    );
+    default_builds_and_launches(
+        &lifecycle,
+        "heroku/ruby's default, because Gemfile.lock has rack and the app has a config.ru (a Rack app)",
+        "bundle exec rackup --host \"[::]\" --port \"${PORT:?Error: PORT env var is not set!}\"",
+        &[],
+        "hello from unicorn pid=",
+    );
+}
+
+#[test]
+fn rails_app_without_a_procfile_launches_rails_server() {
+    if !tools_present(&["rails", "bundle", "puma"]) {
+        return;
+    }
+    let lifecycle = Lifecycle::new("pyapp");
+    for file in ["Procfile", "app.py"] {
+        fs::remove_file(lifecycle.app.join(file)).expect("the fixture has it");
+    }
+    rails_app(lifecycle.app.path());
+    let railties = fs::read_to_string(lifecycle.app.join("Gemfile.lock"))
+        .expect("bundle wrote Gemfile.lock")
+        .lines()
+        .find_map(|line| line.strip_prefix("    railties ("))
+        .map(|version| version.trim_end_matches(')').to_owned())
+        .expect("Gemfile.lock resolves railties");
+    default_builds_and_launches(
+        &lifecycle,
+        &format!(
+            "heroku/ruby's default, because Gemfile.lock has railties {railties} (a Rails app); \
+             with a pid file per worker, as several run side by side"
+        ),
+        "bin/rails server --binding \"[::]\" --port \"${PORT:?Error: PORT env var is not set!}\" --environment \"$RAILS_ENV\" --pid \"tmp/pids/server.${PORT}.pid\"",
+        &[
+            ("RAILS_ENV", "production"),
+            ("SECRET_KEY_BASE", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+        ],
+        "hello from rails pid=",
+    );
 }

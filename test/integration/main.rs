@@ -36,6 +36,9 @@ mod prefork;
 mod proxy;
 /// Responses read ahead of a slow client, in memory and then in a temporary file.
 mod relay;
+/// The release path: `make release` here, then `bin/compile` from a clean clone of the tag
+/// with no cargo installs the archive from a loopback server, verified.
+mod release;
 /// Configuration errors and `molt plan`.
 mod settings;
 /// Shared helpers: the molt guard, `/proc` inspection, a small HTTP/1.1 client.
