@@ -223,6 +223,7 @@ fn plan(flags: &SettingFlags) -> ExitCode {
             );
             println!();
             print!("{}", config::mode_text(&loaded.config));
+            print!("{}", run::arena_text(loaded.config.malloc_arena_max));
             ExitCode::SUCCESS
         }
         Err(code) => code,

@@ -31,7 +31,7 @@ use pool::Supervisor;
 use proxy::dispatch::Dispatcher;
 
 pub(crate) use error::Fatal;
-pub(crate) use pool::worker::AppCommand;
+pub(crate) use pool::worker::{arena_text, AppCommand};
 pub(crate) use pool::Outcome;
 
 /// Longest molt waits at exit to reap the processes it killed in [`kill_leftovers`].

@@ -598,6 +598,7 @@ impl Supervisor {
             port,
             web_concurrency,
             command: &self.command,
+            malloc_arena_max: self.config.malloc_arena_max,
         };
         let pid = self.procs.spawn(&spec).map_err(BootFailure::CannotStart)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
