@@ -57,8 +57,13 @@ pub(crate) fn run(config: Config, command: &AppCommand) -> Result<Outcome, Fatal
             what: "start the async runtime",
             source,
         })?;
+    // Leftovers of a clean stop get the workers' stop signal and timeout; after a second
+    // SIGINT or a fatal error molt goes at once.
+    let grace = (config.stop_signal, config.stop_timeout);
     let outcome = runtime.block_on(serve(Arc::new(config), command.clone()));
-    kill_leftovers();
+    drop(runtime);
+    let grace = matches!(outcome, Ok(Outcome::Stopped)).then_some(grace);
+    kill_leftovers(grace);
     outcome
 }
 
@@ -80,10 +85,12 @@ fn ignore_file_size_signal() {
     }
 }
 
-/// Kills whatever of the app is still running once every worker has exited: a process
+/// Stops whatever of the app is still running once every worker has exited: a process
 /// that left its worker's process group (a daemon that called `setsid`) escapes the
 /// group signal, and, adopted by molt as the subreaper, would outlive molt under init.
-fn kill_leftovers() {
+/// With `grace`, they get that signal and that long to exit by themselves, as a worker
+/// does; then, or without it at once, SIGKILL.
+fn kill_leftovers(grace: Option<(nix_signal::Signal, std::time::Duration)>) {
     let Ok(me) = i32::try_from(std::process::id()) else {
         return;
     };
@@ -99,23 +106,49 @@ fn kill_leftovers() {
     if left.is_empty() {
         return;
     }
+    if let Some((signal, timeout)) = grace {
+        event!(
+            Info,
+            "stop_leftovers",
+            processes = left.len(),
+            signal = signal.as_str(),
+            timeout_ms = timeout.as_millis()
+        );
+        for &pid in &left {
+            let _ = nix_signal::kill(Pid::from_raw(pid), signal);
+        }
+        if reap_until(std::time::Instant::now() + timeout) {
+            return;
+        }
+    }
+    let left: Vec<i32> = left
+        .into_iter()
+        .filter(|&pid| nix_signal::kill(Pid::from_raw(pid), None).is_ok())
+        .collect();
+    if left.is_empty() {
+        return;
+    }
     event!(Warn, "kill_leftovers", processes = left.len());
     for &pid in &left {
         let _ = nix_signal::kill(Pid::from_raw(pid), nix_signal::Signal::SIGKILL);
     }
     // Reap them, so none is left a zombie; SIGKILL takes effect at once, but a process in
     // uninterruptible sleep may take a moment, which is not worth holding the exit for.
-    let deadline = std::time::Instant::now() + LEFTOVER_REAP_TIMEOUT;
+    reap_until(std::time::Instant::now() + LEFTOVER_REAP_TIMEOUT);
+}
+
+/// Reaps exited children until none is left (true) or `deadline` passes (false).
+fn reap_until(deadline: std::time::Instant) -> bool {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {
                 if std::time::Instant::now() >= deadline {
-                    return;
+                    return false;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Ok(_) | Err(Errno::EINTR) => {}
-            Err(_) => return,
+            Err(_) => return true,
         }
     }
 }

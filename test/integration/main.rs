@@ -32,5 +32,7 @@ mod proxy;
 mod relay;
 /// Configuration errors and `molt plan`.
 mod settings;
+/// Stopping an app under a wrapper shell: what the shell started gets the stop timeout.
+mod stop;
 /// Shared helpers: the molt guard, `/proc` inspection, a small HTTP/1.1 client.
 mod support;

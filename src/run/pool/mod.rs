@@ -116,6 +116,18 @@ impl Worker {
     }
 }
 
+/// What is left of a worker's process group after its leader exited: a wrapper shell
+/// (`bash -c 'unicorn ... && echo'`, `npm start`) dies on the stop signal at once while the
+/// app it started is still shutting down. The group gets until `deadline`, the worker's
+/// `MOLT_STOP_TIMEOUT`, to exit by itself; then SIGKILL.
+#[derive(Debug)]
+struct Lingering {
+    worker: u64,
+    /// The group's id: its leader's pid.
+    group: Pid,
+    deadline: Instant,
+}
+
 /// How the command is run, once known (`MOLT_MODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -151,6 +163,8 @@ pub(crate) struct Supervisor {
     /// Set once any worker has been ready (for `MOLT_BIND=ready`).
     first_ready: watch::Sender<bool>,
     workers: Vec<Worker>,
+    /// Groups of workers whose leader exited while the rest still runs.
+    lingering: Vec<Lingering>,
     next_id: u64,
     phase: Phase,
     mode: Mode,
@@ -218,6 +232,7 @@ impl Supervisor {
             shutdown,
             first_ready,
             workers: Vec::new(),
+            lingering: Vec::new(),
             next_id: 1,
             phase: Phase::Running,
             mode: match config.mode {
@@ -318,9 +333,7 @@ impl Supervisor {
                 let _ = reply.send(self.status_report(now));
             }
             Event::Fatal(fatal) => {
-                for w in &self.workers {
-                    self.procs.signal_group(w.pid, Signal::SIGKILL);
-                }
+                self.kill_every_group();
                 return Some(Err(fatal));
             }
             Event::ProxyIdle => {
@@ -356,15 +369,14 @@ impl Supervisor {
 
     fn on_exit(&mut self, pid: Pid, how: Exit, now: Instant) -> Option<Done> {
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
-            // An orphan that was reparented to molt (the subreaper) and has now been reaped.
+            // An orphan that was reparented to molt (the subreaper) and has now been reaped:
+            // perhaps the last of a lingering group.
             event!(Debug, "reaped", pid = pid, how = how);
+            self.forget_exited_groups();
             return None;
         };
         let w = self.workers.remove(index);
         w.abort_task();
-        // The leader is gone; anything it left in its group goes too, so no orphan of a
-        // dead worker lingers holding memory.
-        self.procs.signal_group(w.pid, Signal::SIGKILL);
         w.slot.upstreams.clear();
         if self.recycling.as_ref().is_some_and(|r| r.id == w.id) {
             self.recycling = None;
@@ -390,6 +402,9 @@ impl Supervisor {
             state = state,
             in_flight = in_flight,
         );
+        // The leader is gone; what it left in its group is stopped too, so no orphan of a
+        // dead worker lingers holding memory, but gets the stop timeout to finish.
+        self.linger(&w, now);
         if matches!(w.state, State::Booting { .. }) && self.phase == Phase::Running {
             return self.boot_failed(BootFailure::Exited(how), now);
         }
@@ -399,9 +414,7 @@ impl Supervisor {
     fn on_shutdown(&mut self, signal: Signal, now: Instant) -> Option<Done> {
         if signal == Signal::SIGINT && self.interrupted {
             event!(Warn, "interrupt", action = "kill");
-            for w in &self.workers {
-                self.procs.signal_group(w.pid, Signal::SIGKILL);
-            }
+            self.kill_every_group();
             return Some(Ok(Outcome::Interrupted));
         }
         self.interrupted |= signal == Signal::SIGINT;
@@ -460,6 +473,23 @@ impl Supervisor {
             event!(Warn, "drain_timeout", worker = id);
             self.stop(id, now);
         }
+        self.forget_exited_groups();
+        let procs = &self.procs;
+        self.lingering.retain(|group| {
+            if now < group.deadline {
+                return true;
+            }
+            event!(
+                Warn,
+                "kill",
+                worker = group.worker,
+                pid = group.group,
+                reason = "stop_timeout",
+                leader = "exited"
+            );
+            procs.signal_group(group.group, Signal::SIGKILL);
+            false
+        });
         if now >= self.next_sample {
             self.start_sample(now);
         }
@@ -486,9 +516,7 @@ impl Supervisor {
         self.boot_failures += 1;
         let failures = self.boot_failures;
         if !self.ever_ready && failures >= self.config.max_boot_failures {
-            for w in &self.workers {
-                self.procs.signal_group(w.pid, Signal::SIGKILL);
-            }
+            self.kill_every_group();
             return Some(Err(Fatal::CannotBoot {
                 failures,
                 max: self.config.max_boot_failures,
@@ -524,7 +552,7 @@ impl Supervisor {
             }
         }
         self.publish();
-        if self.phase == Phase::Stopping && self.workers.is_empty() {
+        if self.phase == Phase::Stopping && self.workers.is_empty() && self.lingering.is_empty() {
             event!(Info, "stopped");
             return Some(Ok(Outcome::Stopped));
         }
@@ -712,6 +740,7 @@ impl Supervisor {
             State::Stopping { deadline } => deadline,
             State::Ready => None,
         });
+        let lingering = self.lingering.iter().map(|group| group.deadline);
         let phase = match self.phase {
             Phase::Draining { deadline } => Some(deadline),
             Phase::Running | Phase::Stopping => None,
@@ -723,11 +752,72 @@ impl Supervisor {
             .then_some(self.spawn_after);
         let sample = (self.phase != Phase::Stopping && !self.sampling).then_some(self.next_sample);
         workers
+            .chain(lingering)
             .chain(phase)
             .chain(spawn)
             .chain(sample)
             .chain(self.next_metrics)
             .min()
+    }
+
+    /// Keeps what is left of an exited worker's process group until it exits or its stop
+    /// timeout passes. A worker already told to stop keeps the deadline it was given; one
+    /// whose leader exited by itself has the rest of its group told to stop now.
+    fn linger(&mut self, w: &Worker, now: Instant) {
+        if !self.procs.group_alive(w.pid) {
+            return;
+        }
+        let deadline = match w.state {
+            State::Stopping {
+                deadline: Some(deadline),
+            } => deadline,
+            // Killed: what is left goes the same way.
+            State::Stopping { deadline: None } => {
+                self.procs.signal_group(w.pid, Signal::SIGKILL);
+                return;
+            }
+            State::Booting { .. } | State::Ready | State::Draining { .. } => {
+                self.procs.signal_group(w.pid, self.config.stop_signal);
+                now + self.config.stop_timeout
+            }
+        };
+        event!(
+            Info,
+            "linger",
+            worker = w.id,
+            pid = w.pid,
+            timeout_ms = deadline.saturating_duration_since(now).as_millis()
+        );
+        self.lingering.push(Lingering {
+            worker: w.id,
+            group: w.pid,
+            deadline,
+        });
+    }
+
+    /// Drops the lingering groups that have no process left.
+    fn forget_exited_groups(&mut self) {
+        let procs = &self.procs;
+        self.lingering.retain(|group| {
+            let alive = procs.group_alive(group.group);
+            if !alive {
+                event!(
+                    Info,
+                    "group_exited",
+                    worker = group.worker,
+                    pid = group.group
+                );
+            }
+            alive
+        });
+    }
+
+    /// SIGKILL to every worker's group and every lingering one: molt is going at once.
+    fn kill_every_group(&self) {
+        let groups = self.workers.iter().map(|w| w.pid);
+        for group in groups.chain(self.lingering.iter().map(|l| l.group)) {
+            self.procs.signal_group(group, Signal::SIGKILL);
+        }
     }
 
     fn in_flight(&self) -> usize {
@@ -768,6 +858,8 @@ mod tests {
         direct: Vec<(Pid, Signal)>,
         /// Workers whose trees were inspected.
         inspected: Vec<u64>,
+        /// Groups with a process left in them, their leader's exit aside.
+        groups_alive: Vec<Pid>,
     }
 
     struct Fake {
@@ -783,6 +875,11 @@ mod tests {
             record.spawned.push((spec.id, pid));
             record.concurrency.push(spec.web_concurrency);
             Ok(pid)
+        }
+
+        fn group_alive(&self, pid: Pid) -> bool {
+            let record = self.record.lock().expect("test lock");
+            record.groups_alive.contains(&pid)
         }
 
         fn signal(&self, pid: Pid, signal: Signal) {
@@ -1064,10 +1161,8 @@ mod tests {
             160,
         );
         h.step(Event::ProxyIdle, 200);
-        assert_eq!(
-            h.signals(),
-            [(h.pid(1), Signal::SIGKILL), (h.pid(2), Signal::SIGTERM)]
-        );
+        // Worker 1 left nothing in its group, so nothing is signalled there.
+        assert_eq!(h.signals(), [(h.pid(2), Signal::SIGTERM)]);
         assert_eq!(h.exit(2, 300), Some(Ok(Outcome::Stopped)));
     }
 
@@ -1103,6 +1198,77 @@ mod tests {
             5001,
         );
         assert_eq!(outcome, Some(Ok(Outcome::Stopped)));
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_leader_exited_gets_the_stop_timeout_before_sigkill() {
+        // `bash -c 'app && echo'`: the shell dies on SIGTERM at once, the app takes its time.
+        let mut h = Harness::new(Config {
+            stop_timeout: Duration::from_secs(10),
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 10);
+        let leader = h.pid(1);
+        h.step(
+            Event::Shutdown {
+                signal: Signal::SIGTERM,
+            },
+            20,
+        );
+        h.step(Event::ProxyIdle, 30);
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)]);
+        h.record
+            .lock()
+            .expect("test lock")
+            .groups_alive
+            .push(leader);
+        let exited = Event::Exited {
+            pid: leader,
+            how: Exit::Signal(Signal::SIGTERM),
+        };
+        assert_eq!(h.step(exited, 40), None, "the app is still shutting down");
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)], "no SIGKILL yet");
+        assert_eq!(h.sup.next_deadline(h.at(40)), Some(h.at(10_030)));
+        assert_eq!(h.tick(5_000), None);
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)]);
+        // The app finishes, is reaped as an orphan of molt's, and molt is done.
+        h.record.lock().expect("test lock").groups_alive.clear();
+        let app = Event::Exited {
+            pid: Pid::from_raw(4242),
+            how: Exit::Code(0),
+        };
+        assert_eq!(h.step(app, 6_000), Some(Ok(Outcome::Stopped)));
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)], "never SIGKILL");
+    }
+
+    #[tokio::test]
+    async fn a_lingering_group_is_killed_at_its_stop_timeout() {
+        let mut h = Harness::new(Config {
+            stop_timeout: Duration::from_secs(10),
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 10);
+        let leader = h.pid(1);
+        // The leader crashes by itself and leaves a child in its group: the child is told
+        // to stop as a worker would be, and killed only at the stop timeout.
+        h.record
+            .lock()
+            .expect("test lock")
+            .groups_alive
+            .push(leader);
+        h.exit(1, 100);
+        h.step(Event::Ready { id: 2 }, 200);
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)]);
+        h.tick(10_099);
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)]);
+        h.tick(10_100);
+        assert_eq!(
+            h.signals(),
+            [(leader, Signal::SIGTERM), (leader, Signal::SIGKILL)]
+        );
+        assert!(h.sup.lingering.is_empty());
     }
 
     #[tokio::test]

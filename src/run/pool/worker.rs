@@ -122,6 +122,9 @@ pub(crate) trait Processes: Send {
     fn signal_group(&self, pid: Pid, signal: Signal);
     /// Sends `signal` to one process: a preforking master, or one of its children.
     fn signal(&self, pid: Pid, signal: Signal);
+    /// Whether any process (a zombie not yet reaped included) is left in the group of
+    /// `pid`, a worker's leader.
+    fn group_alive(&self, pid: Pid) -> bool;
     /// A private port for a new worker, not among `taken`.
     fn free_port(&self, taken: &[u16]) -> Option<u16>;
     /// Measures each worker's process tree off the supervisor task, and each child of the
@@ -167,6 +170,11 @@ impl Processes for Os {
 
     fn signal_group(&self, pid: Pid, signal: Signal) {
         signal_group(pid, signal);
+    }
+
+    fn group_alive(&self, pid: Pid) -> bool {
+        // Signal 0 checks only; EPERM would mean a process molt may not signal, still there.
+        !matches!(killpg(pid, None), Err(Errno::ESRCH))
     }
 
     fn free_port(&self, taken: &[u16]) -> Option<u16> {
