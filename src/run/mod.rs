@@ -34,6 +34,10 @@ pub(crate) use error::Fatal;
 pub(crate) use pool::worker::{arena_text, AppCommand};
 pub(crate) use pool::Outcome;
 
+/// Longest molt waits, once the pool is done, for the request path to write the answers it
+/// holds (the 503s of requests that were queued) before the runtime goes.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Longest molt waits at exit to reap the processes it killed in [`kill_leftovers`].
 const LEFTOVER_REAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -171,6 +175,7 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
             .map_or(1, |settings| settings.initial),
     };
     let dispatcher = Dispatcher::new(capacity, config.max_queue, config.queue_timeout);
+    let requests = Arc::clone(&dispatcher);
     let (facts, cgroup_warning) = crate::sys::facts();
     if let Some(warning) = cgroup_warning {
         event!(Warn, "cgroup", error = warning);
@@ -214,7 +219,7 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
             keepalive: config.keepalive_timeout,
         },
     });
-    tokio::spawn(proxy::listen::serve_public(
+    let public = tokio::spawn(proxy::listen::serve_public(
         listener,
         config.port,
         links.first_ready,
@@ -222,6 +227,11 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
         links.shutdown,
     ));
     let outcome = supervisor.run().await;
+    // However molt ends (gave up booting, a second SIGINT, stopped), no request still
+    // waiting for a worker is left without an answer: each gets 503 with Retry-After.
+    // The supervisor is gone, so the proxy is stopping; give it a moment to write them.
+    requests.close();
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, public).await;
     let _ = std::fs::remove_file(&config.control_socket);
     outcome
 }

@@ -23,6 +23,9 @@ mod hostile;
 mod lifecycle;
 /// Memory governance, recycling, autoscaling, status and metrics.
 mod memory;
+/// Requests no worker will take get 503 with Retry-After: molt gave up booting, the
+/// shutdown deadline, no worker left.
+mod no_worker;
 /// Preforking servers (Unicorn, gunicorn, Puma) adopted: their children governed by
 /// signals, their shared memory kept.
 mod prefork;

@@ -517,6 +517,7 @@ impl Supervisor {
         let failures = self.boot_failures;
         if !self.ever_ready && failures >= self.config.max_boot_failures {
             self.kill_every_group();
+            self.dispatcher.close();
             return Some(Err(Fatal::CannotBoot {
                 failures,
                 max: self.config.max_boot_failures,
@@ -552,11 +553,23 @@ impl Supervisor {
             }
         }
         self.publish();
+        self.close_when_no_worker_can_serve();
         if self.phase == Phase::Stopping && self.workers.is_empty() && self.lingering.is_empty() {
             event!(Info, "stopped");
             return Some(Ok(Outcome::Stopped));
         }
         None
+    }
+
+    /// Once molt is shutting down, no worker is started again: with none left booting or
+    /// ready (all told to stop, or gone by themselves, as a platform that signals every
+    /// process of the container has them), queued and later requests get their 503 now
+    /// rather than at the queue timeout.
+    fn close_when_no_worker_can_serve(&self) {
+        let stopping = self.phase != Phase::Running;
+        if stopping && !self.workers.iter().any(Worker::is_live) {
+            self.dispatcher.close();
+        }
     }
 
     /// Instances of the command wanted now: in prefork mode (and while deciding) one, whose
@@ -1269,6 +1282,49 @@ mod tests {
             [(leader, Signal::SIGTERM), (leader, Signal::SIGKILL)]
         );
         assert!(h.sup.lingering.is_empty());
+    }
+
+    #[tokio::test]
+    async fn requests_get_their_answer_once_no_worker_can_take_them() {
+        use crate::run::proxy::dispatch::Overload;
+        // Shutting down, and the platform's SIGTERM took every worker: nothing will serve.
+        let mut h = Harness::new(config(2));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(Event::Ready { id: 2 }, 0);
+        h.step(
+            Event::Shutdown {
+                signal: Signal::SIGTERM,
+            },
+            100,
+        );
+        h.exit(1, 150);
+        assert!(
+            h.dispatcher.acquire().await.is_ok(),
+            "worker 2 still serves"
+        );
+        h.exit(2, 160);
+        assert_eq!(h.dispatcher.acquire().await.err(), Some(Overload::Closed));
+
+        // Or the app never booted and molt gave up.
+        let mut h = Harness::new(config(1));
+        h.sup.reconcile(h.t0);
+        h.exit(1, 0);
+        h.tick(1000);
+        h.exit(2, 1000);
+        h.tick(3000);
+        let queued = {
+            let d = Arc::clone(&h.dispatcher);
+            tokio::spawn(async move { d.acquire().await.err() })
+        };
+        while h.dispatcher.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            h.exit(3, 3000),
+            Some(Err(Fatal::CannotBoot { .. }))
+        ));
+        assert_eq!(queued.await.expect("task ran"), Some(Overload::Closed));
     }
 
     #[tokio::test]
