@@ -618,6 +618,10 @@ impl<'a> Raw<'a> {
 impl Kind {
     /// Interprets `raw`, stores it in `config` and returns its display form, or returns
     /// the accepted form for the error message.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one short arm per kind, read as a table"
+    )]
     pub(super) fn apply(&self, raw: Raw<'_>, config: &mut Config) -> Result<String, String> {
         match *self {
             Kind::Count { min, max, set, .. } => {

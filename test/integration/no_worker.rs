@@ -26,13 +26,13 @@ fn send(port: u16, path: &str) -> thread::JoinHandle<std::io::Result<Response>> 
 
 /// One worker that takes one request at a time, held by a long request, and a second
 /// request queued behind it.
-struct Queued {
+struct HeldPool {
     molt: Molt,
     worker: u32,
-    queued: thread::JoinHandle<std::io::Result<Response>>,
+    request: thread::JoinHandle<std::io::Result<Response>>,
 }
 
-fn held_and_queued(shutdown_timeout: &str) -> Queued {
+fn held_and_queued(shutdown_timeout: &str) -> HeldPool {
     let socket = temp_path("control.sock");
     let molt = pool(1, |b| {
         // The queue timeout is longer than any shutdown here, so that only the answer
@@ -58,10 +58,10 @@ fn held_and_queued(shutdown_timeout: &str) -> Queued {
         "{}",
         molt.log()
     );
-    Queued {
+    HeldPool {
         molt,
         worker,
-        queued,
+        request: queued,
     }
 }
 
@@ -99,8 +99,10 @@ fn a_request_still_queued_at_the_shutdown_deadline_gets_503() {
     if !tools_present(&["python3"]) {
         return;
     }
-    let Queued {
-        mut molt, queued, ..
+    let HeldPool {
+        mut molt,
+        request: queued,
+        ..
     } = held_and_queued("1s");
     molt.signal(SIGTERM);
     let response = queued.join().expect("request thread");
@@ -118,10 +120,10 @@ fn a_request_queued_when_shutdown_leaves_no_worker_gets_503_at_once() {
         return;
     }
     // The default shutdown timeout: the answer must not wait for it.
-    let Queued {
+    let HeldPool {
         mut molt,
         worker,
-        queued,
+        request: queued,
     } = held_and_queued("25s");
     // A platform stopping the container signals every process in it at once.
     molt.signal(SIGTERM);
