@@ -191,6 +191,11 @@ pub(crate) struct Supervisor {
     sampling: bool,
     guard: govern::KillLoopGuard,
     next_metrics: Option<Instant>,
+    /// The metrics line and status replies waiting for a ready worker's first sample.
+    held: report::Held,
+    /// Every metrics line written, for the tests to read.
+    #[cfg(test)]
+    metrics_lines: Vec<String>,
     counters: report::Counters,
     /// Randomness for jitter: recycles of different workers must not line up.
     rng: u64,
@@ -253,6 +258,9 @@ impl Supervisor {
             sampling: false,
             guard: govern::KillLoopGuard::default(),
             next_metrics: config.metrics_interval.map(|every| Instant::now() + every),
+            held: report::Held::default(),
+            #[cfg(test)]
+            metrics_lines: Vec::new(),
             counters: report::Counters::default(),
             rng: govern::seed(),
             published: Vec::new(),
@@ -327,11 +335,10 @@ impl Supervisor {
             } => {
                 self.on_children(children, now);
                 self.on_sampled(samples, molt_rss, now);
+                self.release_held(now);
             }
             Event::Inspected { id, found } => self.on_inspected(id, found, now),
-            Event::Command(Command::Status(reply)) => {
-                let _ = reply.send(self.status_report(now));
-            }
+            Event::Command(Command::Status(reply)) => self.report_status(reply, now),
             Event::Fatal(fatal) => {
                 self.kill_every_group();
                 return Some(Err(fatal));
@@ -355,6 +362,9 @@ impl Supervisor {
         }
         w.state = State::Ready;
         w.ready_since = Some(now);
+        // Measured at once, so that the pool's memory counts it from the start (see
+        // `report::Held`).
+        self.next_sample = self.next_sample.min(now);
         let boot_ms = now.duration_since(w.started).as_millis();
         event!(Info, "ready", worker = id, pid = w.pid, boot_ms = boot_ms);
         if inspect {
@@ -1325,6 +1335,60 @@ mod tests {
             Some(Err(Fatal::CannotBoot { .. }))
         ));
         assert_eq!(queued.await.expect("task ran"), Some(Overload::Closed));
+    }
+
+    #[tokio::test]
+    async fn right_after_a_recycle_the_pool_never_reads_as_empty() {
+        // Regression: `sample#molt.workers.ready=1 sample#molt.memory.pool=0.0MB` once the
+        // old worker had gone and its replacement was not measured yet.
+        let mut h = Harness::new(Config {
+            metrics_interval: Some(Duration::from_secs(60)),
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(sampled(&[(1, 80 * MB)]), 10);
+        h.step(Event::Command(Command::Restart), 100);
+        h.step(Event::Ready { id: 2 }, 200);
+        // Becoming ready asks for a sample at once.
+        assert!(h.sup.next_sample <= h.at(200));
+        h.step(Event::Drained { id: 1 }, 210);
+        h.exit(1, 300);
+        assert_eq!(h.dispatcher.routable(), [2]);
+
+        // The metrics line and `molt status` due now wait for worker 2's first sample.
+        h.sup.emit_metrics(h.at(310));
+        let (tx, mut status) = tokio::sync::oneshot::channel();
+        h.step(Event::Command(Command::Status(tx)), 320);
+        assert!(h.sup.metrics_lines.is_empty());
+        assert!(status.try_recv().is_err(), "held");
+
+        h.step(sampled(&[(2, 60 * MB)]), 400);
+        let line = h.sup.metrics_lines.concat();
+        assert!(
+            line.contains("sample#molt.workers.ready=1 sample#molt.memory.pool=60.0MB"),
+            "{line}"
+        );
+        let report = status.try_recv().expect("answered after the sample");
+        assert_eq!(report.pool_memory, 60 * MB);
+
+        // With every ready worker measured, nothing waits.
+        h.sup.emit_metrics(h.at(60_400));
+        assert_eq!(h.sup.metrics_lines.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_held_report_waits_two_samples_at_most() {
+        let mut h = Harness::new(config(1));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        let (tx, mut status) = tokio::sync::oneshot::channel();
+        h.step(Event::Command(Command::Status(tx)), 10);
+        // Samples that could not read the worker (its /proc unreadable).
+        h.step(sampled(&[]), 100);
+        assert!(status.try_recv().is_err());
+        h.step(sampled(&[]), 2100);
+        assert_eq!(status.try_recv().expect("answered").pool_memory, 0);
     }
 
     #[tokio::test]
