@@ -184,9 +184,14 @@ pub(crate) struct Supervisor {
     facts: Facts,
     budget: Budget,
     molt_rss: u64,
-    /// The largest boot footprint measured on an idle, freshly ready worker; kept when
-    /// that worker goes.
-    idle_footprint: Option<u64>,
+    /// The worker footprint the budget uses, held steady (see `govern::refresh_budget`);
+    /// kept when the worker it came from goes.
+    footprint: memstats::Steady,
+    /// Whether a footprint was ever measured on an idle, freshly ready worker: from then
+    /// on a busy worker's first sample, an overestimate, is no reading of it.
+    idle_measured: bool,
+    /// molt's own RSS as the budget uses it, held steady the same way.
+    molt_rss_steady: memstats::Steady,
     next_sample: Instant,
     sampling: bool,
     guard: govern::KillLoopGuard,
@@ -252,7 +257,9 @@ impl Supervisor {
             pending: VecDeque::new(),
             budget: budget::derive(config, &facts),
             molt_rss: facts.molt_rss,
-            idle_footprint: None,
+            footprint: memstats::Steady::default(),
+            idle_measured: false,
+            molt_rss_steady: memstats::Steady::default(),
             facts,
             next_sample: Instant::now(),
             sampling: false,
@@ -1574,6 +1581,44 @@ mod tests {
         let _lease = h.dispatcher.acquire().await.expect("worker 2 is free");
         h.step(sampled(&[(2, 80 * MB)]), 60);
         assert_eq!(h.sup.facts.worker_footprint, Some(60 * MB));
+    }
+
+    #[tokio::test]
+    async fn caps_hold_through_a_replacement_measured_a_little_smaller() {
+        // The run this answers: footprint 75.39 MB, then a replacement measured at
+        // 66.82 MB while traffic was quiet, and the soft cap fell from 143.62 MB to 107.68 MB.
+        let mut h = ready(
+            Config {
+                memory_limit: Some(512 * MB),
+                ..config(1)
+            },
+            1,
+        );
+        h.step(sampled(&[(1, 75 * MB)]), 10);
+        let before = h.sup.budget.clone();
+        assert_eq!(h.sup.facts.worker_footprint, Some(75 * MB));
+        h.step(Event::Command(Command::Restart), 100);
+        h.step(Event::Ready { id: 2 }, 200);
+        h.step(Event::Drained { id: 1 }, 210);
+        h.exit(1, 300);
+        for ms in [400, 2400, 4400, 6400, 8400] {
+            h.step(sampled(&[(2, 67 * MB)]), ms);
+        }
+        assert_eq!(h.sup.facts.worker_footprint, Some(75 * MB));
+        assert_eq!(
+            (h.sup.budget.soft_cap, h.sup.budget.max_workers),
+            (before.soft_cap, before.max_workers)
+        );
+        // A real difference, sustained, moves them.
+        for ms in [10_400, 12_400, 14_400] {
+            h.step(sampled(&[(2, 110 * MB)]), ms);
+        }
+        assert_eq!(h.sup.facts.worker_footprint, Some(110 * MB));
+        assert!(
+            h.sup.budget.max_workers < before.max_workers,
+            "{:?}",
+            h.sup.budget
+        );
     }
 
     #[tokio::test]
