@@ -227,9 +227,7 @@ impl Supervisor {
                 ready().filter_map(|w| w.mem.first_ready).max(),
             )
         };
-        self.idle_measured |= idle.is_some();
-        let reading = idle.or(busy.filter(|_| !self.idle_measured));
-        if let Some(change) = reading.and_then(|bytes| self.footprint.observe(bytes)) {
+        if let Some(change) = self.footprint.observe(idle, busy) {
             event!(
                 Info,
                 "footprint",

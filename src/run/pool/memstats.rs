@@ -102,6 +102,31 @@ impl Steady {
     }
 }
 
+/// What one more worker costs, as the budget uses it: a [`Steady`] value read from the
+/// ready workers at each sample, kept when the worker it came from goes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Footprint {
+    steady: Steady,
+    /// Whether a footprint was ever measured on an idle, freshly ready worker: from then
+    /// on a busy worker's first sample, an overestimate, is no reading of it.
+    idle_measured: bool,
+}
+
+impl Footprint {
+    pub(crate) fn value(&self) -> Option<u64> {
+        self.steady.value()
+    }
+
+    /// Takes one sample's reading: `idle`, the largest boot footprint of the ready workers
+    /// measured before they served anything, else `busy`, the largest first sample of
+    /// those under load from their first moment (see `MemStats`).
+    pub(crate) fn observe(&mut self, idle: Option<u64>, busy: Option<u64>) -> Option<Change> {
+        self.idle_measured |= idle.is_some();
+        let reading = idle.or(busy.filter(|_| !self.idle_measured))?;
+        self.steady.observe(reading)
+    }
+}
+
 /// Where a worker was once warm: growth is measured from here.
 #[derive(Debug, Clone, Copy)]
 struct Baseline {

@@ -186,10 +186,7 @@ pub(crate) struct Supervisor {
     molt_rss: u64,
     /// The worker footprint the budget uses, held steady (see `govern::refresh_budget`);
     /// kept when the worker it came from goes.
-    footprint: memstats::Steady,
-    /// Whether a footprint was ever measured on an idle, freshly ready worker: from then
-    /// on a busy worker's first sample, an overestimate, is no reading of it.
-    idle_measured: bool,
+    footprint: memstats::Footprint,
     /// molt's own RSS as the budget uses it, held steady the same way.
     molt_rss_steady: memstats::Steady,
     next_sample: Instant,
@@ -257,8 +254,7 @@ impl Supervisor {
             pending: VecDeque::new(),
             budget: budget::derive(config, &facts),
             molt_rss: facts.molt_rss,
-            footprint: memstats::Steady::default(),
-            idle_measured: false,
+            footprint: memstats::Footprint::default(),
             molt_rss_steady: memstats::Steady::default(),
             facts,
             next_sample: Instant::now(),
