@@ -8,7 +8,7 @@
 # never judges a speed: these machines are shared and noisy.
 #
 # Usage: test/bench/all.sh [--smoke] [NAME...]   (names: proxy footprint recycle startup alloc
-# connections soak concurrency prefork)
+# connections soak concurrency prefork arena)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -22,7 +22,7 @@ for arg in "$@"; do
   esac
 done
 if [ ${#names[@]} -eq 0 ]; then
-  names=(proxy footprint recycle startup alloc connections soak concurrency prefork)
+  names=(proxy footprint recycle startup alloc connections soak concurrency prefork arena)
 fi
 if [ ${#smoke[@]} -gt 0 ]; then
   export BENCH_OUT=${BENCH_OUT:-$root/target/bench/smoke}
@@ -47,6 +47,7 @@ declare -A csvs=(
   [connections]=connections.csv
   [soak]=soak.csv
   [concurrency]=concurrency.csv
+  [arena]=arena.csv
 )
 
 results=$BENCH_OUT/results.md

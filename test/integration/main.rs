@@ -14,6 +14,8 @@ mod concurrency;
 mod docs;
 /// Faults injected on real processes: kills, stops, resets, a full spool, few descriptors.
 mod faults;
+/// `molt status` and `molt restart` with no PORT find the running molt by its socket.
+mod find_molt;
 /// Checks of the Python fixture app itself, run directly without molt.
 mod fixture_smoke;
 /// Hostile and malformed HTTP on raw sockets, a table-driven corpus, and what molt exposes
