@@ -21,6 +21,8 @@ mod fixture_smoke;
 /// Hostile and malformed HTTP on raw sockets, a table-driven corpus, and what molt exposes
 /// to other users and on the public port.
 mod hostile;
+/// Kept-alive upstream connections across Node's, gunicorn's and Puma's idle timeouts.
+mod keepalive;
 /// Worker and molt lifecycle: boot failures, signals, shutdown, restarts, PID 1.
 mod lifecycle;
 /// Memory governance, recycling, autoscaling, status and metrics.
