@@ -3,6 +3,9 @@
 /// The Heroku classic buildpack end to end: detect, compile, release, then a dyno's boot;
 /// obtaining the binary (packaged, cached, downloaded, built); every failure message.
 mod buildpack;
+/// The dyno's memory limit for real: a leaking app in a 512 MB memory cgroup, with and
+/// without molt.
+mod cgroup;
 /// The Cloud Native Buildpack as the lifecycle runs it: descriptors parsed with
 /// `libcnb-data`, detect, build, and the web process started as the launcher starts it.
 mod cnb;
