@@ -714,25 +714,7 @@ impl Supervisor {
             return;
         }
         w.abort_task();
-        // An adopted master is told to stop its children gracefully and exit, by its own
-        // signal (Unicorn's TERM would drop its children's requests); anything left of the
-        // group is killed at the deadline as usual.
-        let (target, signal) = match &w.brood {
-            Some(brood) => (brood.master, brood.server.control().stop_master),
-            None => (w.pid, signal),
-        };
-        event!(
-            Info,
-            "stop",
-            worker = id,
-            pid = target,
-            signal = signal.as_str()
-        );
-        if w.brood.is_some() {
-            self.procs.signal(target, signal);
-        } else {
-            self.procs.signal_group(target, signal);
-        }
+        send_stop(w, signal, self.procs.as_ref());
         w.slot.upstreams.clear();
         w.state = State::Stopping {
             deadline: Some(deadline),
@@ -803,7 +785,7 @@ impl Supervisor {
                 return;
             }
             State::Booting { .. } | State::Ready | State::Draining { .. } => {
-                self.procs.signal_group(w.pid, self.config.stop_signal);
+                send_stop(w, self.config.stop_signal, self.procs.as_ref());
                 now + self.config.stop_timeout
             }
         };
@@ -852,6 +834,28 @@ impl Supervisor {
 
     fn worker_mut(&mut self, id: u64) -> Option<&mut Worker> {
         self.workers.iter_mut().find(|w| w.id == id)
+    }
+}
+
+/// Asks a worker to stop: its group gets `signal`; an adopted master is told to stop its
+/// children gracefully and exit by its own signal instead (Unicorn's TERM would drop its
+/// children's requests). Anything left of the group is killed at the deadline as usual.
+fn send_stop(w: &Worker, signal: Signal, procs: &dyn Processes) {
+    let (target, signal) = match &w.brood {
+        Some(brood) => (brood.master, brood.server.control().stop_master),
+        None => (w.pid, signal),
+    };
+    event!(
+        Info,
+        "stop",
+        worker = w.id,
+        pid = target,
+        signal = signal.as_str()
+    );
+    if w.brood.is_some() {
+        procs.signal(target, signal);
+    } else {
+        procs.signal_group(target, signal);
     }
 }
 
@@ -1952,5 +1956,26 @@ mod tests {
         );
         h.step(Event::ProxyIdle, 110);
         assert_eq!(h.direct(), [(Pid::from_raw(MASTER), Signal::SIGQUIT)]);
+    }
+
+    #[tokio::test]
+    async fn an_adopted_master_left_by_its_start_script_gets_its_own_graceful_signal() {
+        // `./start` runs Unicorn and dies first on the platform's SIGTERM to every process.
+        let mut h = adopted(auto(1), &[5001]);
+        h.step(
+            Event::Shutdown {
+                signal: Signal::SIGTERM,
+            },
+            100,
+        );
+        let leader = h.pid(1);
+        h.record
+            .lock()
+            .expect("test lock")
+            .groups_alive
+            .push(leader);
+        h.exit(1, 110);
+        assert_eq!(h.direct(), [(Pid::from_raw(MASTER), Signal::SIGQUIT)]);
+        assert!(h.signals().is_empty(), "nothing to the group yet");
     }
 }
