@@ -223,19 +223,40 @@ fn plan(flags: &SettingFlags) -> ExitCode {
             );
             println!();
             print!("{}", config::mode_text(&loaded.config));
+            print!("{}", run::arena_text(loaded.config.malloc_arena_max));
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
 }
 
-/// Sends one command over the control socket of the molt this configuration describes.
+/// Sends one command over the control socket of the molt this configuration describes;
+/// with no port or socket given anywhere, to the one molt of this user that is running.
 fn control(flags: &SettingFlags, command: &str) -> ExitCode {
     let loaded = match flags.load() {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    match observe::control::request(&loaded.config.control_socket, command) {
+    let given = loaded.sources.iter().any(|effective| {
+        matches!(effective.key, "port" | "control_socket")
+            && effective.source != config::Source::Default
+    });
+    let socket = if given {
+        loaded.config.control_socket
+    } else {
+        let default = config::default_control_socket(config::DEFAULT_PORT);
+        let dir = default.parent().unwrap_or(std::path::Path::new("/"));
+        let user = nix::unistd::geteuid().as_raw();
+        let shown = command.split(' ').next().unwrap_or(command);
+        match observe::control::find(dir, user, shown) {
+            Ok(socket) => socket,
+            Err(err) => {
+                eprintln!("molt: {err}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    };
+    match observe::control::request(&socket, command) {
         Ok(reply) => {
             print!("{reply}");
             ExitCode::SUCCESS

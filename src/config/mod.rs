@@ -221,6 +221,8 @@ pub(crate) struct Config {
     pub keepalive_timeout: Duration,
     /// Whether request headers whose names hold `_` reach the app.
     pub underscore_headers: UnderscoreHeaders,
+    /// `MALLOC_ARENA_MAX` for workers whose environment sets none; `None` leaves it alone.
+    pub malloc_arena_max: Option<u32>,
 }
 
 /// Port when neither `--port` nor `$PORT` names one: Foreman's and `heroku local`'s default.
@@ -257,9 +259,14 @@ pub(crate) const DEFAULT_REQUEST_TIMEOUT: Option<Duration> = None;
 /// nginx's `client_header_timeout` is 60 s; half that, as Heroku's router gives a whole
 /// request 30 s, still lets a slow mobile link through while a slowloris is cut short.
 pub(crate) const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// nginx's `keepalive_timeout` (75 s), longer than the idle timeouts of common load
-/// balancers and clients, so that the client, not molt, closes an idle connection.
-pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Above the 90 s after which Heroku's Router 2.0 closes an idle connection to the dyno
+/// (Heroku sets `PUMA_PERSISTENT_TIMEOUT=95` for the same reason), so that the router, not
+/// molt, closes it: a molt closing first would race the router's next request on it.
+pub(crate) const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(95);
+/// glibc gives a threaded process up to 8 malloc arenas per CPU, and a Puma or threaded
+/// Python worker can hold several times the memory it uses in them; 2 is what Heroku sets
+/// for newer Ruby apps and costs little speed (docs/memory-budget.md, test/bench/arena.py).
+pub(crate) const DEFAULT_MALLOC_ARENA_MAX: Option<u32> = Some(2);
 /// Detected: the cgroup limit (the dyno's quota), else physical RAM.
 pub(crate) const DEFAULT_MEMORY_LIMIT: Option<u64> = None;
 /// The pool's share of the budget. The rest covers what a 2 s sample cannot see (a worker
@@ -373,6 +380,7 @@ impl Default for Config {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             underscore_headers: DEFAULT_UNDERSCORE_HEADERS,
+            malloc_arena_max: DEFAULT_MALLOC_ARENA_MAX,
             log_level: DEFAULT_LOG_LEVEL,
         }
     }
@@ -792,6 +800,7 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
             underscore_headers: UnderscoreHeaders::Pass,
+            malloc_arena_max: None,
         };
         assert_eq!(loaded.config, expected);
     }

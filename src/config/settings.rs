@@ -124,6 +124,13 @@ pub(crate) enum Kind {
         set: fn(&mut Config, Option<u32>),
         get: fn(&Config) -> Option<u64>,
     },
+    /// `off`, which is `None`, or a whole number from `min` to `max`.
+    CountOrOff {
+        min: u32,
+        max: u32,
+        set: fn(&mut Config, Option<u32>),
+        get: fn(&Config) -> Option<u64>,
+    },
     /// A duration, or `off` (or zero), which is `None`.
     DurationOrOff {
         set: fn(&mut Config, Option<Duration>),
@@ -611,7 +618,19 @@ pub(crate) static SETTINGS: &[Setting] = &[
             set: |c, d| c.keepalive_timeout = d,
             get: |c| c.keepalive_timeout,
         },
-        doc: "Longest a client connection may stay open with no request on it.",
+        doc: "Longest a client connection may stay open with no request on it; above the 90 s after which Heroku's router closes an idle one, so the router closes first.",
+    },
+    Setting {
+        key: "malloc_arena_max",
+        env: "MOLT_MALLOC_ARENA_MAX",
+        flag: None,
+        kind: Kind::CountOrOff {
+            min: 1,
+            max: 1024,
+            set: |c, n| c.malloc_arena_max = n,
+            get: |c| c.malloc_arena_max.map(u64::from),
+        },
+        doc: "MALLOC_ARENA_MAX given to workers whose environment has none (glibc's malloc arenas); off leaves the environment alone.",
     },
     Setting {
         key: "underscore_headers",
@@ -729,6 +748,11 @@ impl Kind {
                 set(config, n);
                 Ok(shown_auto(n, |n| n.to_string()))
             }
+            Kind::CountOrOff { min, max, set, .. } => {
+                let n = count_or_off_from(raw, min, max)?;
+                set(config, n);
+                Ok(n.map_or_else(|| "off".to_owned(), |n| n.to_string()))
+            }
             Kind::DurationOrOff { set, .. } => {
                 let duration = duration_or_off_from(raw)?;
                 set(config, duration);
@@ -781,6 +805,9 @@ impl Kind {
             Kind::Path { get, .. } => shown_path(get(config)),
             Kind::Choice(choices) => choice_of(choices, config).to_owned(),
             Kind::AutoCount { get, .. } => shown_auto(get(config), |n| n.to_string()),
+            Kind::CountOrOff { get, .. } => {
+                get(config).map_or_else(|| "off".to_owned(), |n| n.to_string())
+            }
             Kind::DurationOrOff { get, .. } => shown_off(get(config)),
             Kind::Percent { get, .. } => shown_percent(get(config)),
             Kind::Size { get, .. } => shown_auto(get(config), format_size),
@@ -842,6 +869,16 @@ fn auto_count_from(raw: Raw<'_>, min: u32, max: u32) -> Result<Option<u32>, Stri
             (0, u32::MAX) => "auto or a whole number, 0 or more".to_owned(),
             _ => format!("auto or a whole number from {min} to {max}"),
         })
+}
+
+/// `off` as `None`, or a whole number within `min..=max`.
+fn count_or_off_from(raw: Raw<'_>, min: u32, max: u32) -> Result<Option<u32>, String> {
+    if matches!(raw, Raw::Text(text) if text.eq_ignore_ascii_case("off")) {
+        return Ok(None);
+    }
+    count_from(raw, min, max)
+        .map(Some)
+        .map_err(|_| format!("off or a whole number from {min} to {max}"))
 }
 
 /// `off` or a zero duration as `None`, or a duration (see [`duration_from`]).

@@ -3,9 +3,14 @@
 //! Nothing about the pool is served on the public port.
 //!
 //! The protocol is one line in, one answer out: `status`, `status json` or `restart`.
+//!
+//! A client that was given no port (no `PORT`, `--port` or `MOLT_CONTROL_SOCKET`, as in a
+//! `heroku ps:exec` shell on a dyno) looks for the running molt of its user by its socket:
+//! [`find`] takes the one default socket in the directory that answers.
 
 use std::fmt;
 use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -162,4 +167,158 @@ pub(crate) fn request(path: &Path, command: &str) -> anyhow::Result<String> {
     let mut reply = String::new();
     stream.read_to_string(&mut reply)?;
     Ok(reply)
+}
+
+/// Why no one running molt was found by its socket.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FindError {
+    /// No socket of this user in `dir` answers.
+    None { dir: PathBuf },
+    /// Several do: the port of each, as its socket is named.
+    Several { ports: Vec<u16>, command: String },
+}
+
+impl fmt::Display for FindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FindError::None { dir } => write!(
+                f,
+                "no running molt found: no control socket {}/molt-<PORT>.sock of this user \
+                 answers. Run this where `molt run` runs: on Heroku inside the dyno \
+                 (`heroku ps:exec -d web.1`, then `molt status`), not in a `heroku run` \
+                 one-off dyno, which is another container; a molt started with \
+                 MOLT_CONTROL_SOCKET needs the same MOLT_CONTROL_SOCKET here",
+                dir.display()
+            ),
+            FindError::Several { ports, command } => {
+                write!(
+                    f,
+                    "{} molts are running here; say which one with its PORT:",
+                    ports.len()
+                )?;
+                for port in ports {
+                    write!(f, "\n  PORT={port} molt {command}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for FindError {}
+
+/// The control socket of the one molt of user `uid` that answers in `dir`, among the
+/// sockets named as molt names them by default (`molt-<port>.sock`); `command` is what
+/// the user ran, for the message when there are several.
+pub(crate) fn find(dir: &Path, uid: u32, command: &str) -> Result<PathBuf, FindError> {
+    let mut ports: Vec<u16> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let port = port_of(&entry.file_name().to_string_lossy())?;
+            // Another user's socket is not ours to open; a socket left by a killed molt
+            // refuses the connection.
+            let meta = entry.metadata().ok()?;
+            let ours = meta.file_type().is_socket() && meta.uid() == uid;
+            (ours && UnixStream::connect(entry.path()).is_ok()).then_some(port)
+        })
+        .collect();
+    ports.sort_unstable();
+    match ports.as_slice() {
+        [] => Err(FindError::None {
+            dir: dir.to_owned(),
+        }),
+        [port] => Ok(dir.join(socket_name(*port))),
+        _ => Err(FindError::Several {
+            ports,
+            command: command.to_owned(),
+        }),
+    }
+}
+
+/// The file name of the default control socket of `port` (see
+/// `config::default_control_socket`).
+fn socket_name(port: u16) -> String {
+    format!("molt-{port}.sock")
+}
+
+/// The port in a default control socket's file name.
+fn port_of(name: &str) -> Option<u16> {
+    let digits = name.strip_prefix("molt-")?.strip_suffix(".sock")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse()
+        .ok()
+        .filter(|port| socket_name(*port) == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(label: &str) -> Dir {
+        let path = std::env::temp_dir().join(format!("molt-find-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).expect("a fresh directory");
+        Dir(path)
+    }
+
+    fn me() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    #[test]
+    fn only_default_socket_names_carry_a_port() {
+        assert_eq!(port_of("molt-5000.sock"), Some(5000));
+        assert_eq!(port_of("molt-.sock"), None);
+        assert_eq!(port_of("molt-+5.sock"), None);
+        assert_eq!(port_of("molt-05000.sock"), None);
+        assert_eq!(port_of("molt-70000.sock"), None);
+        assert_eq!(port_of("other-5000.sock"), None);
+    }
+
+    #[test]
+    fn the_one_molt_that_answers_is_found() {
+        let d = dir("one");
+        let _live = UnixListener::bind(d.0.join("molt-5000.sock")).expect("bind");
+        // Left by a killed molt: the file is there, nothing answers.
+        drop(UnixListener::bind(d.0.join("molt-6000.sock")).expect("bind"));
+        std::fs::write(d.0.join("molt-7000.sock"), "not a socket").expect("write");
+        let _other_name = UnixListener::bind(d.0.join("app.sock")).expect("bind");
+        assert_eq!(find(&d.0, me(), "status"), Ok(d.0.join("molt-5000.sock")));
+        // Another user's socket is not taken.
+        assert_eq!(
+            find(&d.0, me() + 1, "status"),
+            Err(FindError::None { dir: d.0.clone() })
+        );
+    }
+
+    #[test]
+    fn several_or_none_say_what_to_do() {
+        let d = dir("several");
+        let none = find(&d.0, me(), "status").expect_err("nothing runs");
+        assert!(
+            none.to_string().contains("heroku ps:exec -d web.1"),
+            "{none}"
+        );
+        let _a = UnixListener::bind(d.0.join("molt-6000.sock")).expect("bind");
+        let _b = UnixListener::bind(d.0.join("molt-5000.sock")).expect("bind");
+        let several = find(&d.0, me(), "restart").expect_err("two run");
+        assert_eq!(
+            several.to_string(),
+            "2 molts are running here; say which one with its PORT:\n  \
+             PORT=5000 molt restart\n  PORT=6000 molt restart"
+        );
+    }
 }

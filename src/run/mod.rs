@@ -31,8 +31,12 @@ use pool::Supervisor;
 use proxy::dispatch::Dispatcher;
 
 pub(crate) use error::Fatal;
-pub(crate) use pool::worker::AppCommand;
+pub(crate) use pool::worker::{arena_text, AppCommand};
 pub(crate) use pool::Outcome;
+
+/// Longest molt waits, once the pool is done, for the request path to write the answers it
+/// holds (the 503s of requests that were queued) before the runtime goes.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Longest molt waits at exit to reap the processes it killed in [`kill_leftovers`].
 const LEFTOVER_REAP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -57,8 +61,13 @@ pub(crate) fn run(config: Config, command: &AppCommand) -> Result<Outcome, Fatal
             what: "start the async runtime",
             source,
         })?;
+    // Leftovers of a clean stop get the workers' stop signal and timeout; after a second
+    // SIGINT or a fatal error molt goes at once.
+    let grace = (config.stop_signal, config.stop_timeout);
     let outcome = runtime.block_on(serve(Arc::new(config), command.clone()));
-    kill_leftovers();
+    drop(runtime);
+    let grace = matches!(outcome, Ok(Outcome::Stopped)).then_some(grace);
+    kill_leftovers(grace);
     outcome
 }
 
@@ -80,10 +89,12 @@ fn ignore_file_size_signal() {
     }
 }
 
-/// Kills whatever of the app is still running once every worker has exited: a process
+/// Stops whatever of the app is still running once every worker has exited: a process
 /// that left its worker's process group (a daemon that called `setsid`) escapes the
 /// group signal, and, adopted by molt as the subreaper, would outlive molt under init.
-fn kill_leftovers() {
+/// With `grace`, they get that signal and that long to exit by themselves, as a worker
+/// does; then, or without it at once, SIGKILL.
+fn kill_leftovers(grace: Option<(nix_signal::Signal, std::time::Duration)>) {
     let Ok(me) = i32::try_from(std::process::id()) else {
         return;
     };
@@ -99,23 +110,49 @@ fn kill_leftovers() {
     if left.is_empty() {
         return;
     }
+    if let Some((signal, timeout)) = grace {
+        event!(
+            Info,
+            "stop_leftovers",
+            processes = left.len(),
+            signal = signal.as_str(),
+            timeout_ms = timeout.as_millis()
+        );
+        for &pid in &left {
+            let _ = nix_signal::kill(Pid::from_raw(pid), signal);
+        }
+        if reap_until(std::time::Instant::now() + timeout) {
+            return;
+        }
+    }
+    let left: Vec<i32> = left
+        .into_iter()
+        .filter(|&pid| nix_signal::kill(Pid::from_raw(pid), None).is_ok())
+        .collect();
+    if left.is_empty() {
+        return;
+    }
     event!(Warn, "kill_leftovers", processes = left.len());
     for &pid in &left {
         let _ = nix_signal::kill(Pid::from_raw(pid), nix_signal::Signal::SIGKILL);
     }
     // Reap them, so none is left a zombie; SIGKILL takes effect at once, but a process in
     // uninterruptible sleep may take a moment, which is not worth holding the exit for.
-    let deadline = std::time::Instant::now() + LEFTOVER_REAP_TIMEOUT;
+    reap_until(std::time::Instant::now() + LEFTOVER_REAP_TIMEOUT);
+}
+
+/// Reaps exited children until none is left (true) or `deadline` passes (false).
+fn reap_until(deadline: std::time::Instant) -> bool {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {
                 if std::time::Instant::now() >= deadline {
-                    return;
+                    return false;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Ok(_) | Err(Errno::EINTR) => {}
-            Err(_) => return,
+            Err(_) => return true,
         }
     }
 }
@@ -138,6 +175,7 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
             .map_or(1, |settings| settings.initial),
     };
     let dispatcher = Dispatcher::new(capacity, config.max_queue, config.queue_timeout);
+    let requests = Arc::clone(&dispatcher);
     let (facts, cgroup_warning) = crate::sys::facts();
     if let Some(warning) = cgroup_warning {
         event!(Warn, "cgroup", error = warning);
@@ -201,7 +239,7 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
         underscore_headers: config.underscore_headers,
         metrics,
     });
-    tokio::spawn(proxy::listen::serve_public(
+    let public = tokio::spawn(proxy::listen::serve_public(
         listener,
         config.port,
         links.first_ready,
@@ -209,6 +247,11 @@ async fn serve(config: Arc<Config>, command: AppCommand) -> Result<Outcome, Fata
         links.shutdown,
     ));
     let outcome = supervisor.run().await;
+    // However molt ends (gave up booting, a second SIGINT, stopped), no request still
+    // waiting for a worker is left without an answer: each gets 503 with Retry-After.
+    // The supervisor is gone, so the proxy is stopping; give it a moment to write them.
+    requests.close();
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, public).await;
     let _ = std::fs::remove_file(&config.control_socket);
     outcome
 }

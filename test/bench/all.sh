@@ -8,7 +8,7 @@
 # never judges a speed: these machines are shared and noisy.
 #
 # Usage: test/bench/all.sh [--smoke] [NAME...]   (names: proxy footprint recycle startup alloc
-# connections soak concurrency prefork recycle_quality)
+# connections soak concurrency prefork recycle_quality arena)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -22,7 +22,7 @@ for arg in "$@"; do
   esac
 done
 if [ ${#names[@]} -eq 0 ]; then
-  names=(proxy footprint recycle startup alloc connections soak concurrency prefork recycle_quality)
+  names=(proxy footprint recycle startup alloc connections soak concurrency prefork recycle_quality arena)
 fi
 if [ ${#smoke[@]} -gt 0 ]; then
   export BENCH_OUT=${BENCH_OUT:-$root/target/bench/smoke}
@@ -48,6 +48,7 @@ declare -A csvs=(
   [soak]=soak.csv
   [concurrency]=concurrency.csv
   [recycle_quality]=recycle_quality.csv
+  [arena]=arena.csv
 )
 
 results=$BENCH_OUT/results.md

@@ -647,7 +647,8 @@ fn children_left_by_a_worker_that_exits_do_not_survive() {
     if !tools_present(&["python3"]) {
         return;
     }
-    let mut molt = pool(1, |b| b);
+    // What a dead worker leaves gets the stop timeout before SIGKILL; these ignore SIGTERM.
+    let mut molt = pool(1, |b| b.env("MOLT_STOP_TIMEOUT", "1s"));
     let port = molt.port();
     let worker: u32 = get(port, "/pid")
         .expect("served")

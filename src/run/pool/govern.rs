@@ -344,9 +344,10 @@ impl Supervisor {
     }
 
     /// Re-derives the budget from the latest facts: molt's own RSS and the footprint of
-    /// a freshly booted worker (which sets the automatic maximum).
+    /// a freshly booted worker (which sets the automatic maximum), each held steady against
+    /// sampling noise by the one rule of [`super::memstats::Steady`]: the caps and the maximum move only on
+    /// a real difference, logged with the old and new values.
     fn refresh_budget(&mut self) {
-        self.facts.molt_rss = self.molt_rss;
         // Only workers that finished booting: early samples of a booting one show a shell
         // or an interpreter half loaded. The best footprint is a sample of a ready worker
         // that has served nothing yet; it holds after that worker goes, so the caps do
@@ -369,10 +370,22 @@ impl Supervisor {
                 ready().filter_map(|w| w.mem.first_ready).max(),
             )
         };
-        self.idle_footprint = idle.or(self.idle_footprint);
-        self.facts.worker_footprint = self.idle_footprint.or(busy).or(self.facts.worker_footprint);
+        if let Some(change) = self.footprint.observe(idle, busy) {
+            event!(
+                Info,
+                "footprint",
+                old = change.old.map_or_else(|| "-".to_owned(), format_size),
+                new = format_size(change.new),
+            );
+        }
+        self.molt_rss_steady.observe(self.molt_rss);
+        self.facts.worker_footprint = self.footprint.value().or(self.facts.worker_footprint);
+        self.facts.molt_rss = self.molt_rss_steady.value().unwrap_or(self.molt_rss);
         let budget = budget::derive(&self.config, &self.facts);
-        if budget.max_workers != self.budget.max_workers {
+        let old = &self.budget;
+        let moved = (budget.soft_cap, budget.hard_cap, budget.max_workers)
+            != (old.soft_cap, old.hard_cap, old.max_workers);
+        if moved {
             event!(
                 Info,
                 "budget",
@@ -384,6 +397,10 @@ impl Supervisor {
                     .facts
                     .worker_footprint
                     .map_or_else(|| "-".to_owned(), format_size),
+                old_usable = format_size(old.usable),
+                old_soft_cap = format_size(old.soft_cap),
+                old_hard_cap = format_size(old.hard_cap),
+                old_max_workers = old.max_workers,
             );
         }
         self.budget = budget;

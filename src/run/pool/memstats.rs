@@ -1,5 +1,7 @@
 //! One worker's memory over its life: now, peak, and growth after warm-up, for recycling
-//! decisions, `molt status` and the recycle log line (leak diagnostics).
+//! decisions, `molt status` and the recycle log line (leak diagnostics); and [`Steady`],
+//! the rule that keeps the measured facts the budget is derived from (a worker's
+//! footprint, molt's own memory) from moving the caps with sampling noise.
 
 use std::time::Duration;
 
@@ -11,6 +13,119 @@ const WARM_UP_REQUESTS: u64 = 20;
 
 /// Or this long after it became ready, whichever comes first.
 const WARM_UP_TIME: Duration = Duration::from_secs(60);
+
+/// How far, in percent of the value in use, a reading must be to count as a real
+/// difference. PSS moves by more than sampling noise when the same app boots twice (what
+/// it shares with its siblings, the requests it served before the sample, the page cache
+/// of its files): 75.4 MB and then 66.8 MB (11%) for the same app moved the caps by 25%.
+pub(crate) const STEADY_PERCENT: u64 = 20;
+
+/// Readings in a row, each beyond [`STEADY_PERCENT`] on the same side, that make the
+/// change: one odd sample (a worker measured while it handled its first request, or in the
+/// moment its sibling exited) changes nothing.
+pub(crate) const STEADY_READINGS: u32 = 3;
+
+/// A measured value held steady against noise: the first reading is taken as it is; after
+/// that the value changes only when [`STEADY_READINGS`] readings in a row all differ from
+/// it by more than [`STEADY_PERCENT`] in the same direction, and then to the one of them
+/// nearest to it. docs/memory-budget.md gives the rule.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Steady {
+    value: Option<u64>,
+    /// The readings in a row beyond the band so far.
+    run: Option<Run>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    above: bool,
+    readings: u32,
+    /// The reading nearest to the value in use.
+    nearest: u64,
+}
+
+/// A change of a [`Steady`] value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub(crate) old: Option<u64>,
+    pub(crate) new: u64,
+}
+
+impl Steady {
+    /// The value in use, once a reading was taken.
+    pub(crate) fn value(&self) -> Option<u64> {
+        self.value
+    }
+
+    /// Takes one reading; returns the change it completes, if any.
+    pub(crate) fn observe(&mut self, reading: u64) -> Option<Change> {
+        let Some(value) = self.value else {
+            self.value = Some(reading);
+            return Some(Change {
+                old: None,
+                new: reading,
+            });
+        };
+        let band = value / 100 * STEADY_PERCENT + value % 100 * STEADY_PERCENT / 100;
+        let above = reading > value.saturating_add(band);
+        let below = reading.saturating_add(band) < value;
+        if !above && !below {
+            self.run = None;
+            return None;
+        }
+        let run = match self.run {
+            Some(run) if run.above == above => Run {
+                above,
+                readings: run.readings + 1,
+                nearest: if above {
+                    run.nearest.min(reading)
+                } else {
+                    run.nearest.max(reading)
+                },
+            },
+            _ => Run {
+                above,
+                readings: 1,
+                nearest: reading,
+            },
+        };
+        if run.readings < STEADY_READINGS {
+            self.run = Some(run);
+            return None;
+        }
+        self.run = None;
+        self.value = Some(run.nearest);
+        Some(Change {
+            old: Some(value),
+            new: run.nearest,
+        })
+    }
+}
+
+/// What one more worker costs, as the budget uses it: a [`Steady`] value read from the
+/// ready workers at each sample, kept when the worker it came from goes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Footprint {
+    steady: Steady,
+    /// Whether a footprint was ever measured on an idle, freshly ready worker: from then
+    /// on a busy worker's first sample, an overestimate, is no reading of it.
+    idle_measured: bool,
+}
+
+impl Footprint {
+    pub(crate) fn value(&self) -> Option<u64> {
+        self.steady.value()
+    }
+
+    /// Takes one sample's reading: `idle`, the largest boot footprint of the ready workers
+    /// measured before they served anything, else `busy`, the largest first sample of
+    /// those under load from their first moment (see `MemStats`).
+    pub(crate) fn observe(&mut self, idle: Option<u64>, busy: Option<u64>) -> Option<Change> {
+        self.idle_measured |= idle.is_some();
+        let reading = idle.or(busy.filter(|_| !self.idle_measured))?;
+        self.steady.observe(reading)
+    }
+}
 
 /// Where a worker was once warm: growth is measured from here.
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +267,53 @@ mod tests {
             stats.first_ready,
             Some(42 * MB),
             "the first sample once ready"
+        );
+    }
+
+    #[test]
+    fn noise_does_not_move_a_steady_value() {
+        let mut footprint = Steady::default();
+        assert_eq!(
+            footprint.observe(75 * MB),
+            Some(Change {
+                old: None,
+                new: 75 * MB
+            }),
+            "the first reading is taken as it is"
+        );
+        // The readings of the issue this rule answers (75.39 MB, then 66.82 MB), and noise
+        // on both sides, none of it beyond the band for long.
+        for reading in [67, 80, 70, 88, 62, 90, 59, 59, 75, 55, 54] {
+            assert_eq!(footprint.observe(reading * MB), None, "{reading} MB");
+        }
+        assert_eq!(footprint.value(), Some(75 * MB));
+    }
+
+    #[test]
+    fn a_sustained_difference_changes_a_steady_value_to_its_nearest_reading() {
+        let mut footprint = Steady::default();
+        footprint.observe(100 * MB);
+        // A deploy's workers are larger for good.
+        assert_eq!(footprint.observe(150 * MB), None);
+        assert_eq!(footprint.observe(130 * MB), None);
+        assert_eq!(
+            footprint.observe(140 * MB),
+            Some(Change {
+                old: Some(100 * MB),
+                new: 130 * MB
+            })
+        );
+        assert_eq!(footprint.value(), Some(130 * MB));
+        // And smaller again, the run broken once by a reading inside the band.
+        for reading in [90, 95, 120, 100, 95] {
+            assert_eq!(footprint.observe(reading * MB), None, "{reading} MB");
+        }
+        assert_eq!(
+            footprint.observe(80 * MB),
+            Some(Change {
+                old: Some(130 * MB),
+                new: 100 * MB
+            })
         );
     }
 

@@ -133,6 +133,18 @@ impl Worker {
     }
 }
 
+/// What is left of a worker's process group after its leader exited: a wrapper shell
+/// (`bash -c 'unicorn ... && echo'`, `npm start`) dies on the stop signal at once while the
+/// app it started is still shutting down. The group gets until `deadline`, the worker's
+/// `MOLT_STOP_TIMEOUT`, to exit by itself; then SIGKILL.
+#[derive(Debug)]
+struct Lingering {
+    worker: u64,
+    /// The group's id: its leader's pid.
+    group: Pid,
+    deadline: Instant,
+}
+
 /// How the command is run, once known (`MOLT_MODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -168,6 +180,8 @@ pub(crate) struct Supervisor {
     /// Set once any worker has been ready (for `MOLT_BIND=ready`).
     first_ready: watch::Sender<bool>,
     workers: Vec<Worker>,
+    /// Groups of workers whose leader exited while the rest still runs.
+    lingering: Vec<Lingering>,
     next_id: u64,
     phase: Phase,
     mode: Mode,
@@ -187,15 +201,22 @@ pub(crate) struct Supervisor {
     facts: Facts,
     budget: Budget,
     molt_rss: u64,
-    /// The largest boot footprint measured on an idle, freshly ready worker; kept when
-    /// that worker goes.
-    idle_footprint: Option<u64>,
+    /// The worker footprint the budget uses, held steady (see `govern::refresh_budget`);
+    /// kept when the worker it came from goes.
+    footprint: memstats::Footprint,
+    /// molt's own RSS as the budget uses it, held steady the same way.
+    molt_rss_steady: memstats::Steady,
     next_sample: Instant,
     sampling: bool,
     guard: govern::KillLoopGuard,
     /// The request rate and its recent peak, for recycling in lulls.
     lull: govern::LullMeter,
     next_metrics: Option<Instant>,
+    /// The metrics line and status replies waiting for a ready worker's first sample.
+    held: report::Held,
+    /// Every metrics line written, for the tests to read.
+    #[cfg(test)]
+    metrics_lines: Vec<String>,
     counters: report::Counters,
     /// Randomness for jitter: recycles of different workers must not line up.
     rng: u64,
@@ -237,6 +258,7 @@ impl Supervisor {
             shutdown,
             first_ready,
             workers: Vec::new(),
+            lingering: Vec::new(),
             next_id: 1,
             phase: Phase::Running,
             mode: match config.mode {
@@ -251,13 +273,17 @@ impl Supervisor {
             pending: VecDeque::new(),
             budget: budget::derive(config, &facts),
             molt_rss: facts.molt_rss,
-            idle_footprint: None,
+            footprint: memstats::Footprint::default(),
+            molt_rss_steady: memstats::Steady::default(),
             facts,
             next_sample: Instant::now(),
             sampling: false,
             guard: govern::KillLoopGuard::default(),
             lull: govern::LullMeter::default(),
             next_metrics: config.metrics_interval.map(|every| Instant::now() + every),
+            held: report::Held::default(),
+            #[cfg(test)]
+            metrics_lines: Vec::new(),
             counters: report::Counters::default(),
             rng: govern::seed(),
             published: Vec::new(),
@@ -333,15 +359,12 @@ impl Supervisor {
             } => {
                 self.on_children(children, now);
                 self.on_sampled(samples, molt_rss, now);
+                self.release_held(now);
             }
             Event::Inspected { id, found } => self.on_inspected(id, found, now),
-            Event::Command(Command::Status(reply)) => {
-                let _ = reply.send(self.report(now));
-            }
+            Event::Command(Command::Status(reply)) => self.report_status(reply, now),
             Event::Fatal(fatal) => {
-                for w in &self.workers {
-                    self.procs.signal_group(w.pid, Signal::SIGKILL);
-                }
+                self.kill_every_group();
                 return Some(Err(fatal));
             }
             Event::ProxyIdle => {
@@ -363,6 +386,9 @@ impl Supervisor {
         }
         w.state = State::Ready;
         w.ready_since = Some(now);
+        // Measured at once, so that the pool's memory counts it from the start (see
+        // `report::Held`).
+        self.next_sample = self.next_sample.min(now);
         let boot_ms = now.duration_since(w.started).as_millis();
         event!(Info, "ready", worker = id, pid = w.pid, boot_ms = boot_ms);
         if inspect {
@@ -377,15 +403,14 @@ impl Supervisor {
 
     fn on_exit(&mut self, pid: Pid, how: Exit, now: Instant) -> Option<Done> {
         let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
-            // An orphan that was reparented to molt (the subreaper) and has now been reaped.
+            // An orphan that was reparented to molt (the subreaper) and has now been reaped:
+            // perhaps the last of a lingering group.
             event!(Debug, "reaped", pid = pid, how = how);
+            self.forget_exited_groups();
             return None;
         };
         let w = self.workers.remove(index);
         w.abort_task();
-        // The leader is gone; anything it left in its group goes too, so no orphan of a
-        // dead worker lingers holding memory.
-        self.procs.signal_group(w.pid, Signal::SIGKILL);
         w.slot.upstreams.clear();
         if self.recycling.as_ref().is_some_and(|r| r.id == w.id) {
             self.recycling = None;
@@ -411,6 +436,9 @@ impl Supervisor {
             state = state,
             in_flight = in_flight,
         );
+        // The leader is gone; what it left in its group is stopped too, so no orphan of a
+        // dead worker lingers holding memory, but gets the stop timeout to finish.
+        self.linger(&w, now);
         if matches!(w.state, State::Booting { .. }) && self.phase == Phase::Running {
             return self.boot_failed(BootFailure::Exited(how), now);
         }
@@ -420,9 +448,7 @@ impl Supervisor {
     fn on_shutdown(&mut self, signal: Signal, now: Instant) -> Option<Done> {
         if signal == Signal::SIGINT && self.interrupted {
             event!(Warn, "interrupt", action = "kill");
-            for w in &self.workers {
-                self.procs.signal_group(w.pid, Signal::SIGKILL);
-            }
+            self.kill_every_group();
             return Some(Ok(Outcome::Interrupted));
         }
         self.interrupted |= signal == Signal::SIGINT;
@@ -488,6 +514,23 @@ impl Supervisor {
             event!(Warn, "drain_timeout", worker = id);
             self.stop(id, now);
         }
+        self.forget_exited_groups();
+        let procs = &self.procs;
+        self.lingering.retain(|group| {
+            if now < group.deadline {
+                return true;
+            }
+            event!(
+                Warn,
+                "kill",
+                worker = group.worker,
+                pid = group.group,
+                reason = "stop_timeout",
+                leader = "exited"
+            );
+            procs.signal_group(group.group, Signal::SIGKILL);
+            false
+        });
         if now >= self.next_sample {
             self.start_sample(now);
         }
@@ -515,9 +558,8 @@ impl Supervisor {
         self.counters.count_boot_failure();
         let failures = self.boot_failures;
         if !self.ever_ready && failures >= self.config.max_boot_failures {
-            for w in &self.workers {
-                self.procs.signal_group(w.pid, Signal::SIGKILL);
-            }
+            self.kill_every_group();
+            self.dispatcher.close();
             return Some(Err(Fatal::CannotBoot {
                 failures,
                 max: self.config.max_boot_failures,
@@ -553,11 +595,23 @@ impl Supervisor {
             }
         }
         self.publish();
-        if self.phase == Phase::Stopping && self.workers.is_empty() {
+        self.close_when_no_worker_can_serve();
+        if self.phase == Phase::Stopping && self.workers.is_empty() && self.lingering.is_empty() {
             event!(Info, "stopped");
             return Some(Ok(Outcome::Stopped));
         }
         None
+    }
+
+    /// Once molt is shutting down, no worker is started again: with none left booting or
+    /// ready (all told to stop, or gone by themselves, as a platform that signals every
+    /// process of the container has them), queued and later requests get their 503 now
+    /// rather than at the queue timeout.
+    fn close_when_no_worker_can_serve(&self) {
+        let stopping = self.phase != Phase::Running;
+        if stopping && !self.workers.iter().any(Worker::is_live) {
+            self.dispatcher.close();
+        }
     }
 
     /// Instances of the command wanted now: in prefork mode (and while deciding) one, whose
@@ -627,6 +681,7 @@ impl Supervisor {
             port,
             web_concurrency,
             command: &self.command,
+            malloc_arena_max: self.config.malloc_arena_max,
         };
         let pid = self.procs.spawn(&spec).map_err(BootFailure::CannotStart)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -689,25 +744,7 @@ impl Supervisor {
             return;
         }
         w.abort_task();
-        // An adopted master is told to stop its children gracefully and exit, by its own
-        // signal (Unicorn's TERM would drop its children's requests); anything left of the
-        // group is killed at the deadline as usual.
-        let (target, signal) = match &w.brood {
-            Some(brood) => (brood.master, brood.server.control().stop_master),
-            None => (w.pid, signal),
-        };
-        event!(
-            Info,
-            "stop",
-            worker = id,
-            pid = target,
-            signal = signal.as_str()
-        );
-        if w.brood.is_some() {
-            self.procs.signal(target, signal);
-        } else {
-            self.procs.signal_group(target, signal);
-        }
+        send_stop(w, signal, self.procs.as_ref());
         w.slot.upstreams.clear();
         w.state = State::Stopping {
             deadline: Some(deadline),
@@ -741,6 +778,7 @@ impl Supervisor {
             State::Stopping { deadline } => deadline,
             State::Ready => None,
         });
+        let lingering = self.lingering.iter().map(|group| group.deadline);
         let phase = match self.phase {
             Phase::Draining { deadline } => Some(deadline),
             Phase::Running | Phase::Stopping => None,
@@ -752,11 +790,72 @@ impl Supervisor {
             .then_some(self.spawn_after);
         let sample = (self.phase != Phase::Stopping && !self.sampling).then_some(self.next_sample);
         workers
+            .chain(lingering)
             .chain(phase)
             .chain(spawn)
             .chain(sample)
             .chain(self.next_metrics)
             .min()
+    }
+
+    /// Keeps what is left of an exited worker's process group until it exits or its stop
+    /// timeout passes. A worker already told to stop keeps the deadline it was given; one
+    /// whose leader exited by itself has the rest of its group told to stop now.
+    fn linger(&mut self, w: &Worker, now: Instant) {
+        if !self.procs.group_alive(w.pid) {
+            return;
+        }
+        let deadline = match w.state {
+            State::Stopping {
+                deadline: Some(deadline),
+            } => deadline,
+            // Killed: what is left goes the same way.
+            State::Stopping { deadline: None } => {
+                self.procs.signal_group(w.pid, Signal::SIGKILL);
+                return;
+            }
+            State::Booting { .. } | State::Ready | State::Draining { .. } => {
+                send_stop(w, self.config.stop_signal, self.procs.as_ref());
+                now + self.config.stop_timeout
+            }
+        };
+        event!(
+            Info,
+            "linger",
+            worker = w.id,
+            pid = w.pid,
+            timeout_ms = deadline.saturating_duration_since(now).as_millis()
+        );
+        self.lingering.push(Lingering {
+            worker: w.id,
+            group: w.pid,
+            deadline,
+        });
+    }
+
+    /// Drops the lingering groups that have no process left.
+    fn forget_exited_groups(&mut self) {
+        let procs = &self.procs;
+        self.lingering.retain(|group| {
+            let alive = procs.group_alive(group.group);
+            if !alive {
+                event!(
+                    Info,
+                    "group_exited",
+                    worker = group.worker,
+                    pid = group.group
+                );
+            }
+            alive
+        });
+    }
+
+    /// SIGKILL to every worker's group and every lingering one: molt is going at once.
+    fn kill_every_group(&self) {
+        let groups = self.workers.iter().map(|w| w.pid);
+        for group in groups.chain(self.lingering.iter().map(|l| l.group)) {
+            self.procs.signal_group(group, Signal::SIGKILL);
+        }
     }
 
     fn in_flight(&self) -> usize {
@@ -765,6 +864,28 @@ impl Supervisor {
 
     fn worker_mut(&mut self, id: u64) -> Option<&mut Worker> {
         self.workers.iter_mut().find(|w| w.id == id)
+    }
+}
+
+/// Asks a worker to stop: its group gets `signal`; an adopted master is told to stop its
+/// children gracefully and exit by its own signal instead (Unicorn's TERM would drop its
+/// children's requests). Anything left of the group is killed at the deadline as usual.
+fn send_stop(w: &Worker, signal: Signal, procs: &dyn Processes) {
+    let (target, signal) = match &w.brood {
+        Some(brood) => (brood.master, brood.server.control().stop_master),
+        None => (w.pid, signal),
+    };
+    event!(
+        Info,
+        "stop",
+        worker = w.id,
+        pid = target,
+        signal = signal.as_str()
+    );
+    if w.brood.is_some() {
+        procs.signal(target, signal);
+    } else {
+        procs.signal_group(target, signal);
     }
 }
 
@@ -799,6 +920,8 @@ mod tests {
         inspected: Vec<u64>,
         /// Warm-ups started: the worker, the GETs, how many at once.
         warmed: Vec<(u64, u32, u32)>,
+        /// Groups with a process left in them, their leader's exit aside.
+        groups_alive: Vec<Pid>,
     }
 
     struct Fake {
@@ -814,6 +937,11 @@ mod tests {
             record.spawned.push((spec.id, pid));
             record.concurrency.push(spec.web_concurrency);
             Ok(pid)
+        }
+
+        fn group_alive(&self, pid: Pid) -> bool {
+            let record = self.record.lock().expect("test lock");
+            record.groups_alive.contains(&pid)
         }
 
         fn signal(&self, pid: Pid, signal: Signal) {
@@ -1108,10 +1236,8 @@ mod tests {
             160,
         );
         h.step(Event::ProxyIdle, 200);
-        assert_eq!(
-            h.signals(),
-            [(h.pid(1), Signal::SIGKILL), (h.pid(2), Signal::SIGTERM)]
-        );
+        // Worker 1 left nothing in its group, so nothing is signalled there.
+        assert_eq!(h.signals(), [(h.pid(2), Signal::SIGTERM)]);
         assert_eq!(h.exit(2, 300), Some(Ok(Outcome::Stopped)));
     }
 
@@ -1147,6 +1273,174 @@ mod tests {
             5001,
         );
         assert_eq!(outcome, Some(Ok(Outcome::Stopped)));
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_leader_exited_gets_the_stop_timeout_before_sigkill() {
+        // `bash -c 'app && echo'`: the shell dies on SIGTERM at once, the app takes its time.
+        let mut h = Harness::new(Config {
+            stop_timeout: Duration::from_secs(10),
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 10);
+        let leader = h.pid(1);
+        h.step(
+            Event::Shutdown {
+                signal: Signal::SIGTERM,
+            },
+            20,
+        );
+        h.step(Event::ProxyIdle, 30);
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)]);
+        h.record
+            .lock()
+            .expect("test lock")
+            .groups_alive
+            .push(leader);
+        let exited = Event::Exited {
+            pid: leader,
+            how: Exit::Signal(Signal::SIGTERM),
+        };
+        assert_eq!(h.step(exited, 40), None, "the app is still shutting down");
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)], "no SIGKILL yet");
+        assert_eq!(h.sup.next_deadline(h.at(40)), Some(h.at(10_030)));
+        assert_eq!(h.tick(5_000), None);
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)]);
+        // The app finishes, is reaped as an orphan of molt's, and molt is done.
+        h.record.lock().expect("test lock").groups_alive.clear();
+        let app = Event::Exited {
+            pid: Pid::from_raw(4242),
+            how: Exit::Code(0),
+        };
+        assert_eq!(h.step(app, 6_000), Some(Ok(Outcome::Stopped)));
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)], "never SIGKILL");
+    }
+
+    #[tokio::test]
+    async fn a_lingering_group_is_killed_at_its_stop_timeout() {
+        let mut h = Harness::new(Config {
+            stop_timeout: Duration::from_secs(10),
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 10);
+        let leader = h.pid(1);
+        // The leader crashes by itself and leaves a child in its group: the child is told
+        // to stop as a worker would be, and killed only at the stop timeout.
+        h.record
+            .lock()
+            .expect("test lock")
+            .groups_alive
+            .push(leader);
+        h.exit(1, 100);
+        h.step(Event::Ready { id: 2 }, 200);
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)]);
+        h.tick(10_099);
+        assert_eq!(h.signals(), [(leader, Signal::SIGTERM)]);
+        h.tick(10_100);
+        assert_eq!(
+            h.signals(),
+            [(leader, Signal::SIGTERM), (leader, Signal::SIGKILL)]
+        );
+        assert!(h.sup.lingering.is_empty());
+    }
+
+    #[tokio::test]
+    async fn requests_get_their_answer_once_no_worker_can_take_them() {
+        use crate::run::proxy::dispatch::Overload;
+        // Shutting down, and the platform's SIGTERM took every worker: nothing will serve.
+        let mut h = Harness::new(config(2));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(Event::Ready { id: 2 }, 0);
+        h.step(
+            Event::Shutdown {
+                signal: Signal::SIGTERM,
+            },
+            100,
+        );
+        h.exit(1, 150);
+        assert!(
+            h.dispatcher.acquire().await.is_ok(),
+            "worker 2 still serves"
+        );
+        h.exit(2, 160);
+        assert_eq!(h.dispatcher.acquire().await.err(), Some(Overload::Closed));
+
+        // Or the app never booted and molt gave up.
+        let mut h = Harness::new(config(1));
+        h.sup.reconcile(h.t0);
+        h.exit(1, 0);
+        h.tick(1000);
+        h.exit(2, 1000);
+        h.tick(3000);
+        let queued = {
+            let d = Arc::clone(&h.dispatcher);
+            tokio::spawn(async move { d.acquire().await.err() })
+        };
+        while h.dispatcher.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            h.exit(3, 3000),
+            Some(Err(Fatal::CannotBoot { .. }))
+        ));
+        assert_eq!(queued.await.expect("task ran"), Some(Overload::Closed));
+    }
+
+    #[tokio::test]
+    async fn right_after_a_recycle_the_pool_never_reads_as_empty() {
+        // Regression: `sample#molt.workers.ready=1 sample#molt.memory.pool=0.0MB` once the
+        // old worker had gone and its replacement was not measured yet.
+        let mut h = Harness::new(Config {
+            metrics_interval: Some(Duration::from_secs(60)),
+            ..config(1)
+        });
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        h.step(sampled(&[(1, 80 * MB)]), 10);
+        h.step(Event::Command(Command::Restart), 100);
+        h.step(Event::Ready { id: 2 }, 200);
+        // Becoming ready asks for a sample at once.
+        assert!(h.sup.next_sample <= h.at(200));
+        h.step(Event::Drained { id: 1 }, 210);
+        h.exit(1, 300);
+        assert_eq!(h.dispatcher.routable(), [2]);
+
+        // The metrics line and `molt status` due now wait for worker 2's first sample.
+        h.sup.emit_metrics(h.at(310));
+        let (tx, mut status) = tokio::sync::oneshot::channel();
+        h.step(Event::Command(Command::Status(tx)), 320);
+        assert!(h.sup.metrics_lines.is_empty());
+        assert!(status.try_recv().is_err(), "held");
+
+        h.step(sampled(&[(2, 60 * MB)]), 400);
+        let line = h.sup.metrics_lines.concat();
+        assert!(
+            line.contains("sample#molt.workers.ready=1 sample#molt.memory.pool=60.0MB"),
+            "{line}"
+        );
+        let report = status.try_recv().expect("answered after the sample");
+        assert_eq!(report.pool_memory, 60 * MB);
+
+        // With every ready worker measured, nothing waits.
+        h.sup.emit_metrics(h.at(60_400));
+        assert_eq!(h.sup.metrics_lines.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_held_report_waits_two_samples_at_most() {
+        let mut h = Harness::new(config(1));
+        h.sup.reconcile(h.t0);
+        h.step(Event::Ready { id: 1 }, 0);
+        let (tx, mut status) = tokio::sync::oneshot::channel();
+        h.step(Event::Command(Command::Status(tx)), 10);
+        // Samples that could not read the worker (its /proc unreadable).
+        h.step(sampled(&[]), 100);
+        assert!(status.try_recv().is_err());
+        h.step(sampled(&[]), 2100);
+        assert_eq!(status.try_recv().expect("answered").pool_memory, 0);
     }
 
     #[tokio::test]
@@ -1332,6 +1626,44 @@ mod tests {
         let _lease = h.dispatcher.acquire().await.expect("worker 2 is free");
         h.step(sampled(&[(2, 80 * MB)]), 60);
         assert_eq!(h.sup.facts.worker_footprint, Some(60 * MB));
+    }
+
+    #[tokio::test]
+    async fn caps_hold_through_a_replacement_measured_a_little_smaller() {
+        // The run this answers: footprint 75.39 MB, then a replacement measured at
+        // 66.82 MB while traffic was quiet, and the soft cap fell from 143.62 MB to 107.68 MB.
+        let mut h = ready(
+            Config {
+                memory_limit: Some(512 * MB),
+                ..config(1)
+            },
+            1,
+        );
+        h.step(sampled(&[(1, 75 * MB)]), 10);
+        let before = h.sup.budget.clone();
+        assert_eq!(h.sup.facts.worker_footprint, Some(75 * MB));
+        h.step(Event::Command(Command::Restart), 100);
+        h.step(Event::Ready { id: 2 }, 200);
+        h.step(Event::Drained { id: 1 }, 210);
+        h.exit(1, 300);
+        for ms in [400, 2400, 4400, 6400, 8400] {
+            h.step(sampled(&[(2, 67 * MB)]), ms);
+        }
+        assert_eq!(h.sup.facts.worker_footprint, Some(75 * MB));
+        assert_eq!(
+            (h.sup.budget.soft_cap, h.sup.budget.max_workers),
+            (before.soft_cap, before.max_workers)
+        );
+        // A real difference, sustained, moves them.
+        for ms in [10_400, 12_400, 14_400] {
+            h.step(sampled(&[(2, 110 * MB)]), ms);
+        }
+        assert_eq!(h.sup.facts.worker_footprint, Some(110 * MB));
+        assert!(
+            h.sup.budget.max_workers < before.max_workers,
+            "{:?}",
+            h.sup.budget
+        );
     }
 
     #[tokio::test]
@@ -1874,5 +2206,26 @@ mod tests {
         );
         h.step(Event::ProxyIdle, 110);
         assert_eq!(h.direct(), [(Pid::from_raw(MASTER), Signal::SIGQUIT)]);
+    }
+
+    #[tokio::test]
+    async fn an_adopted_master_left_by_its_start_script_gets_its_own_graceful_signal() {
+        // `./start` runs Unicorn and dies first on the platform's SIGTERM to every process.
+        let mut h = adopted(auto(1), &[5001]);
+        h.step(
+            Event::Shutdown {
+                signal: Signal::SIGTERM,
+            },
+            100,
+        );
+        let leader = h.pid(1);
+        h.record
+            .lock()
+            .expect("test lock")
+            .groups_alive
+            .push(leader);
+        h.exit(1, 110);
+        assert_eq!(h.direct(), [(Pid::from_raw(MASTER), Signal::SIGQUIT)]);
+        assert!(h.signals().is_empty(), "nothing to the group yet");
     }
 }

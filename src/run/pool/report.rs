@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Reason, State, Supervisor};
@@ -113,6 +114,24 @@ impl Busy {
     }
 }
 
+/// Samples a held report waits for at most: the one under way when it was held may have
+/// been started before the new worker existed, the next one measures it.
+const HOLD_SAMPLES: u32 = 2;
+
+/// What waits for the memory of a worker that became ready since the last sample (a
+/// replacement right after a recycle): until it is measured, the pool's memory would read
+/// as if that worker held none, down to 0 MB for a pool of one. The sample it waits for is
+/// started when the worker becomes ready.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    /// The metrics line that was due.
+    metrics: bool,
+    /// `molt status` requests.
+    reports: Vec<oneshot::Sender<StatusReport>>,
+    /// Samples that arrived since the first was held.
+    samples: u32,
+}
+
 const REASONS: [Reason; 8] = [
     Reason::Restart,
     Reason::Memory,
@@ -192,6 +211,41 @@ impl Supervisor {
         StatusReport {
             load,
             ..self.status_report(now)
+        }
+    }
+
+    /// Whether a worker that takes requests has not been measured yet.
+    fn unmeasured_ready(&self) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.is_ready() && w.mem.now.is_none())
+    }
+
+    /// Answers `molt status` now, or once the next sample has measured every ready worker.
+    pub(super) fn report_status(&mut self, reply: oneshot::Sender<StatusReport>, now: Instant) {
+        if self.unmeasured_ready() {
+            self.held.reports.push(reply);
+        } else {
+            let _ = reply.send(self.report(now));
+        }
+    }
+
+    /// After a sample: writes what was held for it once every ready worker is measured,
+    /// or after [`HOLD_SAMPLES`] whatever they show.
+    pub(super) fn release_held(&mut self, now: Instant) {
+        if !self.held.metrics && self.held.reports.is_empty() {
+            return;
+        }
+        self.held.samples += 1;
+        if self.unmeasured_ready() && self.held.samples < HOLD_SAMPLES {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        for reply in held.reports {
+            let _ = reply.send(self.report(now));
+        }
+        if held.metrics {
+            self.write_metrics(now);
         }
     }
 
@@ -297,12 +351,21 @@ impl Supervisor {
         }
     }
 
-    /// Writes one l2met line and resets the counters it reports.
+    /// Writes one l2met line and resets the counters it reports; held for the next sample
+    /// while a ready worker has not been measured (see [`Held`]).
     pub(super) fn emit_metrics(&mut self, now: Instant) {
         let Some(every) = self.config.metrics_interval else {
             return;
         };
         self.next_metrics = Some(now + every);
+        if self.unmeasured_ready() {
+            self.held.metrics = true;
+            return;
+        }
+        self.write_metrics(now);
+    }
+
+    fn write_metrics(&mut self, now: Instant) {
         let (requests, queue_p95) = self.dispatcher.take_stats();
         // In prefork mode the workers are the children of the adopted master.
         let children: Option<usize> = (self.mode == super::Mode::Prefork).then(|| {
@@ -355,6 +418,8 @@ impl Supervisor {
             u8::from(self.saturated())
         );
         emit(&line);
+        #[cfg(test)]
+        self.metrics_lines.push(line);
         self.counters.next_line();
     }
 }

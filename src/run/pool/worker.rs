@@ -123,6 +123,9 @@ pub(crate) trait Processes: Send {
     fn signal_group(&self, pid: Pid, signal: Signal);
     /// Sends `signal` to one process: a preforking master, or one of its children.
     fn signal(&self, pid: Pid, signal: Signal);
+    /// Whether any process (a zombie not yet reaped included) is left in the group of
+    /// `pid`, a worker's leader.
+    fn group_alive(&self, pid: Pid) -> bool;
     /// A private port for a new worker, not among `taken`.
     fn free_port(&self, taken: &[u16]) -> Option<u16>;
     /// Measures each worker's process tree off the supervisor task, and each child of the
@@ -191,6 +194,11 @@ impl Processes for Os {
 
     fn signal_group(&self, pid: Pid, signal: Signal) {
         signal_group(pid, signal);
+    }
+
+    fn group_alive(&self, pid: Pid) -> bool {
+        // Signal 0 checks only; EPERM would mean a process molt may not signal, still there.
+        !matches!(killpg(pid, None), Err(Errno::ESRCH))
     }
 
     fn free_port(&self, taken: &[u16]) -> Option<u16> {
@@ -320,6 +328,8 @@ pub(crate) struct Spawn<'a> {
     pub(crate) port: u16,
     pub(crate) web_concurrency: usize,
     pub(crate) command: &'a AppCommand,
+    /// `MALLOC_ARENA_MAX` to set when molt's environment has none (`MOLT_MALLOC_ARENA_MAX`).
+    pub(crate) malloc_arena_max: Option<u32>,
 }
 
 fn spawn(spec: &Spawn<'_>) -> std::io::Result<Pid> {
@@ -330,6 +340,9 @@ fn spawn(spec: &Spawn<'_>) -> std::io::Result<Pid> {
         .stdin(Stdio::null())
         // A group of its own lets molt signal the worker and every process it forks.
         .process_group(0);
+    if let Some((key, value)) = arena_max(spec.malloc_arena_max, std::env::var_os(ARENA_MAX)) {
+        cmd.env(key, value);
+    }
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
     // system calls (prctl, sigaction, getppid, _exit); it allocates nothing and takes no locks.
@@ -358,6 +371,32 @@ fn spawn(spec: &Spawn<'_>) -> std::io::Result<Pid> {
     // not wait for it.
     drop(child);
     Ok(pid)
+}
+
+/// glibc's variable for the most malloc arenas a process makes.
+const ARENA_MAX: &str = "MALLOC_ARENA_MAX";
+
+/// The `MALLOC_ARENA_MAX` to add to a worker's environment: `setting` when the environment
+/// has none (`current`); a value the app set is its own, and `off` adds nothing.
+fn arena_max(
+    setting: Option<u32>,
+    current: Option<std::ffi::OsString>,
+) -> Option<(&'static str, String)> {
+    match (setting, current) {
+        (Some(n), None) => Some((ARENA_MAX, n.to_string())),
+        _ => None,
+    }
+}
+
+/// `molt plan`'s line on what workers get for `MALLOC_ARENA_MAX`, in this environment.
+pub(crate) fn arena_text(setting: Option<u32>) -> String {
+    let current = std::env::var_os(ARENA_MAX);
+    let why = match (setting, current) {
+        (_, Some(own)) => format!("{} (the environment's own)", own.to_string_lossy()),
+        (Some(n), None) => format!("{n} (MOLT_MALLOC_ARENA_MAX; the environment sets none)"),
+        (None, None) => "unset (MOLT_MALLOC_ARENA_MAX=off)".to_owned(),
+    };
+    format!("workers  {ARENA_MAX}={why}\n")
 }
 
 /// Sends `signal` to a worker's whole process group. A group that is already gone is fine.
@@ -462,6 +501,16 @@ mod tests {
             missing.err().map(|e| e.to_string()).as_deref(),
             Some("command not found: no-such-program-molt; check the command and PATH")
         );
+    }
+
+    #[test]
+    fn arena_max_is_added_only_when_the_environment_has_none() {
+        assert_eq!(
+            arena_max(Some(2), None),
+            Some(("MALLOC_ARENA_MAX", "2".to_owned()))
+        );
+        assert_eq!(arena_max(Some(2), Some("4".into())), None, "the app's own");
+        assert_eq!(arena_max(None, None), None, "off");
     }
 
     #[test]

@@ -365,6 +365,9 @@ pub(crate) enum Overload {
     QueueFull { queued: usize },
     /// The request waited `MOLT_QUEUE_TIMEOUT` without a worker coming free.
     QueueTimeout,
+    /// No worker will ever take it: molt gave up booting the app, or is stopping with no
+    /// worker left to serve ([`Dispatcher::close`]).
+    Closed,
 }
 
 struct Waiter {
@@ -396,6 +399,8 @@ pub(crate) struct Dispatcher {
     capacity: usize,
     max_queue: usize,
     queue_timeout: Duration,
+    /// Set by [`Dispatcher::close`], under the state's lock.
+    closed: AtomicBool,
 }
 
 /// One request's claim on one worker, released on drop.
@@ -504,6 +509,7 @@ impl Dispatcher {
             capacity,
             max_queue,
             queue_timeout,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -559,6 +565,9 @@ impl Dispatcher {
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Lease, Overload> {
         let rx = {
             let mut state = lock(&self.state);
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Overload::Closed);
+            }
             // Earlier arrivals go first: a new request takes a free worker directly only
             // when nobody is waiting.
             if state.queue.is_empty() {
@@ -587,8 +596,9 @@ impl Dispatcher {
                 self.record_wait(queued_at.elapsed());
                 Ok(lease)
             }
-            // The sender is only dropped unsent when the dispatcher itself goes away.
-            Ok(Err(_)) | Err(_) => Err(Overload::QueueTimeout),
+            // The sender is dropped unsent only by `close`, or with the dispatcher.
+            Ok(Err(_)) => Err(Overload::Closed),
+            Err(_) => Err(Overload::QueueTimeout),
         }
     }
 
@@ -660,6 +670,15 @@ impl Dispatcher {
             in_flight: busy,
             armed: true,
         }
+    }
+
+    /// No worker will take a request again: every waiting request is answered now (503,
+    /// with `Retry-After`, never a closed connection), and so is every later one.
+    pub(crate) fn close(&self) {
+        let mut state = lock(&self.state);
+        self.closed.store(true, Ordering::Release);
+        // Dropping a waiter's sender wakes it with `Overload::Closed`.
+        state.queue.clear();
     }
 
     /// Serves waiting requests after a worker's capacity grew.
@@ -828,6 +847,20 @@ mod tests {
         drop(held);
         let again = d.acquire().await.expect("the worker is free again");
         assert_eq!(again.slot().in_flight(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_dispatcher_answers_the_queue_and_every_later_request() {
+        let d = Dispatcher::new(1, 10, Duration::from_secs(60));
+        let d2 = Arc::clone(&d);
+        let waiting = tokio::spawn(async move { d2.acquire().await.map(|l| l.slot().id) });
+        while d.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        d.close();
+        assert_eq!(waiting.await.expect("task ran"), Err(Overload::Closed));
+        d.publish(vec![slot(7, 0)]);
+        assert_eq!(d.acquire().await.err(), Some(Overload::Closed));
     }
 
     #[tokio::test]

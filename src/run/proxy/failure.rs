@@ -185,6 +185,9 @@ impl Failure {
             Failure::Overloaded(Overload::QueueTimeout) => {
                 event!(Warn, "overload", status = status, reason = "queue_timeout");
             }
+            Failure::Overloaded(Overload::Closed) => {
+                event!(Warn, "overload", status = status, reason = "no_worker");
+            }
             Failure::Unreachable { worker } => event!(
                 Warn,
                 "upstream_error",
@@ -419,6 +422,10 @@ mod tests {
             ),
             (
                 Failure::Overloaded(Overload::QueueTimeout),
+                answer(503, true, false),
+            ),
+            (
+                Failure::Overloaded(Overload::Closed),
                 answer(503, true, false),
             ),
             (
