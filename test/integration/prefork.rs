@@ -210,6 +210,69 @@ fn a_burst_adds_children_and_idle_removes_them() {
     assert!(molt.stop(true).success());
 }
 
+/// The pids the fixture's `/warm` wrote to `log`, one per warm-up GET it served.
+fn warmed(log: &Path) -> Vec<u32> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn unicorn_children_forked_later_are_warmed_through_the_masters_port() {
+    if !tools_present(&["unicorn"]) {
+        return;
+    }
+    let warm_log = temp_path("warm.log");
+    let warm_log_env = warm_log.display().to_string();
+    let (mut molt, socket) = molt(
+        "unicorn -c unicorn.rb config.ru",
+        &[
+            ("MOLT_MIN_WORKERS", "2"),
+            ("MOLT_MAX_WORKERS", "2"),
+            ("MOLT_WARMUP_PATH", "/warm"),
+            ("MOLT_WARMUP_REQUESTS", "2"),
+            ("WARM_LOG", &warm_log_env),
+        ],
+    );
+    wait_adopted(&molt, &socket, "unicorn", 2);
+    // The first instance is warmed before it is routed: its 2 GETs were answered.
+    assert!(
+        wait_until(Duration::from_secs(10), || warmed(&warm_log).len() >= 2),
+        "no warm-up reached the first instance: {:?}\n{}",
+        warmed(&warm_log),
+        molt.log()
+    );
+    // Let the warm-ups of the children the first samples found end, then count.
+    thread::sleep(Duration::from_secs(1));
+    let before = warmed(&warm_log).len();
+    // A child that dies is forked again by the master; molt finds the new child at a
+    // sample and sends its 2 warm-up GETs through the master's port.
+    let victim = children(&socket)[0];
+    crate::support::signal_pid(
+        u32::try_from(victim).expect("a pid"),
+        crate::support::SIGKILL,
+    );
+    assert!(
+        wait_until(ADOPTED, || {
+            let now = children(&socket);
+            now.len() == 2 && !now.contains(&victim)
+        }),
+        "the master forks a replacement:\n{}",
+        molt.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || warmed(&warm_log).len()
+            >= before + 2),
+        "the new child's warm-up GETs did not come: {before} then {:?}\n{}",
+        warmed(&warm_log),
+        molt.log()
+    );
+    assert_eq!(get(molt.port(), "/").expect("served").status, 200);
+    assert!(molt.stop(true).success());
+}
+
 #[test]
 fn a_child_over_its_hard_cap_is_killed_and_only_its_request_fails() {
     if !tools_present(&["unicorn"]) {
