@@ -152,7 +152,8 @@ fn a_release_made_here_installs_from_a_clean_clone_with_no_cargo() {
         &["commit", "-q", "-am", &format!("Release {RELEASED}")],
     );
     git(&source, &["tag", &format!("v{RELEASED}")]);
-    let clone = work.join("clone");
+    // A path of another length than the source's: nothing of it may reach the binary.
+    let clone = work.join("a-clean-clone-of-the-tag");
     git(
         work.path(),
         &[
@@ -215,4 +216,32 @@ fn a_release_made_here_installs_from_a_clean_clone_with_no_cargo() {
         format!("molt {RELEASED}\n")
     );
     eprintln!("[released] {sha256}  {archive_name}; installed {RELEASED} from the clean clone");
+
+    // What the release workflow runs on the tag: a second clean build, in the clone's own
+    // directory, must give the sha256 the release commit carries (the builds are bit for
+    // bit reproducible).
+    let verify = run_with(
+        &clone,
+        "nice",
+        &[
+            "-n",
+            "19",
+            "make",
+            "verify-release",
+            &format!("DIST={}", work.join("verified").display()),
+        ],
+        &[
+            ("CARGO_BUILD_JOBS", "1"),
+            ("GITHUB_REF_NAME", &format!("v{RELEASED}")),
+        ],
+    );
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        said.contains("every archive in checksums.txt rebuilt with the same sha256"),
+        "{said}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let rebuilt = fs::read(work.join("verified").join(&archive_name)).expect("rebuilt");
+    assert_eq!(crate::buildpack::sha256_hex(&rebuilt), sha256);
+    eprintln!("[rebuilt in {}] {sha256}  {archive_name}", clone.display());
 }
