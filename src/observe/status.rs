@@ -270,9 +270,43 @@ pub(crate) fn json(r: &StatusReport) -> String {
     format!("{report}\n")
 }
 
+/// A report to test what reads one: a pool of `workers` on a 512 MB cgroup budget.
+#[cfg(test)]
+pub(crate) fn sample_report(workers: Vec<WorkerRow>) -> StatusReport {
+    StatusReport {
+        pid: 7,
+        budget: 512 << 20,
+        budget_source: "cgroup".to_owned(),
+        usable: 430 << 20,
+        soft_cap: 200 << 20,
+        hard_cap: 300 << 20,
+        min_workers: 1,
+        max_workers: 2,
+        desired: 1,
+        queue: 0,
+        pool_memory: 80 << 20,
+        molt_rss: 5 << 20,
+        memory_guard_paused_s: None,
+        mode: "pool",
+        server: None,
+        load: Load {
+            utilization: Some(0.4567),
+            saturated: false,
+            boot_failures: 0,
+            recycles: vec![("memory", 2)],
+            kills: Vec::new(),
+        },
+        workers,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(workers: Vec<WorkerRow>) -> StatusReport {
+        sample_report(workers)
+    }
 
     fn row(limit: Option<usize>, learned: bool) -> WorkerRow {
         WorkerRow {
@@ -292,34 +326,6 @@ mod tests {
             learned,
             latency_baseline: learned.then_some(Duration::from_micros(101_234)),
             latency_last: learned.then_some(Duration::from_micros(4_560)),
-        }
-    }
-
-    fn report(workers: Vec<WorkerRow>) -> StatusReport {
-        StatusReport {
-            pid: 7,
-            budget: 512 << 20,
-            budget_source: "cgroup".to_owned(),
-            usable: 430 << 20,
-            soft_cap: 200 << 20,
-            hard_cap: 300 << 20,
-            min_workers: 1,
-            max_workers: 2,
-            desired: 1,
-            queue: 0,
-            pool_memory: 80 << 20,
-            molt_rss: 5 << 20,
-            memory_guard_paused_s: None,
-            mode: "pool",
-            server: None,
-            load: Load {
-                utilization: Some(0.4567),
-                saturated: false,
-                boot_failures: 0,
-                recycles: vec![("memory", 2)],
-                kills: Vec::new(),
-            },
-            workers,
         }
     }
 

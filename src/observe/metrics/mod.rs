@@ -516,21 +516,9 @@ mod tests {
 
     fn report() -> StatusReport {
         StatusReport {
-            pid: 7,
-            budget: 512 << 20,
-            budget_source: "cgroup".to_owned(),
-            usable: 430 << 20,
-            soft_cap: 200 << 20,
-            hard_cap: 300 << 20,
-            min_workers: 1,
-            max_workers: 2,
             desired: 2,
             queue: 3,
             pool_memory: 160 << 20,
-            molt_rss: 5 << 20,
-            memory_guard_paused_s: None,
-            mode: "pool",
-            server: None,
             load: Load {
                 utilization: Some(0.75),
                 saturated: true,
@@ -538,7 +526,10 @@ mod tests {
                 recycles: vec![("memory", 2), ("restart", 0)],
                 kills: vec![("memory_hard", 1)],
             },
-            workers: vec![worker(1, "worker", "ready"), worker(2, "worker", "booting")],
+            ..crate::observe::status::sample_report(vec![
+                worker(1, "worker", "ready"),
+                worker(2, "worker", "booting"),
+            ])
         }
     }
 
