@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,16 +33,15 @@ pub(crate) type UpstreamBody = Either<Incoming, Spooled>;
 /// A keep-alive connection to a worker.
 pub(crate) struct Upstream {
     pub(crate) send: SendRequest<UpstreamBody>,
-    /// A second descriptor of the connection's socket, to look at it while hyper owns the
-    /// first; `None` when the descriptor limit left none to spare.
-    probe: Option<OwnedFd>,
+    /// The connection's socket, to look at while hyper owns it.
+    probe: Arc<Probe>,
     /// The [`IdleUpstreams`] generation it was opened in; it is not reused once that has
     /// passed.
     generation: u64,
 }
 
 impl Upstream {
-    pub(crate) fn new(send: SendRequest<UpstreamBody>, probe: Option<OwnedFd>) -> Self {
+    fn new(send: SendRequest<UpstreamBody>, probe: Arc<Probe>) -> Self {
         Upstream {
             send,
             probe,
@@ -56,7 +55,14 @@ impl Upstream {
     /// before hyper's connection task has run to notice: the gap in which a request sent
     /// to a worker that was just killed would fail though the worker never held it.
     fn peer_done(&self) -> bool {
-        self.probe.as_ref().is_some_and(peer_done)
+        // Held while looking, so that the socket cannot be closed (and its number given to
+        // another) meanwhile.
+        let socket = self
+            .probe
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        socket.is_some_and(peer_done)
     }
 
     fn is_closed(&self) -> bool {
@@ -74,12 +80,21 @@ const MAX_IDLE_UPSTREAMS: usize = 64;
 /// cheap.
 const MAX_UPSTREAM_IDLE: Duration = Duration::from_secs(1);
 
+/// A connection's socket as [`Upstream::peer_done`] looks at it: its descriptor while
+/// hyper's side of the connection ([`QuickAck`]) holds it open, `None` once that closed it.
+/// Sharing the number this way costs a new connection nothing, where a second descriptor
+/// (`dup`) cost two system calls, on every request to a server that closes each connection.
+#[derive(Default)]
+struct Probe {
+    socket: Mutex<Option<RawFd>>,
+}
+
 /// Whether anything (bytes, an end of stream, an error) waits on an idle socket.
-fn peer_done(socket: &OwnedFd) -> bool {
+fn peer_done(socket: RawFd) -> bool {
     let mut byte = [0u8; 1];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     !matches!(
-        nix::sys::socket::recv(socket.as_raw_fd(), &mut byte, flags),
+        nix::sys::socket::recv(socket, &mut byte, flags),
         Err(Errno::EAGAIN)
     )
 }
@@ -157,13 +172,16 @@ impl IdleUpstreams {
 async fn open(addr: SocketAddr, acks: Arc<AckMode>) -> io::Result<Upstream> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
-    let probe = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+    let probe = Arc::new(Probe {
+        socket: Mutex::new(Some(stream.as_raw_fd())),
+    });
     let (send, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(QuickAck {
             stream,
             unacked: false,
             waiting_since: None,
             mode: acks,
+            probe: Arc::clone(&probe),
         }))
         .await
         .map_err(io::Error::other)?;
@@ -238,6 +256,19 @@ struct QuickAck {
     /// When a read found nothing more after data, with nothing written since.
     waiting_since: Option<Instant>,
     mode: Arc<AckMode>,
+    /// Told when the socket closes (see [`Probe`]).
+    probe: Arc<Probe>,
+}
+
+impl Drop for QuickAck {
+    fn drop(&mut self) {
+        // Before the fields drop, so before the stream closes its socket.
+        *self
+            .probe
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
 }
 
 impl QuickAck {
@@ -340,21 +371,21 @@ mod tests {
         let ours =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (mut theirs, _) = listener.accept().expect("accept");
-        let probe = OwnedFd::from(ours);
-        assert!(!peer_done(&probe), "an idle connection");
+        let probe = ours.as_raw_fd();
+        assert!(!peer_done(probe), "an idle connection");
         theirs.write_all(b"x").expect("write");
         theirs.flush().expect("flush");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !peer_done(&probe) {
+        while !peer_done(probe) {
             assert!(Instant::now() < deadline, "a byte from the peer");
         }
         let ours =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (theirs, _) = listener.accept().expect("accept");
-        let probe = OwnedFd::from(ours);
+        let probe = ours.as_raw_fd();
         drop(theirs);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !peer_done(&probe) {
+        while !peer_done(probe) {
             assert!(Instant::now() < deadline, "the peer's end of stream");
         }
     }
