@@ -240,7 +240,7 @@ impl AckMode {
 /// also sends the acknowledgement the kernel was holding back.
 ///
 /// Asking costs a `setsockopt` and an acknowledgement segment of its own on every
-/// response, an eighth of molt's CPU per request in front of a server that needs none
+/// response, which a server that writes each response whole does not need
 /// (docs/benchmarks.md, "Where the time goes"). So a worker's connections ask while its
 /// first [`ACK_LEARNING`] responses come, and go on asking only if one of them came in
 /// pieces (more data after molt had read some and waited, with nothing written by molt in
