@@ -8,7 +8,7 @@
 # never judges a speed: these machines are shared and noisy.
 #
 # Usage: test/bench/all.sh [--smoke] [NAME...]   (names: proxy footprint recycle startup alloc
-# connections soak concurrency prefork recycle_quality arena)
+# connections soak concurrency prefork recycle_quality arena unicorn_front)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -22,7 +22,7 @@ for arg in "$@"; do
   esac
 done
 if [ ${#names[@]} -eq 0 ]; then
-  names=(proxy footprint recycle startup alloc connections soak concurrency prefork recycle_quality arena)
+  names=(proxy footprint recycle startup alloc connections soak concurrency prefork recycle_quality arena unicorn_front)
 fi
 if [ ${#smoke[@]} -gt 0 ]; then
   export BENCH_OUT=${BENCH_OUT:-$root/target/bench/smoke}
@@ -49,6 +49,7 @@ declare -A csvs=(
   [concurrency]=concurrency.csv
   [recycle_quality]=recycle_quality.csv
   [arena]=arena.csv
+  [unicorn_front]=unicorn_front.csv
 )
 
 results=$BENCH_OUT/results.md

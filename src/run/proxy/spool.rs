@@ -42,6 +42,17 @@ pub(crate) struct Spooled {
 }
 
 impl Spooled {
+    /// A body of no bytes, for tests that send requests to a worker themselves.
+    #[cfg(test)]
+    pub(crate) fn empty() -> Self {
+        Spooled {
+            memory: VecDeque::new(),
+            file: None,
+            len: 0,
+            left: 0,
+        }
+    }
+
     /// Reads `body` whole, refusing more than `max` bytes.
     pub(crate) async fn read(mut body: Incoming, max: u64) -> Result<Self, SpoolError> {
         let mut spooled = Spooled {

@@ -1,14 +1,16 @@
 //! Connections from molt to its workers. [`IdleUpstreams`] keeps one worker's
 //! kept-alive connections (its dispatch slot holds one); [`IdleUpstreams::connect`]
-//! takes the freshest of them or opens a new one with quick acknowledgements, and a
-//! response that ends whole puts its connection back (`relay`). The rest of the request
+//! takes the freshest of them or opens a new one (with quick acknowledgements once the
+//! worker has been seen to need them), and a response that ends whole puts its
+//! connection back (`relay`). The rest of the request
 //! path goes through these and nothing else.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
 use tokio::net::TcpStream;
 
+use crate::observe::event;
 use crate::run::proxy::spool::Spooled;
 
 /// What a request sent to a worker carries: the client's body as it arrives, or the
@@ -30,16 +33,15 @@ pub(crate) type UpstreamBody = Either<Incoming, Spooled>;
 /// A keep-alive connection to a worker.
 pub(crate) struct Upstream {
     pub(crate) send: SendRequest<UpstreamBody>,
-    /// A second descriptor of the connection's socket, to look at it while hyper owns the
-    /// first; `None` when the descriptor limit left none to spare.
-    probe: Option<OwnedFd>,
+    /// The connection's socket, to look at while hyper owns it.
+    probe: Arc<Probe>,
     /// The [`IdleUpstreams`] generation it was opened in; it is not reused once that has
     /// passed.
     generation: u64,
 }
 
 impl Upstream {
-    pub(crate) fn new(send: SendRequest<UpstreamBody>, probe: Option<OwnedFd>) -> Self {
+    fn new(send: SendRequest<UpstreamBody>, probe: Arc<Probe>) -> Self {
         Upstream {
             send,
             probe,
@@ -53,7 +55,14 @@ impl Upstream {
     /// before hyper's connection task has run to notice: the gap in which a request sent
     /// to a worker that was just killed would fail though the worker never held it.
     fn peer_done(&self) -> bool {
-        self.probe.as_ref().is_some_and(peer_done)
+        // Held while looking, so that the socket cannot be closed (and its number given to
+        // another) meanwhile.
+        let socket = self
+            .probe
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        socket.is_some_and(peer_done)
     }
 
     fn is_closed(&self) -> bool {
@@ -71,12 +80,21 @@ const MAX_IDLE_UPSTREAMS: usize = 64;
 /// cheap.
 const MAX_UPSTREAM_IDLE: Duration = Duration::from_secs(1);
 
+/// A connection's socket as [`Upstream::peer_done`] looks at it: its descriptor while
+/// hyper's side of the connection ([`QuickAck`]) holds it open, `None` once that closed it.
+/// Sharing the number this way costs a new connection nothing, where a second descriptor
+/// (`dup`) cost two system calls, on every request to a server that closes each connection.
+#[derive(Default)]
+struct Probe {
+    socket: Mutex<Option<RawFd>>,
+}
+
 /// Whether anything (bytes, an end of stream, an error) waits on an idle socket.
-fn peer_done(socket: &OwnedFd) -> bool {
+fn peer_done(socket: RawFd) -> bool {
     let mut byte = [0u8; 1];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     !matches!(
-        nix::sys::socket::recv(socket.as_raw_fd(), &mut byte, flags),
+        nix::sys::socket::recv(socket, &mut byte, flags),
         Err(Errno::EAGAIN)
     )
 }
@@ -87,6 +105,8 @@ pub(crate) struct IdleUpstreams {
     idle: Mutex<Vec<(Upstream, Instant)>>,
     /// Raised by [`IdleUpstreams::forget`]: connections opened before it go once used.
     generation: AtomicU64,
+    /// Whether the worker's connections ask for quick acknowledgements ([`QuickAck`]).
+    acks: Arc<AckMode>,
 }
 
 impl IdleUpstreams {
@@ -143,20 +163,25 @@ impl IdleUpstreams {
                 return Ok(conn);
             }
         }
-        let mut conn = open(addr).await?;
+        let mut conn = open(addr, Arc::clone(&self.acks)).await?;
         conn.generation = self.generation.load(Ordering::Acquire);
         Ok(conn)
     }
 }
 
-async fn open(addr: SocketAddr) -> io::Result<Upstream> {
+async fn open(addr: SocketAddr, acks: Arc<AckMode>) -> io::Result<Upstream> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
-    let probe = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+    let probe = Arc::new(Probe {
+        socket: Mutex::new(Some(stream.as_raw_fd())),
+    });
     let (send, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(QuickAck {
             stream,
             unacked: false,
+            waiting_since: None,
+            mode: acks,
+            probe: Arc::clone(&probe),
         }))
         .await
         .map_err(io::Error::other)?;
@@ -167,19 +192,83 @@ async fn open(addr: SocketAddr) -> io::Result<Upstream> {
     Ok(Upstream::new(send, probe))
 }
 
-/// A connection to a worker that acknowledges what it receives at once.
+/// Whether a worker's connections ask for quick acknowledgements (see [`QuickAck`]),
+/// learned from its first responses and shared by all of its connections.
+#[derive(Default)]
+struct AckMode {
+    /// The worker sent more of a response after molt had read some and waited: it writes
+    /// responses in pieces, and the ones after the first may wait for an acknowledgement.
+    needed: AtomicBool,
+    /// Responses that came whole before molt wrote again, counted up to [`ACK_LEARNING`].
+    whole: AtomicU32,
+}
+
+/// Responses a worker answers in one piece before its connections stop asking for quick
+/// acknowledgements.
+const ACK_LEARNING: u32 = 16;
+
+/// A wait for more data this long is taken for a delayed acknowledgement holding it back
+/// (Linux delays one by 40 ms at least), once a worker's connections no longer ask.
+const ACK_STALL: Duration = Duration::from_millis(30);
+
+impl AckMode {
+    fn asking(&self) -> bool {
+        self.needed.load(Ordering::Relaxed) || self.whole.load(Ordering::Relaxed) < ACK_LEARNING
+    }
+
+    fn need(&self, reason: &str) {
+        if !self.needed.swap(true, Ordering::Relaxed) {
+            event!(Debug, "quick_acks", reason = reason);
+        }
+    }
+
+    fn came_whole(&self) {
+        if self.whole.load(Ordering::Relaxed) < ACK_LEARNING {
+            self.whole.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A connection to a worker that acknowledges what it receives at once, where the worker
+/// needs it.
 ///
 /// Servers that leave Nagle's algorithm on (Python's `http.server` does) write a response
 /// head and body as two small segments and hold the second until the first is
 /// acknowledged; on a kept-alive connection Linux delays that acknowledgement by up to
 /// 40 ms. Every response would then wait 40 ms. Quick-ack mode is not sticky, so it is
 /// asked for again each time molt has read data and is about to wait for more: asking
-/// also sends the acknowledgement the kernel was holding back. Asking before every read
-/// instead cost a tenth of molt's CPU under load.
+/// also sends the acknowledgement the kernel was holding back.
+///
+/// Asking costs a `setsockopt` and an acknowledgement segment of its own on every
+/// response, which a server that writes each response whole does not need
+/// (docs/benchmarks.md, "Where the time goes"). So a worker's connections ask while its
+/// first [`ACK_LEARNING`] responses come, and go on asking only if one of them came in
+/// pieces (more data after molt had read some and waited, with nothing written by molt in
+/// between: a reply to a request comes after a write). Should a worker that answered whole
+/// at first later stall (data arriving [`ACK_STALL`] or more after molt began waiting for
+/// it, nothing written between), its connections ask from then on; that costs it one
+/// delayed response. A slow or streamed body is taken for pieces too, which costs only the
+/// asking.
 struct QuickAck {
     stream: TcpStream,
-    /// Data was read since quick-ack mode was last asked for.
+    /// Data was read since the last read that found nothing.
     unacked: bool,
+    /// When a read found nothing more after data, with nothing written since.
+    waiting_since: Option<Instant>,
+    mode: Arc<AckMode>,
+    /// Told when the socket closes (see [`Probe`]).
+    probe: Arc<Probe>,
+}
+
+impl Drop for QuickAck {
+    fn drop(&mut self) {
+        // Before the fields drop, so before the stream closes its socket.
+        *self
+            .probe
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
 }
 
 impl QuickAck {
@@ -198,6 +287,13 @@ impl QuickAck {
             );
         }
     }
+
+    /// Called before each write: the wait after data, if any, ended with a whole response.
+    fn writing(&mut self) {
+        if self.waiting_since.take().is_some() {
+            self.mode.came_whole();
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for QuickAck {
@@ -209,10 +305,22 @@ impl tokio::io::AsyncRead for QuickAck {
         let before = buf.filled().len();
         let read = Pin::new(&mut self.stream).poll_read(cx, buf);
         match read {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => self.unacked = true,
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.unacked = true;
+                if let Some(since) = self.waiting_since.take() {
+                    if self.mode.asking() {
+                        self.mode.need("pieces");
+                    } else if since.elapsed() >= ACK_STALL {
+                        self.mode.need("delayed_ack_stall");
+                    }
+                }
+            }
             Poll::Pending if self.unacked => {
                 self.unacked = false;
-                self.quick_ack();
+                if self.mode.asking() {
+                    self.quick_ack();
+                }
+                self.waiting_since = Some(Instant::now());
             }
             _ => {}
         }
@@ -226,6 +334,7 @@ impl tokio::io::AsyncWrite for QuickAck {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.writing();
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -234,6 +343,7 @@ impl tokio::io::AsyncWrite for QuickAck {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.writing();
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -261,21 +371,21 @@ mod tests {
         let ours =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (mut theirs, _) = listener.accept().expect("accept");
-        let probe = OwnedFd::from(ours);
-        assert!(!peer_done(&probe), "an idle connection");
+        let probe = ours.as_raw_fd();
+        assert!(!peer_done(probe), "an idle connection");
         theirs.write_all(b"x").expect("write");
         theirs.flush().expect("flush");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !peer_done(&probe) {
+        while !peer_done(probe) {
             assert!(Instant::now() < deadline, "a byte from the peer");
         }
         let ours =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (theirs, _) = listener.accept().expect("accept");
-        let probe = OwnedFd::from(ours);
+        let probe = ours.as_raw_fd();
         drop(theirs);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !peer_done(&probe) {
+        while !peer_done(probe) {
             assert!(Instant::now() < deadline, "the peer's end of stream");
         }
     }
@@ -307,5 +417,65 @@ mod tests {
         idle.put(after);
         assert!(idle.take().is_some(), "one made after it is");
         drop(accepted);
+    }
+    /// A server that answers `requests` requests on one connection, each response written
+    /// whole or as a head and then, after a pause, its body.
+    async fn serve(listener: tokio::net::TcpListener, requests: usize, in_pieces: bool) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..requests {
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let (first, second): (&[u8], &[u8]) =
+                (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", b"ok");
+            if in_pieces {
+                socket.write_all(first).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                socket.write_all(second).await.expect("write");
+            } else {
+                socket
+                    .write_all(&[first, second].concat())
+                    .await
+                    .expect("write");
+            }
+        }
+    }
+
+    async fn exchange(idle: &IdleUpstreams, addr: SocketAddr) {
+        use http_body_util::BodyExt as _;
+        let mut conn = idle.connect(addr).await.expect("connect");
+        let body: UpstreamBody = Either::Right(Spooled::empty());
+        let request = hyper::Request::get("/")
+            .header("host", "x")
+            .body(body)
+            .expect("request");
+        let response = conn.send.send_request(request).await.expect("response");
+        response.into_body().collect().await.expect("body");
+        idle.put(conn);
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_answers_in_pieces_gets_quick_acks_and_one_that_does_not_stops_getting_them(
+    ) {
+        for in_pieces in [true, false] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let requests = usize::try_from(ACK_LEARNING).expect("small") + 4;
+            let server = tokio::spawn(serve(listener, requests, in_pieces));
+            let idle = IdleUpstreams::default();
+            assert!(idle.acks.asking(), "a new worker's connections ask");
+            for _ in 0..requests {
+                exchange(&idle, addr).await;
+            }
+            assert_eq!(idle.acks.asking(), in_pieces, "in pieces: {in_pieces}");
+            server.await.expect("server");
+        }
     }
 }
