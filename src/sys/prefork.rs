@@ -609,6 +609,36 @@ pub(crate) fn detect(proc_root: &Path, leader: i32, port: u16) -> Result<Prefork
     decide(leader, port, &read_listeners(proc_root), &tree)
 }
 
+/// [`detect`] for a master seen before, trying first `known`: the listening sockets on
+/// `port` its last detection was decided on. The socket a master listens on stays the same
+/// for its life, and reading `/proc/net/tcp` is not cheap: it lists every TCP socket of
+/// the machine, and a server that closes each connection after its response (Unicorn)
+/// leaves tens of thousands in `TIME_WAIT` under load. Only when `known` is empty or no
+/// longer decides the tree (the master was replaced, or rebound) is `read_listeners` asked.
+/// Returns the answer and the listeners on `port` it was decided on, to pass next time.
+pub(crate) fn detect_again(
+    proc_root: &Path,
+    leader: i32,
+    port: u16,
+    known: &[Listener],
+    read_listeners: impl FnOnce(&Path) -> Vec<Listener>,
+) -> (Result<Prefork, NotPrefork>, Vec<Listener>) {
+    let tree: Vec<Member> = tree_pids(proc_root, leader)
+        .into_iter()
+        .filter_map(|pid| read_member(proc_root, pid))
+        .collect();
+    if !known.is_empty() {
+        if let found @ Ok(_) = decide(leader, port, known, &tree) {
+            return (found, known.to_vec());
+        }
+    }
+    let listeners: Vec<Listener> = read_listeners(proc_root)
+        .into_iter()
+        .filter(|listener| listener.port == port)
+        .collect();
+    (decide(leader, port, &listeners, &tree), listeners)
+}
+
 fn process_dir(proc_root: &Path, pid: i32) -> PathBuf {
     proc_root.join(pid.to_string())
 }
@@ -1060,6 +1090,48 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    #[test]
+    fn a_master_seen_before_is_found_again_without_reading_the_listeners() {
+        for (case, leader, port, expected) in CAPTURED {
+            let root = fixture(case);
+            let reads = std::cell::Cell::new(0);
+            let read = |root: &Path| {
+                reads.set(reads.get() + 1);
+                read_listeners(root)
+            };
+            let (first, known) = detect_again(&root, *leader, *port, &[], read);
+            assert_eq!(first, expected.answer(), "{case}");
+            assert_eq!(reads.get(), 1, "{case}: nothing known, so read");
+            assert!(known.iter().all(|l| l.port == *port), "{case}");
+            let (again, _) = detect_again(&root, *leader, *port, &known, read);
+            assert_eq!(again, first, "{case}");
+            let expected_reads = if first.is_ok() { 1 } else { 2 };
+            assert_eq!(
+                reads.get(),
+                expected_reads,
+                "{case}: read again only if not decided"
+            );
+        }
+    }
+
+    #[test]
+    fn listeners_that_no_longer_decide_the_tree_are_read_afresh() {
+        let (case, leader, port) = ("unicorn-bash", 5009, 35721);
+        let root = fixture(case);
+        let fresh = detect(&root, leader, port);
+        assert!(fresh.is_ok(), "{fresh:?}");
+        // A socket the tree does not hold (the master was replaced): read again, same answer.
+        let stale = [Listener { port, inode: 1 }];
+        let reads = std::cell::Cell::new(0);
+        let (found, known) = detect_again(&root, leader, port, &stale, |root| {
+            reads.set(reads.get() + 1);
+            read_listeners(root)
+        });
+        assert_eq!(found, fresh);
+        assert_eq!(reads.get(), 1);
+        assert!(known.iter().all(|l| l.inode != 1 && l.port == port));
     }
 
     #[test]

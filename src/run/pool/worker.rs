@@ -9,7 +9,9 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -158,6 +160,10 @@ pub(crate) struct Os {
     /// Where the next port search starts, so that consecutive workers and several molts
     /// on one machine rarely try the same ports.
     port_hint: AtomicU16,
+    /// The listening sockets each adopted master was last found on, by its pid: a sample
+    /// tries them before reading the machine's `/proc/net/tcp` (see
+    /// [`prefork::detect_again`]). Only the masters of the last sample are kept.
+    listeners: Arc<Mutex<HashMap<i32, Vec<prefork::Listener>>>>,
 }
 
 impl Os {
@@ -169,6 +175,7 @@ impl Os {
         let len = u32::from(PORT_RANGE.end - PORT_RANGE.start);
         Os {
             port_hint: AtomicU16::new(u16::try_from(mixed % len).expect("below the range length")),
+            listeners: Arc::default(),
         }
     }
 }
@@ -223,20 +230,27 @@ impl Processes for Os {
 
     fn measure(&self, targets: Vec<Target>, events: mpsc::UnboundedSender<Event>) {
         // Reading /proc is blocking file I/O, a few files per process.
+        let listeners = Arc::clone(&self.listeners);
         tokio::task::spawn_blocking(move || {
             let proc = std::path::Path::new("/proc");
             let page = memory::page_size();
             let mut samples = Vec::with_capacity(targets.len());
             let mut children = Vec::new();
+            let mut known = listeners.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut seen = HashMap::new();
             for target in targets {
                 let pid = target.pid.as_raw();
                 samples.push((target.id, memory::measure_tree(proc, pid, page)));
                 let Some(port) = target.prefork_port else {
                     continue;
                 };
+                let last = known.remove(&pid).unwrap_or_default();
+                let (found, on) =
+                    prefork::detect_again(proc, pid, port, &last, prefork::read_listeners);
+                seen.insert(pid, on);
                 // A master between two children (one exited, its replacement not yet
                 // titled) still reads as one; a failed look keeps the last list.
-                if let Ok(found) = prefork::detect(proc, pid, port) {
+                if let Ok(found) = found {
                     children.push(ChildSamples {
                         id: target.id,
                         own: memory::measure_above(proc, pid, found.master),
@@ -250,6 +264,8 @@ impl Processes for Os {
                     });
                 }
             }
+            *known = seen;
+            drop(known);
             let molt_rss = memory::self_rss(proc, page);
             let _ = events.send(Event::Sampled {
                 samples,
