@@ -317,12 +317,19 @@ const INSPECT_INTERVAL: Duration = Duration::from_millis(20);
 /// [`INSPECT_WINDOW`] has passed; a tree with no such master answers at once.
 async fn inspect(pid: i32, port: u16) -> Result<Prefork, NotPrefork> {
     let deadline = tokio::time::Instant::now() + INSPECT_WINDOW;
+    // The listening socket once found, so that each look does not read /proc/net/tcp.
+    let mut known = Vec::new();
     loop {
+        let last = std::mem::take(&mut known);
         let found = tokio::task::spawn_blocking(move || {
-            prefork::detect(std::path::Path::new("/proc"), pid, port)
+            let proc = std::path::Path::new("/proc");
+            prefork::detect_again(proc, pid, port, &last, prefork::read_listeners)
         })
         .await
-        .unwrap_or(Err(NotPrefork::Gone { pid }));
+        .map_or(Err(NotPrefork::Gone { pid }), |(found, on)| {
+            known = on;
+            found
+        });
         // Only these can change in a moment: the children are being forked or retitled,
         // or the socket is still being opened.
         let settling = matches!(
