@@ -91,6 +91,16 @@ fn closed_loop(port: u16, clients: usize, path: &str, run: Duration) -> usize {
 }
 
 /// Each ready worker's current limit, from `molt status --json`.
+/// Reads the limits every 100 ms while `load` runs; its answers and the highest limit seen.
+fn highest_limit_during(load: thread::JoinHandle<usize>, socket: &Path) -> (usize, u64) {
+    let mut highest = 0;
+    while !load.is_finished() {
+        highest = highest.max(limits(socket).into_iter().max().unwrap_or(0));
+        thread::sleep(Duration::from_millis(100));
+    }
+    (load.join().expect("load thread"), highest)
+}
+
 fn limits(socket: &Path) -> Vec<u64> {
     status_json(socket)["workers"]
         .as_array()
@@ -192,12 +202,7 @@ fn a_unicorn_child_keeps_a_limit_of_one() {
     // Eight clients keep the one worker full for several windows of 32 answers, during
     // which the limit probes 2 and comes back.
     let load = thread::spawn(move || closed_loop(port, 8, "/sleep?ms=20", Duration::from_secs(6)));
-    let mut highest = 0;
-    while !load.is_finished() {
-        highest = highest.max(limits(&socket).into_iter().max().unwrap_or(0));
-        thread::sleep(Duration::from_millis(100));
-    }
-    let answered = load.join().expect("load thread");
+    let (answered, highest) = highest_limit_during(load, &socket);
     let last = limits(&socket);
     eprintln!("concurrency unicorn: {answered} answers, highest limit {highest}, last {last:?}");
     assert!(answered >= 128, "too few answers to learn from: {answered}");
@@ -261,12 +266,7 @@ fn a_cpu_bound_endpoint_keeps_the_limit_low_and_gets_more_processes() {
     // Each request keeps one Node process busy for 20 ms: a second one at once waits for
     // the first, so a worker serves one at a time, and only more processes serve more.
     let load = thread::spawn(move || closed_loop(port, 8, "/spin?ms=20", Duration::from_secs(8)));
-    let mut highest = 0;
-    while !load.is_finished() {
-        highest = highest.max(limits(&socket).into_iter().max().unwrap_or(0));
-        thread::sleep(Duration::from_millis(100));
-    }
-    let answered = load.join().expect("load thread");
+    let (answered, highest) = highest_limit_during(load, &socket);
     let last = limits(&socket);
     let spawned = molt.count_log("at=spawn");
     eprintln!(

@@ -237,16 +237,26 @@ fn unicorn_children_forked_later_are_warmed_through_the_masters_port() {
         ],
     );
     wait_adopted(&molt, &socket, "unicorn", 2);
-    // The first instance is warmed before it is routed: its 2 GETs were answered.
-    assert!(
-        wait_until(Duration::from_secs(10), || warmed(&warm_log).len() >= 2),
-        "no warm-up reached the first instance: {:?}\n{}",
-        warmed(&warm_log),
-        molt.log()
-    );
-    // Let the warm-ups of the children the first samples found end, then count.
-    thread::sleep(Duration::from_secs(1));
-    let before = warmed(&warm_log).len();
+    // The first instance gets its 2 GETs before it is routed, and each child a sample
+    // finds new afterwards (`action=adopted`) 2 more, through the master's port.
+    let all_warmed = |molt: &Molt| {
+        let mut answered = None;
+        wait_until(Duration::from_secs(10), || {
+            let expected = 2 + 2 * molt.count_log("action=adopted");
+            let done = warmed(&warm_log).len() == expected;
+            answered = done.then_some(expected);
+            done
+        });
+        answered
+    };
+    let before = all_warmed(&molt).unwrap_or_else(|| {
+        panic!(
+            "warm-ups {:?} for {} adopted children:\n{}",
+            warmed(&warm_log),
+            molt.count_log("action=adopted"),
+            molt.log()
+        )
+    });
     // A child that dies is forked again by the master; molt finds the new child at a
     // sample and sends its 2 warm-up GETs through the master's port.
     let victim = children(&socket)[0];
@@ -262,9 +272,9 @@ fn unicorn_children_forked_later_are_warmed_through_the_masters_port() {
         "the master forks a replacement:\n{}",
         molt.log()
     );
+    let after = all_warmed(&molt);
     assert!(
-        wait_until(Duration::from_secs(10), || warmed(&warm_log).len()
-            >= before + 2),
+        after.is_some_and(|after| after >= before + 2),
         "the new child's warm-up GETs did not come: {before} then {:?}\n{}",
         warmed(&warm_log),
         molt.log()
