@@ -54,7 +54,9 @@ pub(crate) fn run(config: Config, command: &AppCommand) -> Result<Outcome, Fatal
     if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
         event!(Warn, "subreaper_failed", error = err);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The supervisor's runtime: one thread, which mostly waits; the proxy runs on threads
+    // of its own (`proxy::listen::serve_public`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| Fatal::Setup {

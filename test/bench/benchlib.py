@@ -234,6 +234,11 @@ def molt_env(port, workdir, **settings):
         "MOLT_CONTROL_SOCKET": os.path.join(workdir, f"molt-{port}.sock"),
     }
     env.update({f"MOLT_{k.upper()}": str(v) for k, v in settings.items()})
+    # BENCH_MOLT_ENV="MOLT_A=1 MOLT_B=2" tries settings on every molt a benchmark starts;
+    # the MOLT_* of the caller's own environment are dropped so that none changes a run.
+    for pair in os.environ.get("BENCH_MOLT_ENV", "").split():
+        name, _, value = pair.partition("=")
+        env[name] = value
     return env
 
 

@@ -612,7 +612,8 @@ fn too_few_descriptors_pause_accepts_and_service_resumes() {
     let overflow = started.elapsed();
     let errors = molt.count_log("at=accept_error");
     let window = window.elapsed();
-    // Each error is followed by a 100 ms pause (ACCEPT_ERROR_PAUSE in src/run/proxy.rs),
+    // Each error is followed by a 100 ms pause (ACCEPT_ERROR_PAUSE in src/run/proxy/mod.rs),
+    // and one line is logged for all the proxy threads that meet it at once,
     // so there can be at most one per 100 ms since the overflow began; a busy loop
     // would log thousands.
     let at_most = overflow.as_millis() / 100 + 2;

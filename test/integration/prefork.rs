@@ -571,3 +571,57 @@ fn a_rolling_restart_replaces_the_master_and_no_request_fails() {
     );
     assert!(molt.stop(true).success());
 }
+
+/// Unicorn's children take one request each, so molt reads a request's body whole before
+/// any child gets it, as it does for any worker that takes one at a time: two slow uploads
+/// hold no child, and a third request is answered while they trickle in.
+#[test]
+fn slow_uploads_hold_no_unicorn_child() {
+    use std::io::{Read as _, Write as _};
+    if !tools_present(&["unicorn"]) {
+        return;
+    }
+    let (molt, socket) = molt(
+        "unicorn -c unicorn.rb config.ru",
+        &[("MOLT_MIN_WORKERS", "2"), ("MOLT_MAX_WORKERS", "2")],
+    );
+    wait_adopted(&molt, &socket, "unicorn", 2);
+    let body = [b'x'; 100];
+    let mut uploads: Vec<_> = (0..2)
+        .map(|_| {
+            let mut stream = crate::support::connect(molt.port()).expect("connect");
+            let head = "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\nConnection: close\r\n\r\n";
+            stream.write_all(head.as_bytes()).expect("head");
+            stream.write_all(&body[..10]).expect("a tenth of the body");
+            stream
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    // Both children would be reading those bodies were they handed over as they come;
+    // this request would then wait for one of them.
+    let mut quick = crate::support::connect(molt.port()).expect("connect");
+    quick
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("read timeout");
+    quick
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut answer = String::new();
+    let read = quick.read_to_string(&mut answer);
+    assert!(
+        read.is_ok() && answer.starts_with("HTTP/1.1 200"),
+        "a request beside two slow uploads: {read:?} {answer:?}\n{}",
+        molt.log()
+    );
+    for upload in &mut uploads {
+        upload.write_all(&body[10..]).expect("the rest of the body");
+        let mut answer = String::new();
+        upload
+            .read_to_string(&mut answer)
+            .expect("the upload's answer");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("read=100\n"),
+            "{answer:?}"
+        );
+    }
+}

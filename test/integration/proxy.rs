@@ -170,6 +170,27 @@ fn websocket_echo_is_tunnelled() {
     websocket_echoes(&mut conn, false);
 }
 
+/// A client that ends its side of a tunnel (shuts down its sending half) is passed on to
+/// the worker, which sees the end of stream and closes; molt then closes the client's.
+#[test]
+fn a_half_close_goes_through_a_tunnel() {
+    let molt = pool(1, |b| b);
+    let mut conn = Conn::open(molt.port()).expect("connect");
+    websocket_echoes(&mut conn, false);
+    conn.stream()
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shut down the sending half");
+    conn.stream()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut rest = Vec::new();
+    let read = conn.reader().read_to_end(&mut rest);
+    assert!(
+        matches!(read, Ok(0)),
+        "the worker saw the end of stream and closed: {read:?} after {rest:?}"
+    );
+}
+
 /// A kept-alive connection left idle is parked (molt frees its buffers until the next
 /// request) and serves again like any other: single requests, pipelined ones, and an
 /// upgrade whose first frame comes in the same write as the handshake.

@@ -462,6 +462,7 @@ impl Supervisor {
             Some(children * per_child)
         };
         w.slot.fix_capacity(capacity);
+        w.slot.set_serial(per_child == 1);
         self.dispatcher.capacity_grew();
     }
 

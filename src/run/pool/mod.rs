@@ -583,6 +583,7 @@ impl Supervisor {
     /// Moves the pool toward its target: spawns missing workers, advances a recycle,
     /// and publishes the routable workers. Returns an outcome when molt is done.
     fn reconcile(&mut self, now: Instant) -> Option<Done> {
+        self.dispatcher.attend();
         if self.phase == Phase::Running {
             self.scale(now);
             for id in self.workers_at_request_limit() {

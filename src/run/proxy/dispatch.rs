@@ -67,6 +67,9 @@ pub(crate) struct Slot {
     learning: Option<Mutex<Learning>>,
     /// Set by [`Slot::fix_capacity`]: the capacity is no longer learned.
     fixed: AtomicBool,
+    /// Each of its processes takes one request at a time, whatever its capacity: an
+    /// adopted master whose children do ([`Slot::set_serial`]).
+    serial: AtomicBool,
     /// On a slot that learns: since when it has been full (held its capacity), in
     /// milliseconds after `created`, or [`NOT_FULL`]. A lease that fills it sets it, one
     /// that leaves it below its capacity clears it, and releases leave it as it is: with
@@ -145,6 +148,7 @@ impl Slot {
             peak: AtomicUsize::new(0),
             learning: None,
             fixed: AtomicBool::new(false),
+            serial: AtomicBool::new(false),
             full_since_ms: AtomicU64::new(NOT_FULL),
             busy_since_us: AtomicU64::new(0),
             busy_us: AtomicU64::new(0),
@@ -217,6 +221,14 @@ impl Slot {
         self.store_capacity(capacity);
     }
 
+    /// Says whether each of the worker's processes takes one request at a time: an
+    /// adopted master's children with one request each. Request buffering's `auto` then
+    /// reads its bodies first, as for any worker with a capacity of 1
+    /// ([`Dispatcher::one_at_a_time`]): a slow upload would hold a child.
+    pub(crate) fn set_serial(&self, serial: bool) {
+        self.serial.store(serial, Ordering::Release);
+    }
+
     /// The limiter, unless the capacity is not learned.
     fn limiter(&self) -> Option<&Mutex<Learning>> {
         if self.fixed.load(Ordering::Acquire) {
@@ -277,6 +289,7 @@ impl Slot {
 
     /// Gives the worker the dispatcher's capacity again.
     pub(crate) fn inherit_capacity(&self) {
+        self.serial.store(false, Ordering::Release);
         self.capacity.store(INHERIT, Ordering::Release);
     }
 
@@ -379,6 +392,13 @@ struct State {
     queue: VecDeque<Waiter>,
 }
 
+/// While requests keep queueing without the queue growing past what the supervisor last
+/// saw, they wake it at most this often (in milliseconds). Waking it for every queued
+/// request cost a saturated pool about a sixth of molt's CPU (ARCHITECTURE.md,
+/// "Threads"): the supervisor plans from the queue's length, which one more request of a
+/// steady queue does not change.
+const ATTENTION_EVERY_MS: u64 = 100;
+
 /// Upper bounds, in milliseconds, of the queue-wait histogram's buckets.
 const WAIT_BUCKETS_MS: [u64; 14] = [
     0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000,
@@ -387,9 +407,17 @@ const WAIT_BUCKETS_MS: [u64; 14] = [
 /// Hands out workers to requests.
 pub(crate) struct Dispatcher {
     state: Mutex<State>,
-    /// Wakes the supervisor when the pool may need it: a request had to queue, or a
-    /// worker reached its request limit.
+    /// Wakes the supervisor when the pool may need it: the queue grew past what the
+    /// supervisor last saw ([`Dispatcher::attend`]), a request queued
+    /// [`ATTENTION_EVERY_MS`] or more after the last wake, or a worker reached its
+    /// request limit.
     pub(crate) attention: Notify,
+    /// The queue's length when the supervisor last looked at it.
+    attended: AtomicUsize,
+    /// When a queued request last woke the supervisor, in milliseconds since `born`.
+    attention_at_ms: AtomicU64,
+    /// tokio's clock, which tests can pause.
+    born: tokio::time::Instant,
     /// Requests handed to workers since the last [`Dispatcher::take_stats`].
     handed: AtomicU64,
     /// Queue waits since the last [`Dispatcher::take_stats`], by [`WAIT_BUCKETS_MS`],
@@ -504,6 +532,9 @@ impl Dispatcher {
                 queue: VecDeque::new(),
             }),
             attention: Notify::new(),
+            attended: AtomicUsize::new(0),
+            attention_at_ms: AtomicU64::new(0),
+            born: tokio::time::Instant::now(),
             handed: AtomicU64::new(0),
             waits: std::array::from_fn(|_| AtomicU64::new(0)),
             capacity,
@@ -536,14 +567,16 @@ impl Dispatcher {
     }
 
     /// Whether a request arriving now may go to a worker that takes one request at a
-    /// time: some ready worker's capacity is 1, or, with none ready yet, the workers start
-    /// at 1. Request buffering's `auto` asks this for every request with a body.
+    /// time: some ready worker's capacity is 1 or its processes take one each
+    /// ([`Slot::set_serial`]), or, with none ready yet, the workers start at 1. Request
+    /// buffering's `auto` asks this for every request with a body.
     pub(crate) fn one_at_a_time(&self) -> bool {
         let pool = Arc::clone(&lock(&self.state).pool);
         if pool.is_empty() {
             return self.capacity == 1;
         }
-        pool.iter().any(|slot| self.capacity_of(slot) == Some(1))
+        pool.iter()
+            .any(|slot| slot.serial.load(Ordering::Acquire) || self.capacity_of(slot) == Some(1))
     }
 
     /// Ids of the workers that take new requests, as last published.
@@ -586,10 +619,13 @@ impl Dispatcher {
             }
             let (tx, rx) = oneshot::channel();
             state.queue.push_back(Waiter { tx });
-            rx
+            (rx, self.needs_attention(state.queue.len()))
         };
-        // The pool may need another worker.
-        self.attention.notify_one();
+        let (rx, wake) = rx;
+        if wake {
+            // The pool may need another worker.
+            self.attention.notify_one();
+        }
         let queued_at = tokio::time::Instant::now();
         match tokio::time::timeout(self.queue_timeout, rx).await {
             Ok(Ok(lease)) => {
@@ -600,6 +636,26 @@ impl Dispatcher {
             Ok(Err(_)) => Err(Overload::Closed),
             Err(_) => Err(Overload::QueueTimeout),
         }
+    }
+
+    /// Whether a request that made the queue `queued` long wakes the supervisor: the
+    /// queue is longer than it last saw, or the last wake is [`ATTENTION_EVERY_MS`] ago.
+    fn needs_attention(&self, queued: usize) -> bool {
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due =
+            now.saturating_sub(self.attention_at_ms.load(Ordering::Relaxed)) >= ATTENTION_EVERY_MS;
+        let wake = queued > self.attended.load(Ordering::Relaxed) || due;
+        if wake {
+            self.attention_at_ms.store(now, Ordering::Relaxed);
+        }
+        wake
+    }
+
+    /// The supervisor is about to plan from the queue as it is now: only a longer queue,
+    /// or one that lasts, wakes it again.
+    pub(crate) fn attend(&self) {
+        let queued = lock(&self.state).queue.len();
+        self.attended.store(queued, Ordering::Relaxed);
     }
 
     fn record_wait(&self, wait: Duration) {
@@ -794,6 +850,59 @@ mod tests {
             Some(2),
             "then the next, as the queue needs"
         );
+    }
+
+    /// Whether the supervisor was woken since it last looked; takes the wake.
+    async fn woken(d: &Dispatcher) -> bool {
+        tokio::time::timeout(Duration::from_millis(20), d.attention.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_queue_wakes_the_supervisor_only_when_it_grows_or_lasts() {
+        let d = Dispatcher::new(1, 10, Duration::from_secs(60));
+        d.publish(vec![slot(1, 0)]);
+        let held = d.acquire().await.expect("free");
+        // Requests that queue, then hold the worker until aborted.
+        let queue = |n: usize| -> Vec<tokio::task::JoinHandle<()>> {
+            (0..n)
+                .map(|_| {
+                    let d = Arc::clone(&d);
+                    tokio::spawn(async move {
+                        let _lease = d.acquire().await;
+                        std::future::pending::<()>().await;
+                    })
+                })
+                .collect()
+        };
+        let first = queue(2);
+        queued(&d, 2).await;
+        assert!(woken(&d).await, "the first queued request wakes it");
+        d.attend();
+        // The request in front takes the worker: the queue is 1 long, then 2 again, as
+        // long as the supervisor last saw it.
+        drop(held);
+        queued(&d, 1).await;
+        let _steady = queue(1);
+        queued(&d, 2).await;
+        assert!(!woken(&d).await, "a steady queue does not wake it");
+        let _longer = queue(1);
+        queued(&d, 3).await;
+        assert!(woken(&d).await, "a longer queue does");
+        d.attend();
+        tokio::time::sleep(Duration::from_millis(ATTENTION_EVERY_MS)).await;
+        first[0].abort();
+        queued(&d, 2).await;
+        let _lasting = queue(1);
+        queued(&d, 3).await;
+        assert!(woken(&d).await, "a queue that lasts wakes it again");
+    }
+
+    async fn queued(d: &Dispatcher, n: usize) {
+        while d.queued() != n {
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test]

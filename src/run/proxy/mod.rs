@@ -55,6 +55,7 @@ use crate::run::proxy::conn::{ClientIo, Finished, Shared, Timeouts};
 use crate::run::proxy::dispatch::{Dispatcher, Lease};
 use crate::run::proxy::failure::Failure;
 use crate::run::proxy::head::Arrival;
+use crate::run::proxy::listen::{Handed, Spread};
 use crate::run::proxy::relay::ProxyBody;
 use crate::run::proxy::spool::{SpoolError, Spooled};
 use crate::run::proxy::upstream::{Upstream, UpstreamBody};
@@ -98,46 +99,67 @@ pub(crate) enum Buffering {
     WhileOneAtATime,
 }
 
-/// Accepts connections until shutdown, then waits for the open ones to finish and tells
-/// the supervisor.
+/// Accepts connections until shutdown, then waits for the open ones to finish. Each proxy
+/// thread runs one of these on its own runtime, over the same listening socket
+/// (`listen::serve_public`), so a connection's tasks stay on the thread that serves it; a
+/// connection accepted while another thread holds fewer goes to that one (`Spread`).
 pub(crate) async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     shutdown: watch::Receiver<bool>,
+    (spread, here): (Arc<Spread>, usize),
+    mut handed: mpsc::UnboundedReceiver<Handed>,
 ) {
     let mut stop = shutdown.clone();
     // Every connection task holds a clone of `open`; `recv` returns None once all are gone.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     loop {
-        tokio::select! {
+        let (stream, arrival) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
                     // The address the client reached; the listener's own is `[::]`.
                     let local = stream.local_addr().unwrap_or(peer);
                     let arrival = Arrival { peer, local };
-                    let conn = serve_connection(stream, arrival, Arc::clone(&proxy), shutdown.clone());
-                    let open = open.clone();
-                    tokio::spawn(async move {
-                        conn.await;
-                        drop(open);
-                    });
+                    match spread.place(here, stream, arrival) {
+                        Some(kept) => kept,
+                        None => continue,
+                    }
                 }
                 Err(err) => {
-                    event!(Warn, "accept_error", error = err);
+                    // Every thread sees an error such as EMFILE at once: one line says it.
+                    if spread.first_error_within(ACCEPT_ERROR_PAUSE) {
+                        event!(Warn, "accept_error", error = err);
+                    }
                     if !matches!(err.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted) {
                         tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     }
+                    continue;
+                }
+            },
+            Some(Handed { stream, arrival }) = handed.recv() => match TcpStream::from_std(stream) {
+                Ok(stream) => (stream, arrival),
+                Err(err) => {
+                    event!(Warn, "accept_error", error = err);
+                    spread.closed(here);
+                    continue;
                 }
             },
             () = until_set(&mut stop) => break,
-        }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = serve_connection(stream, arrival, Arc::clone(&proxy), shutdown.clone());
+        let open = open.clone();
+        let spread = Arc::clone(&spread);
+        tokio::spawn(async move {
+            conn.await;
+            spread.closed(here);
+            drop(open);
+        });
     }
     // Stop accepting at once: the platform routes new requests elsewhere.
-    drop(listener);
+    drop((listener, handed));
     drop(open);
     let _ = all_closed.recv().await;
-    let _ = proxy.events.send(Event::ProxyIdle);
 }
 
 /// Resolves once the flag is set (or its sender is gone, which also means stop).
@@ -297,6 +319,7 @@ async fn handle(
     if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The connection becomes a tunnel once hyper has written this response and
         // handed the socket back (see `serve_connection`).
+        conn.tunnel();
         shared.upgraded(hyper::upgrade::on(&mut response), lease);
         return Ok(response.map(|_| ProxyBody::empty()));
     }

@@ -38,6 +38,8 @@ pub(crate) struct Upstream {
     /// The [`IdleUpstreams`] generation it was opened in; it is not reused once that has
     /// passed.
     generation: u64,
+    /// The proxy thread that opened it, whose runtime drives it.
+    thread: usize,
 }
 
 impl Upstream {
@@ -46,6 +48,7 @@ impl Upstream {
             send,
             probe,
             generation: 0,
+            thread: proxy_thread(),
         }
     }
 
@@ -68,6 +71,12 @@ impl Upstream {
     fn is_closed(&self) -> bool {
         self.send.is_closed() || self.peer_done()
     }
+
+    /// The connection becomes a tunnel (an upgrade): from now on a shutdown of molt's
+    /// side is the client's half-close, and is passed on (see [`QuickAck`]'s).
+    pub(crate) fn tunnel(&self) {
+        self.probe.tunnelled.store(true, Ordering::Release);
+    }
 }
 
 /// Most idle keep-alive connections kept per worker.
@@ -87,6 +96,8 @@ const MAX_UPSTREAM_IDLE: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct Probe {
     socket: Mutex<Option<RawFd>>,
+    /// Set by [`Upstream::tunnel`].
+    tunnelled: AtomicBool,
 }
 
 /// Whether anything (bytes, an end of stream, an error) waits on an idle socket.
@@ -99,10 +110,31 @@ fn peer_done(socket: RawFd) -> bool {
     )
 }
 
+std::thread_local! {
+    /// The proxy thread this is (see `listen::serve_public`); `usize::MAX` elsewhere.
+    static PROXY_THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// Marks the calling thread as proxy thread `index`.
+pub(crate) fn on_proxy_thread(index: usize) {
+    PROXY_THREAD.with(|thread| thread.set(index));
+}
+
+fn proxy_thread() -> usize {
+    PROXY_THREAD.with(std::cell::Cell::get)
+}
+
+/// An idle connection: since when, and the proxy thread whose runtime drives it.
+struct Idle {
+    conn: Upstream,
+    since: Instant,
+    thread: usize,
+}
+
 /// A worker's idle kept-alive connections, most recently used last.
 #[derive(Default)]
 pub(crate) struct IdleUpstreams {
-    idle: Mutex<Vec<(Upstream, Instant)>>,
+    idle: Mutex<Vec<Idle>>,
     /// Raised by [`IdleUpstreams::forget`]: connections opened before it go once used.
     generation: AtomicU64,
     /// Whether the worker's connections ask for quick acknowledgements ([`QuickAck`]).
@@ -110,13 +142,21 @@ pub(crate) struct IdleUpstreams {
 }
 
 impl IdleUpstreams {
-    /// Takes an idle keep-alive connection, most recently used first.
+    /// Takes an idle keep-alive connection, most recently used first, of this proxy
+    /// thread's if it has one: another thread's is driven by that thread, which each
+    /// request then has to wake.
     pub(crate) fn take(&self) -> Option<Upstream> {
+        let here = proxy_thread();
         let mut idle = self.lock();
         // The most recent is at the end; once one is too old, all before it are too.
-        let fresh = idle.partition_point(|(_, since)| since.elapsed() >= MAX_UPSTREAM_IDLE);
+        let fresh = idle.partition_point(|idle| idle.since.elapsed() >= MAX_UPSTREAM_IDLE);
         idle.drain(..fresh);
-        while let Some((conn, _)) = idle.pop() {
+        while let Some(at) = idle
+            .iter()
+            .rposition(|idle| idle.thread == here)
+            .or_else(|| idle.len().checked_sub(1))
+        {
+            let Idle { conn, .. } = idle.remove(at);
             if !conn.is_closed() {
                 return Some(conn);
             }
@@ -131,7 +171,11 @@ impl IdleUpstreams {
         }
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE_UPSTREAMS {
-            idle.push((conn, Instant::now()));
+            idle.push(Idle {
+                thread: conn.thread,
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -150,7 +194,7 @@ impl IdleUpstreams {
         self.clear();
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<(Upstream, Instant)>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
         // Every change under the lock is one push, pop, drain or clear, none of which can
         // panic half-way, so a poisoned lock still guards a whole list.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
@@ -174,6 +218,7 @@ async fn open(addr: SocketAddr, acks: Arc<AckMode>) -> io::Result<Upstream> {
     let _ = stream.set_nodelay(true);
     let probe = Arc::new(Probe {
         socket: Mutex::new(Some(stream.as_raw_fd())),
+        tunnelled: AtomicBool::new(false),
     });
     let (send, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(QuickAck {
@@ -355,8 +400,16 @@ impl tokio::io::AsyncWrite for QuickAck {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
+    /// hyper shuts a connection down just before dropping it, when the worker asked to
+    /// close it (Unicorn does after every response) or it broke; the close that follows
+    /// sends the same end of stream, so the `shutdown` call (about a tenth of molt's time
+    /// in front of Unicorn) is left out. A tunnel's shutdown is the client's half-close,
+    /// with the connection still open both ways, and is passed on.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        if self.probe.tunnelled.load(Ordering::Acquire) {
+            return Pin::new(&mut self.stream).poll_shutdown(cx);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
