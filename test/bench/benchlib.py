@@ -16,6 +16,7 @@ import atexit
 import csv
 import json
 import os
+import platform
 import resource
 import shutil
 import signal
@@ -183,6 +184,21 @@ def molt_binary():
         ["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True
     )
     return os.path.join(ROOT, "target", "release", "molt")
+
+
+def molt_static_binary():
+    """The static musl build, as the buildpack installs it on a dyno: (path, None), or
+    (None, why) when this machine cannot build it. $MOLT_STATIC overrides the build."""
+    if os.environ.get("MOLT_STATIC"):
+        return os.path.abspath(os.environ["MOLT_STATIC"]), None
+    target = f"{platform.machine()}-unknown-linux-musl"
+    done = subprocess.run(
+        ["cargo", "build", "--release", "--locked", "--quiet", "--target", target],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        return None, f"the {target} build failed (rustup target add {target}): {done.stderr.strip()[-200:]}"
+    return os.path.join(ROOT, "target", target, "release", "molt"), None
 
 
 def need(*tools):

@@ -287,7 +287,7 @@ def measure(name, port, pids_of, args):
         if c.sock is not None:
             c.sock.close()
     print(
-        f"  {name:<6} opened {r['opened']}/{n} in {r['open_s']:.1f}s; RSS "
+        f"  {name:<9} opened {r['opened']}/{n} in {r['open_s']:.1f}s; RSS "
         f"0: {b.mb(r['mem0'][0]):.1f} MB, {step}: {b.mb(r['mem1'][0]):.1f} MB, "
         f"{n}: {b.mb(r['memN'][0]):.1f} MB, after wave ({r['wave_s']:.1f}s): "
         f"{b.mb(r['mem_wave'][0]):.1f} MB (peak {b.mb(r['wave_peak']):.1f}); held "
@@ -316,6 +316,11 @@ def main():
 
     b.need("node", "nginx")
     molt = b.molt_binary()
+    # What a dyno runs is the static musl build, whose allocator gives freed memory back
+    # differently from glibc's: both are measured.
+    static, no_static = b.molt_static_binary()
+    if no_static:
+        print(f"  molt-musl left out: {no_static}", flush=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = b.raise_nofile()
     # The generator holds n sockets; molt, which inherits the same hard limit, holds n
@@ -338,31 +343,34 @@ def main():
     for port in upstreams:
         b.start_node(port)
 
-    results = {"molt": [], "nginx": []}
+    molts = [("molt", molt)] + ([("molt-musl", static)] if static else [])
+    results = {name: [] for name, _ in molts}
+    results["nginx"] = []
     for i in range(args.rounds):
-        port = b.free_port()
-        log = os.path.join(work, f"molt-{i}.log")
-        proc, _env = b.start_molt(
-            molt,
-            port,
-            work,
-            ["node", b.UPSTREAM_JS],
-            log,
-            ready_workers=WORKERS,
-            min_workers=WORKERS,
-            max_workers=WORKERS,
-            # Node answers many requests at once, but a wave of n would otherwise take n
-            # upstream connections and, with the n client ones, overrun the open-file limit:
-            # molt queues what is past CONCURRENCY per worker instead.
-            worker_concurrency=CONCURRENCY,
-            max_queue=n + 1000,
-        )
-        results["molt"].append(measure("molt", port, lambda: [proc.pid], args))
-        exited = proc.poll()
-        b.stop(proc)
-        if exited is not None:
-            with open(log, errors="replace") as f:
-                raise SystemExit(f"bench: molt exited with {exited} during the run:\n{f.read()[-3000:]}")
+        for name, binary in molts:
+            port = b.free_port()
+            log = os.path.join(work, f"{name}-{i}.log")
+            proc, _env = b.start_molt(
+                binary,
+                port,
+                work,
+                ["node", b.UPSTREAM_JS],
+                log,
+                ready_workers=WORKERS,
+                min_workers=WORKERS,
+                max_workers=WORKERS,
+                # Node answers many requests at once, but a wave of n would otherwise take n
+                # upstream connections and, with the n client ones, overrun the open-file
+                # limit: molt queues what is past CONCURRENCY per worker instead.
+                worker_concurrency=CONCURRENCY,
+                max_queue=n + 1000,
+            )
+            results[name].append(measure(name, port, lambda: [proc.pid], args))
+            exited = proc.poll()
+            b.stop(proc)
+            if exited is not None:
+                with open(log, errors="replace") as f:
+                    raise SystemExit(f"bench: {name} exited with {exited} during the run:\n{f.read()[-3000:]}")
 
         port = b.free_port()
         ngx_dir = os.path.join(work, f"nginx-{i}")
@@ -392,7 +400,9 @@ def main():
     ]
     rows = []
     per_conn = {}
-    for name, label in (("molt", "molt (1 process)"), ("nginx", "nginx (master + workers)")):
+    labels = [("molt", "molt (1 process, glibc)"), ("molt-musl", "molt (static musl, as shipped)"),
+              ("nginx", "nginx (master + workers)")]
+    for name, label in [(name, label) for name, label in labels if name in results]:
         runs = results[name]
         med = lambda key, k=0: b.median([r[key][k] if isinstance(r[key], tuple) else r[key] for r in runs])
         kb_conn = b.median([(r["memN"][0] - r["mem0"][0]) / n / 1024 for r in runs])
@@ -415,8 +425,9 @@ def main():
                 failed,
             ]
         )
-    rows.append(["molt/nginx", *([""] * 5), b.ratio(per_conn["molt"], per_conn["nginx"]), "", "", "", "", ""])
-    total_failed = rows[0][-1] + rows[1][-1]
+    for name in [name for name, _ in molts]:
+        rows.append([f"{name}/nginx", *([""] * 5), b.ratio(per_conn[name], per_conn["nginx"]), "", "", "", "", ""])
+    total_failed = sum(row[-1] for row in rows if isinstance(row[-1], int))
     closed = sum(n - r["still_open"] for rs in results.values() for r in rs)
     all_open = closed == 0
     held = b.median([r["held_s"] for rs in results.values() for r in rs])

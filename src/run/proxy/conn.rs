@@ -230,8 +230,16 @@ impl ClientIo {
 
     /// After hyper handed the socket back: whether it was parked (rather than ended), and
     /// the bytes hyper had read beyond the last request, to be read again.
+    ///
+    /// Those bytes are a view of hyper's whole read buffer (8 KiB or more), which even an
+    /// empty view keeps allocated: they are copied out (seldom any: only what a client
+    /// sent ahead of the next request), so that a parked connection holds none of it.
     pub(crate) fn resume(&mut self, unread: Bytes) -> bool {
-        self.unread = unread;
+        self.unread = if unread.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&unread)
+        };
         std::mem::take(&mut self.parked)
     }
 
