@@ -234,11 +234,11 @@ impl ClientIo {
     /// Those bytes are a view of hyper's whole read buffer (8 KiB or more), which even an
     /// empty view keeps allocated: they are copied out (seldom any: only what a client
     /// sent ahead of the next request), so that a parked connection holds none of it.
-    pub(crate) fn resume(&mut self, unread: Bytes) -> bool {
+    pub(crate) fn resume(&mut self, unread: &[u8]) -> bool {
         self.unread = if unread.is_empty() {
             Bytes::new()
         } else {
-            Bytes::copy_from_slice(&unread)
+            Bytes::copy_from_slice(unread)
         };
         std::mem::take(&mut self.parked)
     }

@@ -245,7 +245,7 @@ async fn serve_connection(
             Box::pin(tunnel(io, parts.read_buf, upstream, lease)).await;
             return;
         }
-        if !io.resume(parts.read_buf) || stopping {
+        if !io.resume(&parts.read_buf) || stopping {
             // hyper ended the connection (the client closed it, or asked to): close it.
             return;
         }
