@@ -18,18 +18,18 @@ started() {
     "$MOLT" status --port "$1" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-  echo "molt on $1 did not start"; exit 1
+  echo "molt on $1 did not start; its output:"; cat "$2"; exit 1
 }
 PORT=$P1 "$MOLT" run -- "$APP" >/tmp/one.log 2>&1 &
 one=$!
-started "$P1"
+started "$P1" /tmp/one.log
 echo "== one status"
 env -u PORT "$MOLT" status 2>&1; echo "exit=$?"
 echo "== one restart"
 env -u PORT "$MOLT" restart 2>&1; echo "exit=$?"
 PORT=$P2 "$MOLT" run -- "$APP" >/tmp/two.log 2>&1 &
 two=$!
-started "$P2"
+started "$P2" /tmp/two.log
 echo "== two status"
 env -u PORT "$MOLT" status 2>&1; echo "exit=$?"
 echo "== two pinned"
