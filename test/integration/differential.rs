@@ -1096,9 +1096,16 @@ fn verdict(
 /// One request of the table against one origin pair: the differences found, if any.
 fn judge(origin: &Origin, pair: &Pair, request: &Sent, tally: &mut Tally) -> Result<(), String> {
     let direct_pieces = without_underscore_headers(&request.pieces);
-    let direct_bytes = exchange(pair.direct.port(), &direct_pieces);
+    let mut direct_bytes = exchange(pair.direct.port(), &direct_pieces);
     let logged_before = pair.molt.count_log(REFUSAL_LOG);
     let via_bytes = exchange(pair.molt.port(), &request.pieces);
+    if direct_bytes.is_empty() && !via_bytes.is_empty() {
+        // Node's server, with the client's sending half shut down right after a whole
+        // request, now and then closes before it answers (its end of stream raced the
+        // answer; seen once in a loaded run): asked again, an origin that never answers
+        // such a request still answers nothing.
+        direct_bytes = exchange(pair.direct.port(), &direct_pieces);
+    }
     let (direct, direct_rest) = read_all(&direct_bytes);
     let (via, via_rest) = read_all(&via_bytes);
     let echo = |r: &Parsed| Reading::from_echo(r, origin.environ);

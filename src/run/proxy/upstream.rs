@@ -124,11 +124,10 @@ fn proxy_thread() -> usize {
     PROXY_THREAD.with(std::cell::Cell::get)
 }
 
-/// An idle connection: since when, and the proxy thread whose runtime drives it.
+/// An idle connection, and since when.
 struct Idle {
     conn: Upstream,
     since: Instant,
-    thread: usize,
 }
 
 /// A worker's idle kept-alive connections, most recently used last.
@@ -153,7 +152,7 @@ impl IdleUpstreams {
         idle.drain(..fresh);
         while let Some(at) = idle
             .iter()
-            .rposition(|idle| idle.thread == here)
+            .rposition(|idle| idle.conn.thread == here)
             .or_else(|| idle.len().checked_sub(1))
         {
             let Idle { conn, .. } = idle.remove(at);
@@ -172,7 +171,6 @@ impl IdleUpstreams {
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE_UPSTREAMS {
             idle.push(Idle {
-                thread: conn.thread,
                 conn,
                 since: Instant::now(),
             });
@@ -441,6 +439,40 @@ mod tests {
         while !peer_done(probe) {
             assert!(Instant::now() < deadline, "the peer's end of stream");
         }
+    }
+
+    /// A request takes an idle connection its own proxy thread drives before a more
+    /// recent one of another thread's, and another thread's before none.
+    #[tokio::test]
+    async fn a_request_takes_its_own_threads_connection_first() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = tokio::spawn(async move {
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                held.push(listener.accept().await.expect("accept"));
+            }
+            held
+        });
+        let idle = IdleUpstreams::default();
+        on_proxy_thread(0);
+        let first = idle.connect(addr).await.expect("connect");
+        on_proxy_thread(1);
+        let second = idle.connect(addr).await.expect("connect");
+        idle.put(first);
+        idle.put(second);
+        on_proxy_thread(0);
+        assert_eq!(idle.take().map(|conn| conn.thread), Some(0), "its own");
+        assert_eq!(
+            idle.take().map(|conn| conn.thread),
+            Some(1),
+            "then another's"
+        );
+        assert!(idle.take().is_none());
+        on_proxy_thread(usize::MAX);
+        drop(accepted);
     }
 
     /// A child of an adopted master that was told to stop may go on serving the
