@@ -789,27 +789,7 @@ fn rack_app_without_a_procfile_runs_rackup() {
 /// A minimal Rails app (`rails new --minimal`, offline with Debian's gems) on Puma, whose
 /// `/` answers its pid, with its Gemfile.lock.
 pub(crate) fn rails_app(dir: &Path) {
-    let new = Command::new("rails")
-        .args([
-            "new",
-            ".",
-            "--minimal",
-            "--skip-bundle",
-            "--skip-git",
-            "--skip-test",
-            "--skip-system-test",
-            "--skip-active-record",
-            "--skip-javascript",
-            "--skip-sprockets",
-        ])
-        .current_dir(dir)
-        .output()
-        .expect("rails new runs");
-    assert!(
-        new.status.success(),
-        "{}",
-        String::from_utf8_lossy(&new.stderr)
-    );
+    crate::support::rails_new(dir);
     fs::write(
         dir.join("config/routes.rb"),
         "Rails.application.routes.draw do\n  get '/', to: proc { [200, { 'content-type' => \

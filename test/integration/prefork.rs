@@ -473,29 +473,9 @@ fn a_rails_app_under_bundle_exec_keeps_its_sharing() {
         return;
     }
     let dir = temp_path("rails");
-    std::fs::create_dir_all(&dir).expect("a directory for the app");
-    let new = Command::new("rails")
-        .args([
-            "new",
-            "app",
-            "--minimal",
-            "--skip-bundle",
-            "--skip-git",
-            "--skip-test",
-            "--skip-system-test",
-            "--skip-active-record",
-            "--skip-javascript",
-            "--skip-sprockets",
-        ])
-        .current_dir(&dir)
-        .output()
-        .expect("rails new runs");
-    assert!(
-        new.status.success(),
-        "{}",
-        String::from_utf8_lossy(&new.stderr)
-    );
     let app = dir.join("app");
+    std::fs::create_dir_all(&app).expect("a directory for the app");
+    crate::support::rails_new(&app);
     std::fs::write(
         app.join("Gemfile"),
         "source 'https://rubygems.org'\ngem 'rails', '~> 6.1'\ngem 'unicorn'\n",

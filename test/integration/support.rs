@@ -981,3 +981,29 @@ pub(crate) fn molt_status(socket: &Path, extra: &[&str]) -> String {
 pub(crate) fn status_json(socket: &Path) -> serde_json::Value {
     serde_json::from_str(&molt_status(socket, &["--json"])).expect("molt status --json prints JSON")
 }
+
+/// A minimal Rails app in `dir` (`rails new --minimal`, nothing bundled, no database, no
+/// assets), made offline from Debian's gems; the caller writes its Gemfile and routes.
+pub(crate) fn rails_new(dir: &Path) {
+    let new = Command::new("rails")
+        .args([
+            "new",
+            ".",
+            "--minimal",
+            "--skip-bundle",
+            "--skip-git",
+            "--skip-test",
+            "--skip-system-test",
+            "--skip-active-record",
+            "--skip-javascript",
+            "--skip-sprockets",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("rails new runs");
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+}

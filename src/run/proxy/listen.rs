@@ -274,13 +274,12 @@ fn bind_dual_stack(port: u16) -> Result<std::net::TcpListener, Errno> {
 mod tests {
     use super::*;
 
-    /// A connected socket, as the accept loop gets one.
-    async fn accepted(listener: &tokio::net::TcpListener) -> (TcpStream, Arrival) {
+    /// A connected socket, as the accept loop gets one, and its client's end.
+    async fn accepted(listener: &tokio::net::TcpListener) -> (TcpStream, Arrival, TcpStream) {
         let addr = listener.local_addr().expect("addr");
         let client = TcpStream::connect(addr).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
-        std::mem::forget(client);
-        (stream, Arrival { peer, local: addr })
+        (stream, Arrival { peer, local: addr }, client)
     }
 
     #[tokio::test]
@@ -289,8 +288,10 @@ mod tests {
             .await
             .expect("bind");
         let (spread, mut inboxes) = Spread::new(2);
+        let clients = std::sync::Mutex::new(Vec::new());
         let place = async |here| {
-            let (stream, arrival) = accepted(&listener).await;
+            let (stream, arrival, client) = accepted(&listener).await;
+            clients.lock().expect("not poisoned").push(client);
             spread.place(here, stream, arrival).is_some()
         };
         assert!(place(0).await, "even: kept");

@@ -441,21 +441,33 @@ mod tests {
         }
     }
 
-    /// A request takes an idle connection its own proxy thread drives before a more
-    /// recent one of another thread's, and another thread's before none.
-    #[tokio::test]
-    async fn a_request_takes_its_own_threads_connection_first() {
+    /// A worker's address that accepts `connections` and holds them open until the task
+    /// is dropped.
+    async fn worker_holding(
+        connections: usize,
+    ) -> (
+        SocketAddr,
+        tokio::task::JoinHandle<Vec<(TcpStream, SocketAddr)>>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = tokio::spawn(async move {
             let mut held = Vec::new();
-            for _ in 0..2 {
+            for _ in 0..connections {
                 held.push(listener.accept().await.expect("accept"));
             }
             held
         });
+        (addr, accepted)
+    }
+
+    /// A request takes an idle connection its own proxy thread drives before a more
+    /// recent one of another thread's, and another thread's before none.
+    #[tokio::test]
+    async fn a_request_takes_its_own_threads_connection_first() {
+        let (addr, accepted) = worker_holding(2).await;
         let idle = IdleUpstreams::default();
         on_proxy_thread(0);
         let first = idle.connect(addr).await.expect("connect");
@@ -479,17 +491,7 @@ mod tests {
     /// connections it holds (Puma's does): none opened before is reused after.
     #[tokio::test]
     async fn connections_opened_before_forget_are_not_reused() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = tokio::spawn(async move {
-            let mut held = Vec::new();
-            for _ in 0..3 {
-                held.push(listener.accept().await.expect("accept"));
-            }
-            held
-        });
+        let (addr, accepted) = worker_holding(3).await;
         let idle = IdleUpstreams::default();
         let kept = idle.connect(addr).await.expect("connect");
         idle.put(kept);
