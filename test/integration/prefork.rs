@@ -189,7 +189,7 @@ fn a_burst_adds_children_and_idle_removes_them() {
     wait_adopted(&molt, &socket, "gunicorn", 1);
     let port = molt.port();
     let burst: Vec<_> = (0..6)
-        .map(|_| thread::spawn(move || get(port, "/sleep?ms=1500").map(|r| r.status)))
+        .map(|_| thread::spawn(move || get(port, "/sleep?ms=1500").ok().map(|r| r.status)))
         .collect();
     let grown = wait_until(Duration::from_secs(10), || children(&socket).len() == 3);
     for request in burst {
@@ -604,4 +604,44 @@ fn slow_uploads_hold_no_unicorn_child() {
             "{answer:?}"
         );
     }
+}
+
+/// Unicorn's children take one request each; molt gives the master one more per child,
+/// which waits in its backlog for the first child to finish, and counts it as queued.
+/// Five slow requests on two children: two are served, two wait in Unicorn's backlog, one
+/// in molt's queue, and every one is answered.
+#[test]
+fn requests_wait_for_a_free_child_in_the_masters_backlog() {
+    if !tools_present(&["unicorn"]) {
+        return;
+    }
+    let (molt, socket) = molt(
+        "unicorn -c unicorn.rb config.ru",
+        &[("MOLT_MIN_WORKERS", "2"), ("MOLT_MAX_WORKERS", "2")],
+    );
+    wait_adopted(&molt, &socket, "unicorn", 2);
+    let port = molt.port();
+    let slow: Vec<_> = (0..5)
+        .map(|_| thread::spawn(move || get(port, "/sleep?ms=1500").ok().map(|r| r.status)))
+        .collect();
+    let master = |status: &serde_json::Value| {
+        status["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|w| w["role"] == "master").cloned())
+            .expect("the master is listed")
+    };
+    assert!(
+        wait_until(Duration::from_secs(1), || {
+            let status = status_json(&socket);
+            master(&status)["in_flight"] == 4 && status["queue"] == 3
+        }),
+        "expected 4 requests at the master (2 in its children, 2 in its backlog) and 3 \
+         queued (those 2 and 1 in molt's queue): {}\n{}",
+        status_json(&socket),
+        molt.log()
+    );
+    for request in slow {
+        assert_eq!(request.join().expect("ran"), Some(200));
+    }
+    assert_eq!(status_json(&socket)["queue"], 0);
 }

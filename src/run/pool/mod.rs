@@ -2067,16 +2067,42 @@ mod tests {
             &[5001, 5002],
         );
         let slot = Arc::clone(&h.sup.workers[0].slot);
-        let a = h.dispatcher.acquire().await.expect("one child free");
-        let b = h.dispatcher.acquire().await.expect("the other child free");
-        assert_eq!(slot.in_flight(), 2);
-        let third = tokio::time::timeout(Duration::from_millis(50), h.dispatcher.acquire()).await;
-        assert!(third.is_err(), "two children take two requests at once");
-        drop((a, b));
+        assert_eq!(h.dispatcher.capacity_of(&slot), Some(2));
+        // One request in each child, and one more each waiting in the master's backlog
+        // for whichever child finishes first.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(h.dispatcher.acquire().await.expect("a child free"));
+        }
+        assert_eq!(h.dispatcher.queued(), 0);
+        for _ in 0..2 {
+            held.push(h.dispatcher.acquire().await.expect("room in the backlog"));
+        }
+        assert_eq!(slot.in_flight(), 4);
+        assert_eq!(h.dispatcher.queued(), 2, "those in the backlog wait");
+        let d = Arc::clone(&h.dispatcher);
+        let fifth = tokio::spawn(async move { d.acquire().await.map(|_| ()) });
+        while h.dispatcher.queued() < 3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!fifth.is_finished(), "the fifth waits in molt's queue");
+        held.pop();
+        assert_eq!(
+            fifth.await.expect("ran"),
+            Ok(()),
+            "and takes the freed place"
+        );
+        held.clear();
         h.step(prefork_sample(20 * MB, &[(5001, 30 * MB)]), 100);
+        assert_eq!(h.dispatcher.capacity_of(&slot), Some(1));
         let _a = h.dispatcher.acquire().await.expect("one child free");
-        let second = tokio::time::timeout(Duration::from_millis(50), h.dispatcher.acquire()).await;
-        assert!(second.is_err(), "one child left, one request at once");
+        let _b = h
+            .dispatcher
+            .acquire()
+            .await
+            .expect("room for one in the backlog");
+        let third = tokio::time::timeout(Duration::from_millis(50), h.dispatcher.acquire()).await;
+        assert!(third.is_err(), "one child left: one request, one waiting");
     }
 
     #[tokio::test]

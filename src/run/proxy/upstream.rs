@@ -120,7 +120,8 @@ pub(crate) fn on_proxy_thread(index: usize) {
     PROXY_THREAD.with(|thread| thread.set(index));
 }
 
-fn proxy_thread() -> usize {
+/// The proxy thread the caller runs on; `usize::MAX` off the proxy threads.
+pub(crate) fn proxy_thread() -> usize {
     PROXY_THREAD.with(std::cell::Cell::get)
 }
 
