@@ -606,10 +606,10 @@ fn slow_uploads_hold_no_unicorn_child() {
     }
 }
 
-/// Unicorn's children take one request each; molt gives the master one more per child,
-/// which waits in its backlog for the first child to finish, and counts it as queued.
-/// Five slow requests on two children: two are served, two wait in Unicorn's backlog, one
-/// in molt's queue, and every one is answered.
+/// Unicorn's children take one request each; molt gives the master two more per child,
+/// which wait in its backlog for the first child to finish, and counts them as queued.
+/// Seven slow requests on two children: two are served, four wait in Unicorn's backlog,
+/// one in molt's queue, and every one is answered.
 #[test]
 fn requests_wait_for_a_free_child_in_the_masters_backlog() {
     if !tools_present(&["unicorn"]) {
@@ -621,7 +621,7 @@ fn requests_wait_for_a_free_child_in_the_masters_backlog() {
     );
     wait_adopted(&molt, &socket, "unicorn", 2);
     let port = molt.port();
-    let slow: Vec<_> = (0..5)
+    let slow: Vec<_> = (0..7)
         .map(|_| thread::spawn(move || get(port, "/sleep?ms=1500").ok().map(|r| r.status)))
         .collect();
     let master = |status: &serde_json::Value| {
@@ -633,10 +633,10 @@ fn requests_wait_for_a_free_child_in_the_masters_backlog() {
     assert!(
         wait_until(Duration::from_secs(1), || {
             let status = status_json(&socket);
-            master(&status)["in_flight"] == 4 && status["queue"] == 3
+            master(&status)["in_flight"] == 6 && status["queue"] == 5
         }),
-        "expected 4 requests at the master (2 in its children, 2 in its backlog) and 3 \
-         queued (those 2 and 1 in molt's queue): {}\n{}",
+        "expected 6 requests at the master (2 in its children, 4 in its backlog) and 5 \
+         queued (those 4 and 1 in molt's queue): {}\n{}",
         status_json(&socket),
         molt.log()
     );

@@ -2059,6 +2059,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_masters_capacity_is_its_children() {
+        use crate::run::proxy::dispatch::BACKLOG_PER_CHILD;
         let mut h = adopted(
             Config {
                 worker_concurrency: crate::config::Concurrency::Fixed(1),
@@ -2068,41 +2069,47 @@ mod tests {
         );
         let slot = Arc::clone(&h.sup.workers[0].slot);
         assert_eq!(h.dispatcher.capacity_of(&slot), Some(2));
-        // One request in each child, and one more each waiting in the master's backlog
-        // for whichever child finishes first.
+        // One request in each child, and more waiting in the master's backlog for
+        // whichever child finishes first.
+        let backlog = 2 * BACKLOG_PER_CHILD;
         let mut held = Vec::new();
         for _ in 0..2 {
             held.push(h.dispatcher.acquire().await.expect("a child free"));
         }
         assert_eq!(h.dispatcher.queued(), 0);
-        for _ in 0..2 {
+        for _ in 0..backlog {
             held.push(h.dispatcher.acquire().await.expect("room in the backlog"));
         }
-        assert_eq!(slot.in_flight(), 4);
-        assert_eq!(h.dispatcher.queued(), 2, "those in the backlog wait");
+        assert_eq!(slot.in_flight(), 2 + backlog);
+        assert_eq!(h.dispatcher.queued(), backlog, "those in the backlog wait");
         let d = Arc::clone(&h.dispatcher);
-        let fifth = tokio::spawn(async move { d.acquire().await.map(|_| ()) });
-        while h.dispatcher.queued() < 3 {
+        let next = tokio::spawn(async move { d.acquire().await.map(|_| ()) });
+        while h.dispatcher.queued() < backlog + 1 {
             tokio::task::yield_now().await;
         }
-        assert!(!fifth.is_finished(), "the fifth waits in molt's queue");
+        assert!(!next.is_finished(), "the next waits in molt's queue");
         held.pop();
         assert_eq!(
-            fifth.await.expect("ran"),
+            next.await.expect("ran"),
             Ok(()),
             "and takes the freed place"
         );
         held.clear();
         h.step(prefork_sample(20 * MB, &[(5001, 30 * MB)]), 100);
         assert_eq!(h.dispatcher.capacity_of(&slot), Some(1));
-        let _a = h.dispatcher.acquire().await.expect("one child free");
-        let _b = h
-            .dispatcher
-            .acquire()
-            .await
-            .expect("room for one in the backlog");
-        let third = tokio::time::timeout(Duration::from_millis(50), h.dispatcher.acquire()).await;
-        assert!(third.is_err(), "one child left: one request, one waiting");
+        for _ in 0..=BACKLOG_PER_CHILD {
+            held.push(
+                h.dispatcher
+                    .acquire()
+                    .await
+                    .expect("the child or its backlog"),
+            );
+        }
+        let more = tokio::time::timeout(Duration::from_millis(50), h.dispatcher.acquire()).await;
+        assert!(
+            more.is_err(),
+            "one child left: one request, and its share waiting"
+        );
     }
 
     #[tokio::test]
