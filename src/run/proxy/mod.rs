@@ -332,7 +332,7 @@ async fn handle(
                 SpoolError::Client(err) => Failure::ClientBody(err),
                 SpoolError::CannotSpool { path, source } => Failure::Spool { path, source },
             })?;
-        Request::from_parts(head, Either::Right(body))
+        Request::from_parts(head, Either::Right(Box::new(body)))
     } else {
         req.map(Either::Left)
     };
