@@ -196,8 +196,8 @@ fn a_half_close_goes_through_a_tunnel() {
 /// upgrade whose first frame comes in the same write as the handshake.
 #[test]
 fn connection_idle_past_the_park_time_serves_again() {
-    /// Longer than the idle time after which molt parks a connection (1 s).
-    const IDLE: Duration = Duration::from_millis(1500);
+    /// Longer than the idle time after which molt parks a connection (100 ms).
+    const IDLE: Duration = Duration::from_millis(400);
     let molt = pool(1, |b| b);
     let mut conn = Conn::open(molt.port()).expect("connect");
     assert_eq!(conn.send("GET", "/", &[], b"").expect("first").status, 200);

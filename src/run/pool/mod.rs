@@ -360,6 +360,11 @@ impl Supervisor {
                 self.on_children(children, now);
                 self.on_sampled(samples, molt_rss, now);
                 self.release_held(now);
+                // Each sample, so that connections nothing takes again do not keep their
+                // buffers (see `IdleUpstreams::drop_stale`).
+                for w in &self.workers {
+                    w.slot.upstreams.drop_stale();
+                }
             }
             Event::Inspected { id, found } => self.on_inspected(id, found, now),
             Event::Command(Command::Status(reply)) => self.report_status(reply, now),

@@ -128,6 +128,12 @@ pub(crate) fn proxy_thread() -> usize {
     PROXY_THREAD.with(std::cell::Cell::get)
 }
 
+/// How many of the idle connections, oldest first, are too old to be reused: the most
+/// recent is at the end, and once one is too old, all before it are too.
+fn stale(idle: &[Idle]) -> usize {
+    idle.partition_point(|idle| idle.since.elapsed() >= MAX_UPSTREAM_IDLE)
+}
+
 /// An idle connection, and since when.
 struct Idle {
     conn: Upstream,
@@ -151,9 +157,8 @@ impl IdleUpstreams {
     pub(crate) fn take(&self) -> Option<Upstream> {
         let here = proxy_thread();
         let mut idle = self.lock();
-        // The most recent is at the end; once one is too old, all before it are too.
-        let fresh = idle.partition_point(|idle| idle.since.elapsed() >= MAX_UPSTREAM_IDLE);
-        idle.drain(..fresh);
+        let stale = stale(&idle);
+        idle.drain(..stale);
         while let Some(at) = idle
             .iter()
             .rposition(|idle| idle.conn.thread == here)
@@ -165,6 +170,19 @@ impl IdleUpstreams {
             }
         }
         None
+    }
+
+    /// Drops the idle connections too old to be reused: each holds its buffers and
+    /// hyper's channel (about 30 KB) until a request takes or passes over it, which
+    /// after a burst may be never. The supervisor calls it with every memory sample.
+    pub(crate) fn drop_stale(&self) {
+        let dropped: Vec<Idle> = {
+            let mut idle = self.lock();
+            let stale = stale(&idle);
+            idle.drain(..stale).collect()
+        };
+        // After the lock: each wakes its connection's task to end.
+        drop(dropped);
     }
 
     /// Returns a connection whose last exchange completed, for reuse.
@@ -488,6 +506,35 @@ mod tests {
         assert!(idle.take().is_none());
         on_proxy_thread(usize::MAX);
         drop(accepted);
+    }
+
+    /// Idle connections too old to be reused go with the supervisor's next sample, and
+    /// with them their buffers, whether or not a request comes to pass over them.
+    #[tokio::test]
+    async fn stale_idle_connections_are_dropped() {
+        let (addr, accepted) = worker_holding(2).await;
+        let idle = IdleUpstreams::default();
+        let old = idle.connect(addr).await.expect("connect");
+        let recent = idle.connect(addr).await.expect("connect");
+        idle.put(old);
+        idle.put(recent);
+        idle.lock()[0].since -= MAX_UPSTREAM_IDLE;
+        idle.drop_stale();
+        assert_eq!(
+            idle.lock().len(),
+            1,
+            "the old one went, the recent one stays"
+        );
+        // The worker sees the dropped connection closed.
+        let mut held = accepted.await.expect("accepted");
+        let (mut worker_side, _) = held.remove(0);
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut worker_side, &mut byte),
+        )
+        .await;
+        assert!(matches!(read, Ok(Ok(0))), "end of stream: {read:?}");
     }
 
     /// A child of an adopted master that was told to stop may go on serving the
