@@ -552,20 +552,29 @@ fn a_rolling_restart_replaces_the_master_and_no_request_fails() {
     assert!(molt.stop(true).success());
 }
 
-/// Unicorn's children take one request each, so molt reads a request's body whole before
-/// any child gets it, as it does for any worker that takes one at a time: two slow uploads
-/// hold no child, and a third request is answered while they trickle in.
-#[test]
-fn slow_uploads_hold_no_unicorn_child() {
-    use std::io::{Read as _, Write as _};
+/// molt adopting the fixture on Unicorn, held at two children; `None` when Unicorn is
+/// missing (see `tools_present`).
+fn unicorn_with_two_children() -> Option<(Molt, PathBuf)> {
     if !tools_present(&["unicorn"]) {
-        return;
+        return None;
     }
     let (molt, socket) = molt(
         "unicorn -c unicorn.rb config.ru",
         &[("MOLT_MIN_WORKERS", "2"), ("MOLT_MAX_WORKERS", "2")],
     );
     wait_adopted(&molt, &socket, "unicorn", 2);
+    Some((molt, socket))
+}
+
+/// Unicorn's children take one request each, so molt reads a request's body whole before
+/// any child gets it, as it does for any worker that takes one at a time: two slow uploads
+/// hold no child, and a third request is answered while they trickle in.
+#[test]
+fn slow_uploads_hold_no_unicorn_child() {
+    use std::io::{Read as _, Write as _};
+    let Some((molt, _socket)) = unicorn_with_two_children() else {
+        return;
+    };
     let body = [b'x'; 100];
     let mut uploads: Vec<_> = (0..2)
         .map(|_| {
@@ -612,14 +621,9 @@ fn slow_uploads_hold_no_unicorn_child() {
 /// one in molt's queue, and every one is answered.
 #[test]
 fn requests_wait_for_a_free_child_in_the_masters_backlog() {
-    if !tools_present(&["unicorn"]) {
+    let Some((molt, socket)) = unicorn_with_two_children() else {
         return;
-    }
-    let (molt, socket) = molt(
-        "unicorn -c unicorn.rb config.ru",
-        &[("MOLT_MIN_WORKERS", "2"), ("MOLT_MAX_WORKERS", "2")],
-    );
-    wait_adopted(&molt, &socket, "unicorn", 2);
+    };
     let port = molt.port();
     let slow: Vec<_> = (0..7)
         .map(|_| thread::spawn(move || get(port, "/sleep?ms=1500").ok().map(|r| r.status)))

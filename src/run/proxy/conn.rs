@@ -147,7 +147,7 @@ enum Due {
 /// waits longer pays a few microseconds for the fresh hyper connection. With 1 s, 10,000
 /// connections opened within 3 s held 126 MB with the glibc build (its allocator keeps
 /// what the unparked ones had held at once), 50 MB with 100 ms (docs/benchmarks.md,
-/// "Connections").
+/// "The evening's changes").
 const PARK_AFTER: Duration = Duration::from_millis(100);
 
 impl ClientIo {

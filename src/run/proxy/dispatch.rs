@@ -3,8 +3,7 @@
 //! The supervisor publishes the routable workers as one immutable snapshot; the request
 //! path takes a [`Lease`] on one of them. A lease counts as one in-flight request on its
 //! worker until it is dropped, and dropping it hands the freed capacity to the oldest
-//! waiting request, or to a slightly younger one waiting on the same proxy thread
-//! ([`Dispatcher::pump`]). The lock here guards only the snapshot pointer and the queue, and is
+//! waiting request. The lock here guards only the snapshot pointer and the queue, and is
 //! held for a few instructions at a time; the supervisor never holds it across an await.
 //!
 //! # A worker's capacity
@@ -37,7 +36,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
 use crate::run::proxy::limiter::{Limiter, LimiterSettings};
-use crate::run::proxy::upstream::{proxy_thread, IdleUpstreams};
+use crate::run::proxy::upstream::IdleUpstreams;
 
 /// One worker as the request path sees it.
 pub(crate) struct Slot {
@@ -95,8 +94,9 @@ pub(crate) const WARM_AFTER: u64 = 20;
 /// the one each child serves: they wait in the master's own listen backlog, which all of
 /// its children accept from, so a child that finished takes the next request at once
 /// instead of sleeping until molt has read its response and sent it another. In front of
-/// 2 Unicorn children under `wrk -t2 -c32` (docs/benchmarks.md, "Rack on Unicorn"): 10.0k
-/// requests a second with none, 11.9k with 1 (the CPUs 18% idle), 13.2k with 2 (8% idle).
+/// 2 Unicorn children under `wrk -t2 -c32` (docs/benchmarks.md, "The evening's changes"):
+/// 10.0k requests a second with none, 11.9k with 1 (the CPUs 18% idle), 13.2k with 2 (8%
+/// idle).
 /// No request waits there behind one slow child, as it would in one worker's own
 /// backlog: any free child takes it. They count as queued ([`Dispatcher::queued`]).
 pub(crate) const BACKLOG_PER_CHILD: usize = 2;
@@ -416,9 +416,6 @@ pub(crate) enum Overload {
 
 struct Waiter {
     tx: oneshot::Sender<Lease>,
-    /// The proxy thread the request waits on.
-    thread: usize,
-    since: tokio::time::Instant,
 }
 
 struct State {
@@ -432,15 +429,6 @@ struct State {
 /// "Threads"): the supervisor plans from the queue's length, which one more request of a
 /// steady queue does not change.
 const ATTENTION_EVERY_MS: u64 = 100;
-
-/// How far into the queue a freed worker looks for a request waiting on its own proxy
-/// thread, and how much younger than the oldest waiting request that one may be. Handing
-/// a lease to a request on another thread wakes that thread (an `eventfd` write, and a
-/// sleeping thread scheduled again): in front of Unicorn, a third of the hand-offs, and
-/// 7% of the throughput (ARCHITECTURE.md, "Threads"). No request waits more than
-/// `AFFINITY_SKEW` longer than strict FIFO order would have had it wait.
-const AFFINITY_REACH: usize = 4;
-const AFFINITY_SKEW: Duration = Duration::from_millis(2);
 
 /// Upper bounds, in milliseconds, of the queue-wait histogram's buckets.
 const WAIT_BUCKETS_MS: [u64; 14] = [
@@ -649,7 +637,6 @@ impl Dispatcher {
 
     /// Claims a worker, waiting in the queue if none is free.
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Lease, Overload> {
-        let queued_at = tokio::time::Instant::now();
         let rx = {
             let mut state = lock(&self.state);
             if self.closed.load(Ordering::Acquire) {
@@ -678,11 +665,7 @@ impl Dispatcher {
                 }
             }
             let (tx, rx) = oneshot::channel();
-            state.queue.push_back(Waiter {
-                tx,
-                thread: proxy_thread(),
-                since: queued_at,
-            });
+            state.queue.push_back(Waiter { tx });
             (rx, self.needs_attention(waiting(&state)))
         };
         let (rx, wake) = rx;
@@ -690,6 +673,7 @@ impl Dispatcher {
             // The pool may need another worker.
             self.attention.notify_one();
         }
+        let queued_at = tokio::time::Instant::now();
         match tokio::time::timeout(self.queue_timeout, rx).await {
             Ok(Ok(lease)) => {
                 self.record_wait(queued_at.elapsed());
@@ -805,11 +789,8 @@ impl Dispatcher {
         self.pump();
     }
 
-    /// Hands free capacity to waiting requests, oldest first, except that a request
-    /// waiting on the calling proxy thread goes first when it is among the
-    /// [`AFFINITY_REACH`] oldest and at most [`AFFINITY_SKEW`] younger than the oldest.
+    /// Hands free capacity to waiting requests, oldest first.
     fn pump(self: &Arc<Self>) {
-        let here = proxy_thread();
         let mut state = lock(&self.state);
         while let Some(front) = state.queue.front() {
             if front.tx.is_closed() {
@@ -820,15 +801,8 @@ impl Dispatcher {
             let Some(slot) = choose(&pool, self.capacity) else {
                 break;
             };
-            let oldest = front.since;
-            let at = state
-                .queue
-                .iter()
-                .take(AFFINITY_REACH)
-                .position(|w| w.thread == here && w.since <= oldest + AFFINITY_SKEW)
-                .unwrap_or(0);
             let lease = self.lease(slot);
-            let waiter = state.queue.remove(at).expect("a position in the queue");
+            let waiter = state.queue.pop_front().expect("front() just returned Some");
             if let Err(lease) = waiter.tx.send(lease) {
                 // The waiter timed out in between; the worker is still free.
                 lease.disarm();
@@ -1010,55 +984,6 @@ mod tests {
             0,
             "a master of threaded children has no backlog"
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_freed_worker_goes_to_a_request_on_its_own_thread_unless_that_skews_the_order() {
-        use crate::run::proxy::upstream::on_proxy_thread;
-        let d = Dispatcher::new(1, 10, Duration::from_secs(60));
-        d.publish(vec![slot(1, 0)]);
-        let held = d.acquire().await.expect("free");
-        // Requests waiting on proxy threads 0, 1, 0, 1, each taken in turn to report
-        // the order in which they got the worker.
-        let (tx, mut order) = tokio::sync::mpsc::unbounded_channel();
-        let wait_on = |thread: usize, name: &'static str| {
-            let (d, tx) = (Arc::clone(&d), tx.clone());
-            tokio::spawn(async move {
-                on_proxy_thread(thread);
-                let lease = d.acquire().await.expect("served");
-                tx.send((name, lease)).expect("the test listens");
-            })
-        };
-        let mut waiting = Vec::new();
-        for (thread, name) in [(0, "a"), (1, "b"), (0, "c")] {
-            waiting.push(wait_on(thread, name));
-            tokio::task::yield_now().await;
-        }
-        queued(&d, 3).await;
-        // Freed on thread 1: b, behind a, is on this thread and as old.
-        on_proxy_thread(1);
-        drop(held);
-        let (name, lease) = order.recv().await.expect("one served");
-        assert_eq!(name, "b");
-        // Freed on thread 1 again: no request waits on it; the oldest goes first.
-        on_proxy_thread(1);
-        drop(lease);
-        let (name, lease) = order.recv().await.expect("one served");
-        assert_eq!(name, "a");
-        // A request on thread 1 queued long after c: freed there, it waits its turn.
-        tokio::time::advance(AFFINITY_SKEW * 2).await;
-        waiting.push(wait_on(1, "d"));
-        queued(&d, 2).await;
-        on_proxy_thread(1);
-        drop(lease);
-        let (name, lease) = order.recv().await.expect("one served");
-        assert_eq!(
-            name, "c",
-            "d is younger than c by more than the skew allowed"
-        );
-        on_proxy_thread(usize::MAX);
-        drop(lease);
-        assert_eq!(order.recv().await.expect("one served").0, "d");
     }
 
     async fn queued(d: &Dispatcher, n: usize) {

@@ -123,8 +123,7 @@ pub(crate) fn on_proxy_thread(index: usize) {
     PROXY_THREAD.with(|thread| thread.set(index));
 }
 
-/// The proxy thread the caller runs on; `usize::MAX` off the proxy threads.
-pub(crate) fn proxy_thread() -> usize {
+fn proxy_thread() -> usize {
     PROXY_THREAD.with(std::cell::Cell::get)
 }
 
