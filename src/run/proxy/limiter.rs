@@ -96,6 +96,22 @@
 //!    that only holds the limit back costs such a worker little. A window that
 //!    spans less than two latencies has no such mean (a rate needs a longer time), which
 //!    leaves rule 7 to workers whose windows are long, the ones with few threads.
+//! 8. **Waiting too short to matter.** Every comparison above leaves out the first
+//!    [`QUEUE_SLACK`] by which a latency exceeds its baseline: a window is slower than the
+//!    baseline by `(latency - QUEUE_SLACK) / baseline`, and never less than 1. A worker
+//!    that answers in tens of microseconds (a Node process returning a small page) spends
+//!    most of each request at limit 1 idle, waiting for molt to read the answer and hand
+//!    it the next request, so a few more requests in flight raise its throughput several
+//!    times over while each waits inside it for microseconds more. Measured as a ratio,
+//!    those microseconds read as queueing, and such a worker was held at 1 or 2, at 0.4
+//!    of the throughput it gives with no limit. Left out, its limit rises until requests
+//!    wait about [`QUEUE_SLACK`] inside it, which no client can tell from waiting in
+//!    molt's queue; differences that small are also mostly the machine's scheduling,
+//!    not the worker. A shrink then goes to where latency would be back within the
+//!    slack: `in_flight * (baseline + QUEUE_SLACK) / latency`. For a worker whose
+//!    requests take milliseconds the slack changes nothing that matters (a Unicorn child
+//!    at 1 ms is twice as slow at 2 either way); a saturated worker still queues in
+//!    molt, where scale-up sees it, once it holds that much waiting.
 //!
 //! # Use
 //!
@@ -169,6 +185,34 @@ const CHECK_EVERY: u32 = 4;
 
 /// Latencies are taken as at least this, so that a ratio never divides by zero.
 const MIN_LATENCY: Duration = Duration::from_micros(1);
+
+/// Waiting inside a worker that is not counted as queueing (rule 8), in seconds. Half a
+/// millisecond: in front of one Node process answering a small page to 50 clients
+/// (`wrk -t1 -c50`), the limit then moved within 12-35 and throughput came to about 0.85
+/// of no limit's; with no slack the limit was held at 1-2 (0.35-0.4), with a quarter of
+/// a millisecond it moved within 6-23 (0.65). See docs/benchmarks.md.
+const QUEUE_SLACK: f64 = 0.000_5;
+
+/// A window's latency set against a baseline's, in seconds (rule 8).
+#[derive(Debug, Clone, Copy)]
+struct Against {
+    now: f64,
+    base: f64,
+}
+
+impl Against {
+    /// How many times slower than the baseline, leaving out the first [`QUEUE_SLACK`]:
+    /// 1 while within it.
+    fn ratio(self) -> f64 {
+        (self.now - QUEUE_SLACK).max(self.base) / self.base
+    }
+
+    /// The share of the current concurrency at which latency, were it to fall in
+    /// proportion as queueing does, would be back within the slack: what a shrink keeps.
+    fn keeps(self) -> f64 {
+        ((self.base + QUEUE_SLACK) / self.now).min(1.0)
+    }
+}
 
 /// The bounds of one worker's limit, from the configuration and the worker's environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,14 +410,14 @@ impl MeanBaseline {
         }
     }
 
-    /// How much slower the window's mean is than the baseline's; 1 while either is not
-    /// known, or the baseline rests on fewer than [`MEAN_WINDOWS`] windows: one window's
-    /// mean can be far from the typical one, and a baseline that low would read every
-    /// ordinary window as queueing.
-    fn ratio(&self, window: Observed) -> f64 {
+    /// The window's mean against the baseline's; `None` while either is not known, or
+    /// the baseline rests on fewer than [`MEAN_WINDOWS`] windows: one window's mean can
+    /// be far from the typical one, and a baseline that low would read every ordinary
+    /// window as queueing.
+    fn against(&self, window: Observed) -> Option<Against> {
         match (window.mean, self.mean) {
-            (Some(now), Some(base)) if self.windows >= MEAN_WINDOWS => now / base,
-            _ => 1.0,
+            (Some(now), Some(base)) if self.windows >= MEAN_WINDOWS => Some(Against { now, base }),
+            _ => None,
         }
     }
 
@@ -537,6 +581,25 @@ impl Limiter {
         }
     }
 
+    /// The comparison that says how much slower the window is: its interquartile mean
+    /// against the baseline, or its mean by Little's law against the mean baseline where
+    /// that shows queueing the other misses (rule 7): far beyond the baseline in one
+    /// window, or clearly beyond it in two in a row at the same limit.
+    fn slower(&mut self, window: Observed, baseline: Baseline, mean: Option<Against>) -> Against {
+        let latency = Against {
+            now: window.latency,
+            base: baseline.latency,
+        };
+        let mean_ratio = mean.map_or(1.0, Against::ratio);
+        let high = mean_ratio > MEAN_QUEUE_TOLERANCE;
+        let queueing = mean_ratio > MEAN_SHRINK_TOLERANCE || (high && self.mean_high);
+        self.mean_high = high;
+        match mean {
+            Some(mean) if queueing && mean_ratio > latency.ratio() => mean,
+            _ => latency,
+        }
+    }
+
     fn decide(&mut self, window: Observed, now: Instant) {
         self.last_window = Some(window.latency);
         let pending = std::mem::replace(&mut self.pending, Pending::Nothing);
@@ -576,9 +639,11 @@ impl Limiter {
             mean_baseline.learn(window, window.latency <= baseline.latency * GROW_TOLERANCE);
         }
         if let Some(before) = self.shrunk_from {
-            if window.latency > baseline.latency * SHRINK_TOLERANCE
-                && window.in_flight <= before.in_flight * 0.75
-            {
+            let slower = Against {
+                now: window.latency,
+                base: baseline.latency,
+            };
+            if slower.ratio() > SHRINK_TOLERANCE && window.in_flight <= before.in_flight * 0.75 {
                 // Queueing would have lowered latency in proportion to the concurrency
                 // cut; less than half of that means the app itself is slower now. A
                 // smaller cut is not judged: its effect would hide in the noise.
@@ -592,21 +657,16 @@ impl Limiter {
         }
         self.baseline = Some(baseline);
         self.mean_baseline = Some(mean_baseline);
-        let mean_ratio = mean_baseline.ratio(window);
-        let mut ratio = window.latency / baseline.latency;
-        // Queueing that only a few requests pay for (rule 7): far beyond the baseline in
-        // one window, or clearly beyond it in two in a row at the same limit.
-        let high = mean_ratio > MEAN_QUEUE_TOLERANCE;
-        if mean_ratio > MEAN_SHRINK_TOLERANCE || (high && self.mean_high) {
-            ratio = ratio.max(mean_ratio);
-        }
-        self.mean_high = high;
+        let mean = mean_baseline.against(window);
+        let mean_ratio = mean.map_or(1.0, Against::ratio);
+        let slower = self.slower(window, baseline, mean);
+        let ratio = slower.ratio();
         let probed = matches!(pending, Pending::Grew);
 
         if ratio > SHRINK_TOLERANCE {
             self.queued_once = true;
             self.clean = 0;
-            let parallel = round_to_usize(window.in_flight / ratio);
+            let parallel = round_to_usize(window.in_flight * slower.keeps());
             let target = parallel.max(self.limit.div_ceil(2)).min(self.limit - 1);
             if target >= 1 {
                 if probed {
@@ -1120,6 +1180,42 @@ mod tests {
             assert!(changes <= probe_budget(2000), "{changes} changes");
             assert!(share > 0.9, "throughput {share}");
         }
+    }
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn a_fast_worker_idle_between_requests_takes_many_at_once() {
+        // The shape measured in front of a Node process answering a small page: 60 us at
+        // 1 in flight, most of it the hand-over through molt, and 15 us more for each
+        // further request, so throughput keeps rising with concurrency (4x at 10). As a
+        // ratio, 75 us against 60 reads as queueing, and the limit was held at 1 or 2.
+        // With 100 clients, the limit stops where requests wait about QUEUE_SLACK inside
+        // the worker: 500 us at 15 us each is some 33 requests past the baseline's.
+        let curve = |n: usize, _| 60 * US + 15 * US * u32::try_from(n - 1).unwrap();
+        for initial in [1, 8] {
+            let (low, high, _, share) = settle(
+                "fast worker",
+                settings(initial),
+                100,
+                &curve,
+                Some(3),
+                40_000,
+            );
+            assert!(low >= 16 && high <= 48, "settled {low}..={high}");
+            assert!(share > 0.85, "throughput {share}");
+        }
+    }
+
+    #[test]
+    fn a_fast_one_at_a_time_worker_holds_only_half_a_millisecond_of_waiting() {
+        // 100 us per request, one at a time: the slack lets a few wait inside the worker,
+        // about QUEUE_SLACK's worth, and no more; the rest wait in molt's queue, where
+        // another worker can take them and scale-up sees them.
+        let curve = |n, _| threads(1, 100 * US, n);
+        let (low, high, _, _) =
+            settle("fast, one at a time", settings(1), 50, &curve, None, 20_000);
+        assert!(low >= 4 && high <= 7, "settled {low}..={high}");
     }
 
     #[test]
