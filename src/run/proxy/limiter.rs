@@ -188,9 +188,9 @@ const MIN_LATENCY: Duration = Duration::from_micros(1);
 
 /// Waiting inside a worker that is not counted as queueing (rule 8), in seconds. Half a
 /// millisecond: in front of one Node process answering a small page to 50 clients
-/// (`wrk -t1 -c50`), the limit then moved within 12-35 and throughput came to about 0.85
-/// of no limit's; with no slack the limit was held at 1-2 (0.35-0.4), with a quarter of
-/// a millisecond it moved within 6-23 (0.65). See docs/benchmarks.md.
+/// (`wrk -t1 -c50`), the limit then moved within 5-39 and throughput came to about 0.8
+/// of no limit's; with no slack the limit was held at 1-2 (0.3-0.4), with a quarter of a
+/// millisecond it moved within 6-23 (0.65). See docs/benchmarks.md.
 const QUEUE_SLACK: f64 = 0.000_5;
 
 /// A window's latency set against a baseline's, in seconds (rule 8).
