@@ -615,18 +615,20 @@ fn slow_uploads_hold_no_unicorn_child() {
     }
 }
 
-/// Unicorn's children take one request each; molt gives the master two more per child,
-/// which wait in its backlog for the first child to finish, and counts them as queued.
-/// Seven slow requests on two children: two are served, four wait in Unicorn's backlog,
-/// one in molt's queue, and every one is answered.
+/// Unicorn's children take one request each; molt gives the master more, which wait in
+/// its backlog for the first child to finish, and counts them as queued. 35 slow requests
+/// on two children: two are served, 32 wait in Unicorn's backlog, one in molt's queue, and
+/// every one is answered.
 #[test]
 fn requests_wait_for_a_free_child_in_the_masters_backlog() {
+    // 16 per child, 32 in all (dispatch::master_backlog). Each takes 1 s: 35 on 2
+    // children take some 18 s in all.
     let Some((molt, socket)) = unicorn_with_two_children() else {
         return;
     };
     let port = molt.port();
-    let slow: Vec<_> = (0..7)
-        .map(|_| thread::spawn(move || get(port, "/sleep?ms=1500").ok().map(|r| r.status)))
+    let slow: Vec<_> = (0..35)
+        .map(|_| thread::spawn(move || get(port, "/sleep?ms=1000").ok().map(|r| r.status)))
         .collect();
     let master = |status: &serde_json::Value| {
         status["workers"]
@@ -637,10 +639,10 @@ fn requests_wait_for_a_free_child_in_the_masters_backlog() {
     assert!(
         wait_until(Duration::from_secs(1), || {
             let status = status_json(&socket);
-            master(&status)["in_flight"] == 6 && status["queue"] == 5
+            master(&status)["in_flight"] == 34 && status["queue"] == 33
         }),
-        "expected 6 requests at the master (2 in its children, 4 in its backlog) and 5 \
-         queued (those 4 and 1 in molt's queue): {}\n{}",
+        "expected 34 requests at the master (2 in its children, 32 in its backlog) and 33 \
+         queued (those 32 and 1 in molt's queue): {}\n{}",
         status_json(&socket),
         molt.log()
     );

@@ -2064,7 +2064,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_masters_capacity_is_its_children() {
-        use crate::run::proxy::dispatch::BACKLOG_PER_CHILD;
+        use crate::run::proxy::dispatch::master_backlog;
         let mut h = adopted(
             Config {
                 worker_concurrency: crate::config::Concurrency::Fixed(1),
@@ -2076,7 +2076,7 @@ mod tests {
         assert_eq!(h.dispatcher.capacity_of(&slot), Some(2));
         // One request in each child, and more waiting in the master's backlog for
         // whichever child finishes first.
-        let backlog = 2 * BACKLOG_PER_CHILD;
+        let backlog = master_backlog(2);
         let mut held = Vec::new();
         for _ in 0..2 {
             held.push(h.dispatcher.acquire().await.expect("a child free"));
@@ -2102,7 +2102,7 @@ mod tests {
         held.clear();
         h.step(prefork_sample(20 * MB, &[(5001, 30 * MB)]), 100);
         assert_eq!(h.dispatcher.capacity_of(&slot), Some(1));
-        for _ in 0..=BACKLOG_PER_CHILD {
+        for _ in 0..=master_backlog(1) {
             held.push(
                 h.dispatcher
                     .acquire()

@@ -69,7 +69,7 @@ pub(crate) struct Slot {
     fixed: AtomicBool,
     /// Each of its processes takes one request at a time, whatever its capacity: an
     /// adopted master whose children do ([`Slot::set_serial`]). Such a master is also
-    /// given [`BACKLOG_PER_CHILD`] more requests per child than it serves at once.
+    /// given [`master_backlog`] more requests than it serves at once.
     serial: AtomicBool,
     /// On a slot that learns: since when it has been full (held its capacity), in
     /// milliseconds after `created`, or [`NOT_FULL`]. A lease that fills it sets it, one
@@ -93,13 +93,35 @@ pub(crate) const WARM_AFTER: u64 = 20;
 /// Requests per child that an adopted master of one-request children is given beyond
 /// the one each child serves: they wait in the master's own listen backlog, which all of
 /// its children accept from, so a child that finished takes the next request at once
-/// instead of sleeping until molt has read its response and sent it another. In front of
-/// 2 Unicorn children under `wrk -t2 -c32` (docs/benchmarks.md, "The evening's changes"):
-/// 10.0k requests a second with none, 11.9k with 1 (the CPUs 18% idle), 13.2k with 2 (8%
-/// idle).
-/// No request waits there behind one slow child, as it would in one worker's own
-/// backlog: any free child takes it. They count as queued ([`Dispatcher::queued`]).
-pub(crate) const BACKLOG_PER_CHILD: usize = 2;
+/// instead of sleeping until molt has read its response and sent it another. No request
+/// waits there behind one slow child, as it would in one worker's own backlog: any free
+/// child takes it, in the order they came, as from molt's queue. They count as queued
+/// ([`Dispatcher::queued`]); molt's queue timeout does not reach them.
+///
+/// In front of 2 Unicorn children answering a tiny page under `wrk -t2 -c32`,
+/// alternating with nginx and Passenger (`BENCH_ROUNDS=3 BENCH_SECONDS=3
+/// test/bench/unicorn_front.py`; docs/benchmarks.md, "A deeper backlog"): 0.67 of
+/// nginx's throughput with 2 per child, 0.85 with 8, 1.08 with 16. A refill from molt's
+/// queue waits for molt's threads to run, which on a busy machine takes longer than such a
+/// child takes for a request, and a short backlog runs dry while the children sleep.
+const BACKLOG_PER_CHILD: usize = 16;
+
+/// Beyond [`BACKLOG_FLOOR`] per child, a master's backlog holds at most this many in all:
+/// half the 64 that some configurations set as the listen backlog (Unicorn's default is
+/// 1024, gunicorn's 2048), so that no connection finds it full. More children refill it
+/// more often, and need less each.
+const BACKLOG_MOST: usize = 32;
+
+/// Requests per child a master's backlog holds however many children it has.
+const BACKLOG_FLOOR: usize = 2;
+
+/// The backlog of an adopted master of `children` one-request children.
+pub(crate) fn master_backlog(children: usize) -> usize {
+    children
+        .saturating_mul(BACKLOG_PER_CHILD)
+        .min(BACKLOG_MOST)
+        .max(children.saturating_mul(BACKLOG_FLOOR))
+}
 
 /// `full_since_ms` of a slot that is not full.
 const NOT_FULL: u64 = u64::MAX;
@@ -237,7 +259,7 @@ impl Slot {
     /// adopted master's children with one request each, its capacity one per child.
     /// Request buffering's `auto` then reads its bodies first, as for any worker with a
     /// capacity of 1 ([`Dispatcher::one_at_a_time`]): a slow upload would hold a child.
-    /// It is given [`BACKLOG_PER_CHILD`] more per child, which only whole requests reach.
+    /// It is given [`master_backlog`] more, which only whole requests reach.
     pub(crate) fn set_serial(&self, serial: bool) {
         self.serial.store(serial, Ordering::Release);
     }
@@ -316,10 +338,11 @@ impl Slot {
         }
     }
 
-    /// Requests it is given beyond its own capacity `own`, to wait in its backlog.
+    /// Requests it is given beyond its own capacity `own`, to wait in its backlog: on a
+    /// serial master, [`master_backlog`].
     fn backlog(&self, own: usize) -> usize {
         if self.serial.load(Ordering::Acquire) {
-            own * BACKLOG_PER_CHILD
+            master_backlog(own)
         } else {
             0
         }
@@ -511,7 +534,7 @@ fn release(slot: &Slot) {
     }
 }
 
-/// Requests waiting in masters' backlogs ([`BACKLOG_PER_CHILD`]).
+/// Requests waiting in masters' backlogs ([`master_backlog`]).
 fn in_backlogs(state: &State) -> usize {
     state.pool.iter().map(|s| s.waiting_in_backlog()).sum()
 }
@@ -628,7 +651,7 @@ impl Dispatcher {
     }
 
     /// Requests waiting for a worker now: in molt's queue, and in the backlog of an
-    /// adopted master whose children are all busy ([`BACKLOG_PER_CHILD`]).
+    /// adopted master whose children are all busy ([`master_backlog`]).
     pub(crate) fn queued(&self) -> usize {
         let state = lock(&self.state);
         let in_queue = state.queue.iter().filter(|w| !w.tx.is_closed()).count();
@@ -964,7 +987,7 @@ mod tests {
         assert!(woken(&d).await, "the wait grew");
         assert_eq!(d.queued(), 2);
         let mut rest = Vec::new();
-        for _ in 2..2 * BACKLOG_PER_CHILD {
+        for _ in 2..master_backlog(2) {
             rest.push(d.acquire().await.expect("room in the backlog"));
         }
         let full = tokio::time::timeout(Duration::from_millis(10), d.acquire()).await;
@@ -974,7 +997,7 @@ mod tests {
         );
         assert_eq!(
             d.queued(),
-            2 * BACKLOG_PER_CHILD,
+            master_backlog(2),
             "one that gave up is not counted"
         );
         rest.clear();
@@ -983,6 +1006,16 @@ mod tests {
             d.queued(),
             0,
             "a master of threaded children has no backlog"
+        );
+    }
+
+    #[test]
+    fn a_masters_backlog_is_bounded_in_all() {
+        let backlogs: Vec<_> = [1, 2, 4, 16, 20].map(master_backlog).into();
+        assert_eq!(
+            backlogs,
+            [16, 32, 32, 32, 40],
+            "16 per child, 32 in all, 2 per child at least"
         );
     }
 
