@@ -29,26 +29,23 @@ def main():
     work = b.temp_dir()
     upstream, molt_port, auto_port, nginx_port = (b.free_port() for _ in range(4))
     b.start_node(upstream, log=os.path.join(work, "node.log"))
-    molt_proc, _env = b.start_molt(
-        molt,
-        molt_port,
-        work,
-        ["node", b.UPSTREAM_JS],
-        os.path.join(work, "molt.log"),
-        min_workers=1,
-        max_workers=1,
-        worker_concurrency=0,
-    )
-    auto_proc, _env = b.start_molt(
-        molt,
-        auto_port,
-        work,
-        ["node", b.UPSTREAM_JS],
-        os.path.join(work, "molt-auto.log"),
-        min_workers=1,
-        max_workers=1,
-        worker_concurrency="auto",
-    )
+
+    def start_molt(port, log, concurrency):
+        """molt in front of one Node worker, its concurrency fixed or learned."""
+        proc, _env = b.start_molt(
+            molt,
+            port,
+            work,
+            ["node", b.UPSTREAM_JS],
+            os.path.join(work, log),
+            min_workers=1,
+            max_workers=1,
+            worker_concurrency=concurrency,
+        )
+        return proc
+
+    molt_proc = start_molt(molt_port, "molt.log", 0)
+    auto_proc = start_molt(auto_port, "molt-auto.log", "auto")
     nginx_proc = b.start_nginx(nginx_port, upstream, work)
 
     print(

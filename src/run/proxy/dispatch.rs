@@ -107,7 +107,7 @@ pub(crate) const WARM_AFTER: u64 = 20;
 const BACKLOG_PER_CHILD: usize = 16;
 
 /// Beyond [`BACKLOG_FLOOR`] per child, a master's backlog holds at most this many in all:
-/// half the 64 that some configurations set as the listen backlog (Unicorn's default is
+/// half the listen backlog of 64 the prefork fixture's Unicorn sets (Unicorn's default is
 /// 1024, gunicorn's 2048), so that no connection finds it full. More children refill it
 /// more often, and need less each.
 const BACKLOG_MOST: usize = 32;
