@@ -993,7 +993,7 @@ mod tests {
         let full = tokio::time::timeout(Duration::from_millis(10), d.acquire()).await;
         assert!(
             full.is_err(),
-            "the backlog holds its share per child, no more"
+            "the backlog holds master_backlog's count, no more"
         );
         assert_eq!(
             d.queued(),
