@@ -17,13 +17,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::upgrade::OnUpgrade;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::run::proxy::dispatch::Lease;
 use crate::run::proxy::failure::{self, Failure};
+use crate::run::proxy::upstream::Upgraded;
 
 /// No request has been found smuggled.
 const NONE: u64 = u64::MAX;
@@ -40,7 +40,7 @@ pub(crate) struct Shared {
     /// The connection was upgraded (WebSocket): its bytes are no longer HTTP.
     tunnel: AtomicBool,
     /// The worker's side of an upgrade and the lease it holds, for the tunnel.
-    upgrade: Mutex<Option<(OnUpgrade, Lease)>>,
+    upgrade: Mutex<Option<(Upgraded, Lease)>>,
 }
 
 impl Shared {
@@ -65,7 +65,7 @@ impl Shared {
 
     /// The response switched protocols: from here on the bytes are the tunnel's, to
     /// be copied to the worker's side of the upgrade while the lease is held.
-    pub(crate) fn upgraded(&self, upstream: OnUpgrade, lease: Lease) {
+    pub(crate) fn upgraded(&self, upstream: Upgraded, lease: Lease) {
         *self
             .upgrade
             .lock()
@@ -74,7 +74,7 @@ impl Shared {
     }
 
     /// The upgrade handed over by [`Shared::upgraded`], if the connection was upgraded.
-    pub(crate) fn take_upgrade(&self) -> Option<(OnUpgrade, Lease)> {
+    pub(crate) fn take_upgrade(&self) -> Option<(Upgraded, Lease)> {
         self.upgrade
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

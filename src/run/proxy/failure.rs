@@ -33,8 +33,9 @@ pub(crate) enum Failure {
     HeaderTimeout,
     /// The body is larger than `MOLT_MAX_BODY` (declared, or counted while spooled).
     BodyTooLarge,
-    /// The client broke off or sent a malformed body while molt read it first.
-    ClientBody(hyper::Error),
+    /// The client broke off or sent a malformed body, while molt read it first or sent
+    /// it on.
+    ClientBody(Box<dyn std::error::Error + Send + Sync>),
     /// The body could not be written to the spool file (a full disk, a size limit).
     Spool { path: PathBuf, source: io::Error },
     /// No worker could take the request.
@@ -43,7 +44,10 @@ pub(crate) enum Failure {
     Unreachable { worker: u64 },
     /// The worker broke the exchange after the request was sent; it may have acted on
     /// it, so it is not retried.
-    Upstream { worker: u64, error: hyper::Error },
+    Upstream {
+        worker: u64,
+        error: crate::run::proxy::client::Error,
+    },
     /// The worker's response head is one molt does not forward (see
     /// `head::prepare_response`); its connection is not reused.
     BadResponse { worker: u64, reason: &'static str },
@@ -161,7 +165,7 @@ impl Failure {
                 Info,
                 "bad_request",
                 status = status,
-                reason = if malformed_body(error) {
+                reason = if malformed_body(error.as_ref()) {
                     "malformed_body"
                 } else {
                     "incomplete_body"
@@ -222,8 +226,8 @@ impl Failure {
 
 /// Whether a request body failed because its framing was broken (a bad chunk size, a
 /// malformed trailer), rather than because the client went away.
-fn malformed_body(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+fn malformed_body(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<io::Error>() {
             return matches!(
@@ -343,30 +347,11 @@ mod tests {
         }
     }
 
-    fn hyper_error() -> hyper::Error {
-        // A real hyper error: a response head that does not parse.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        rt.block_on(async {
-            let (client, mut server) = tokio::io::duplex(1024);
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
-                    .await
-                    .expect("handshake");
-            tokio::spawn(conn);
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-                let mut buf = [0; 1024];
-                let _ = server.read(&mut buf).await;
-                let _ = server.write_all(b"not http\r\n\r\n").await;
-            });
-            let request = hyper::Request::new(http_body_util::Empty::<bytes::Bytes>::new());
-            send.send_request(request)
-                .await
-                .expect_err("the response does not parse")
-        })
+    fn client_error() -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "invalid chunk size",
+        ))
     }
 
     /// The whole status table: each failure's status and headers, in one place.
@@ -406,7 +391,7 @@ mod tests {
             (Failure::HeaderTimeout, answer(408, false, true)),
             (Failure::BodyTooLarge, answer(413, false, false)),
             (
-                Failure::ClientBody(hyper_error()),
+                Failure::ClientBody(client_error()),
                 answer(400, false, false),
             ),
             (
@@ -435,7 +420,7 @@ mod tests {
             (
                 Failure::Upstream {
                     worker: 1,
-                    error: hyper_error(),
+                    error: crate::run::proxy::client::Error::ClosedBeforeHead,
                 },
                 answer(502, false, false),
             ),

@@ -9,6 +9,8 @@
 //! the pool only through the snapshot the supervisor publishes into [`dispatch`], and
 //! tells the supervisor what it saw only by sending events (ARCHITECTURE.md).
 
+/// molt's HTTP/1.1 client on a connection to a worker: the request out, the response in.
+mod client;
 /// The client's socket under hyper: request framing, header and keep-alive timeouts.
 pub(crate) mod conn;
 /// Least-busy routing, the bounded request queue, and worker leases.
@@ -41,7 +43,6 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::http::{Request, Response, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -58,7 +59,7 @@ use crate::run::proxy::head::Arrival;
 use crate::run::proxy::listen::{Handed, Spread};
 use crate::run::proxy::relay::ProxyBody;
 use crate::run::proxy::spool::{SpoolError, Spooled};
-use crate::run::proxy::upstream::{Upstream, UpstreamBody};
+use crate::run::proxy::upstream::{Upgraded, UpstreamBody};
 
 /// A request head larger than this gets 431, as nginx's and most servers' limits do.
 const MAX_HEADER_SIZE: usize = 64 * 1024;
@@ -329,7 +330,7 @@ async fn handle(
             .map_err(|err| match err {
                 SpoolError::TooLarge => Failure::BodyTooLarge,
                 // The client is gone or sent a broken body: nothing to forward.
-                SpoolError::Client(err) => Failure::ClientBody(err),
+                SpoolError::Client(err) => Failure::ClientBody(Box::new(err)),
                 SpoolError::CannotSpool { path, source } => Failure::Spool { path, source },
             })?;
         Request::from_parts(head, Either::Right(Box::new(body)))
@@ -337,19 +338,20 @@ async fn handle(
         req.map(Either::Left)
     };
 
-    let (lease, conn, mut response) = exchange(&proxy, req).await?;
+    let (lease, mut response) = exchange(&proxy, req).await?;
     if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // The connection becomes a tunnel once hyper has written this response and
         // handed the socket back (see `serve_connection`).
-        conn.tunnel();
-        shared.upgraded(hyper::upgrade::on(&mut response), lease);
+        if let Some(upgraded) = response.body_mut().upgraded() {
+            shared.upgraded(upgraded, lease);
+        }
         return Ok(response.map(|_| ProxyBody::empty()));
     }
     if let Err(reason) = head::prepare_response(response.headers_mut()) {
         let worker = lease.slot().id;
         return Err(Failure::BadResponse { worker, reason });
     }
-    Ok(response.map(|body| ProxyBody::relayed(body, conn, lease)))
+    Ok(response.map(|body| ProxyBody::relayed(body, lease)))
 }
 
 /// Sends the request to a worker and returns the response head with what it holds.
@@ -363,7 +365,7 @@ async fn handle(
 async fn exchange(
     proxy: &Proxy,
     req: Request<UpstreamBody>,
-) -> Result<(Lease, Upstream, Response<Incoming>), Failure> {
+) -> Result<(Lease, Response<client::ResponseBody>), Failure> {
     let mut req = req;
     let mut retried = false;
     loop {
@@ -375,7 +377,7 @@ async fn exchange(
         let lease = lease.map_err(Failure::Overloaded)?;
         let worker = lease.slot().id;
         let slot = lease.slot();
-        let mut conn = match slot.upstreams.connect(slot.addr).await {
+        let conn = match slot.upstreams.connect(slot.addr).await {
             Ok(conn) => conn,
             Err(err) => {
                 event!(Warn, "connect_error", worker = worker, error = err);
@@ -392,7 +394,7 @@ async fn exchange(
             }
         };
         let sent_at = std::time::Instant::now();
-        let sent = conn.send.try_send_request(req);
+        let sent = client::send(conn, req);
         // With no request timeout, the wait is unbounded.
         let limit = proxy.request_timeout.unwrap_or(Duration::MAX);
         let Ok(sent) = tokio::time::timeout(limit, sent).await else {
@@ -401,29 +403,25 @@ async fn exchange(
             let _ = proxy.events.send(Event::Stuck { id: worker });
             return Err(Failure::Timeout { worker, limit });
         };
-        match sent {
+        let err = match sent {
             Ok(response) => {
                 // Before the lease goes back, so that the next dispatch already has the
                 // worker's new limit (see `dispatch`, "A worker's capacity").
                 lease.answered(sent_at.elapsed());
-                return Ok((lease, conn, response));
+                return Ok((lease, response));
             }
-            Err(mut err) => {
-                // Either way the worker's other idle connections are suspect: it closed
-                // this one as it was taken, or it may be dying (a fresh connection to a
-                // dead worker is refused, and the request retried elsewhere).
-                lease.slot().upstreams.clear();
-                let Some(unsent) = err.take_message() else {
-                    let error = err.into_error();
-                    if error.is_user() {
-                        // The request's own body failed as it streamed: the client broke
-                        // off or sent broken chunks, which is no fault of the worker's.
-                        return Err(Failure::ClientBody(error));
-                    }
-                    lease.slot().check_exiting();
-                    return Err(Failure::Upstream { worker, error });
-                };
-                req = unsent;
+            Err(err) => err,
+        };
+        // Either way the worker's other idle connections are suspect: it closed this one
+        // as it was taken, or it may be dying (a fresh connection to a dead worker is
+        // refused, and the request retried elsewhere).
+        lease.slot().upstreams.clear();
+        match err {
+            client::SendError::Unsent(unsent) => req = *unsent,
+            client::SendError::ClientBody(error) => return Err(Failure::ClientBody(error)),
+            client::SendError::Upstream(error) => {
+                lease.slot().check_exiting();
+                return Err(Failure::Upstream { worker, error });
             }
         }
     }
@@ -431,11 +429,15 @@ async fn exchange(
 
 /// Copies bytes both ways between an upgraded client connection and the worker's; `early`
 /// is what the client sent after its request before the socket was handed back.
-async fn tunnel(mut client: ClientIo, early: Bytes, upstream: OnUpgrade, lease: Lease) {
-    let Ok(upstream) = upstream.await else {
+async fn tunnel(mut client: ClientIo, early: Bytes, upstream: Upgraded, lease: Lease) {
+    let Upgraded {
+        stream: mut upstream,
+        early: answered,
+    } = upstream;
+    // What the worker sent after its 101 (a first WebSocket frame) goes first.
+    if !answered.is_empty() && client.write_all(&answered).await.is_err() {
         return;
-    };
-    let mut upstream = TokioIo::new(upstream);
+    }
     if !early.is_empty() && upstream.write_all(&early).await.is_err() {
         return;
     }

@@ -20,11 +20,12 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{mpsc, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 
 use crate::observe::event;
+use crate::run::proxy::client::ResponseBody;
 use crate::run::proxy::dispatch::Lease;
 use crate::run::proxy::spool::temporary_file;
 use crate::run::proxy::upstream::Upstream;
@@ -37,8 +38,9 @@ const RESPONSE_BUFFER: usize = 1024 * 1024;
 /// `proxy_max_temp_file_size` default). Past it the worker waits for the client.
 const MAX_TEMP_FILE: u64 = 1024 * 1024 * 1024;
 
-/// Responses of at most this known length skip the relay: hyper reads them straight from
-/// the worker, so the head and body leave in one write and no task is spawned. hyper takes
+/// Responses of at most this known length skip the relay: they are read straight from
+/// the worker as hyper writes them, so the head and body leave in one write and no task
+/// is spawned. hyper takes
 /// a body that small into its write buffer (16 pieces, 400 KiB) whatever the client reads,
 /// and the sockets' buffers hold it too, so the worker is still free as soon as it has
 /// written it.
@@ -56,8 +58,8 @@ enum Kind {
     /// A small body read from the worker as the client takes it; the connection and the
     /// lease go back once all of it is read, or are dropped with the body.
     Direct {
-        body: Incoming,
-        held: Option<(Upstream, Lease)>,
+        body: ResponseBody,
+        lease: Option<Lease>,
     },
     Relayed(Relayed),
 }
@@ -112,10 +114,10 @@ impl ProxyBody {
 
     /// Starts relaying a worker's response body; the lease and the connection go back as
     /// soon as the worker has written all of it.
-    pub(crate) fn relayed(body: Incoming, conn: Upstream, lease: Lease) -> Self {
+    pub(crate) fn relayed(mut body: ResponseBody, lease: Lease) -> Self {
         if body.is_end_stream() {
             // Nothing to read (HEAD, 204, 304, an empty body): the worker is done already.
-            give_back(conn, lease);
+            give_back(body.take_connection(), lease);
             return ProxyBody::empty();
         }
         if body
@@ -126,33 +128,42 @@ impl ProxyBody {
             return ProxyBody {
                 kind: Kind::Direct {
                     body,
-                    held: Some((conn, lease)),
+                    lease: Some(lease),
                 },
             };
         }
-        Self::read_ahead(body, RESPONSE_BUFFER, MAX_TEMP_FILE, move |outcome| {
-            if outcome.spilled > 0 {
-                event!(
-                    Debug,
-                    "response_spooled",
-                    worker = lease.slot().id,
-                    bytes = outcome.spilled
-                );
-            }
-            // One broken off mid-response is not reusable.
-            if outcome.whole {
+        Self::read_ahead(
+            body,
+            RESPONSE_BUFFER,
+            MAX_TEMP_FILE,
+            move |outcome, mut body| {
+                if outcome.spilled > 0 {
+                    event!(
+                        Debug,
+                        "response_spooled",
+                        worker = lease.slot().id,
+                        bytes = outcome.spilled
+                    );
+                }
+                // One broken off mid-response is not reusable.
+                let conn = if outcome.whole {
+                    body.take_connection()
+                } else {
+                    None
+                };
                 give_back(conn, lease);
-            }
-        })
+            },
+        )
     }
 
     /// Spawns [`relay`] over `body`, holding up to `memory` bytes in memory and `max_file`
-    /// in a temporary file ahead of the client; `finished` runs once the relay stops.
+    /// in a temporary file ahead of the client; `finished` runs once the relay stops, and
+    /// is given the body back.
     fn read_ahead<B>(
-        body: B,
+        mut body: B,
         memory: usize,
         max_file: u64,
-        finished: impl FnOnce(Outcome) + Send + 'static,
+        finished: impl FnOnce(Outcome, B) + Send + 'static,
     ) -> Self
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -169,11 +180,14 @@ impl ProxyBody {
                 max: max_file,
                 failed: false,
             };
-            let whole = relay(body, &tx, &relay_budget, memory, &mut spill).await;
-            finished(Outcome {
-                whole,
-                spilled: spill.len,
-            });
+            let whole = relay(&mut body, &tx, &relay_budget, memory, &mut spill).await;
+            finished(
+                Outcome {
+                    whole,
+                    spilled: spill.len,
+                },
+                body,
+            );
             // The client sees the end of the body only now, after the worker is free.
             drop(tx);
         });
@@ -190,10 +204,13 @@ impl ProxyBody {
     }
 }
 
-/// Ends a response the worker has written whole. The connection goes back before the
-/// lease, so that the request the worker is handed next finds it.
-fn give_back(conn: Upstream, lease: Lease) {
-    lease.slot().upstreams.put(conn);
+/// Ends a response the worker has written: its connection, if it can carry another
+/// request, goes back before the lease, so that the request the worker is handed next
+/// finds it.
+fn give_back(conn: Option<Upstream>, lease: Lease) {
+    if let Some(conn) = conn {
+        lease.slot().upstreams.put(conn);
+    }
     drop(lease);
 }
 
@@ -203,7 +220,7 @@ fn give_back(conn: Upstream, lease: Lease) {
 /// frame as they come. Returns whether the body was read whole; false when the worker
 /// broke off or the client is gone.
 async fn relay<B>(
-    mut body: B,
+    body: &mut B,
     chunks: &mpsc::UnboundedSender<Result<Chunk, BoxError>>,
     budget: &Semaphore,
     memory: usize,
@@ -385,23 +402,20 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Direct { body, held } => {
+            Kind::Direct { body, lease } => {
                 let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
                 // The worker is free once it has written the last byte, not only when
                 // hyper asks for a frame after it.
-                let whole = match &frame {
-                    None => true,
+                let ended = match &frame {
                     Some(Ok(_)) => body.is_end_stream(),
-                    // Broken off mid-response: the connection is not reusable.
-                    Some(Err(_)) => {
-                        *held = None;
-                        false
-                    }
+                    // At the end, or broken off mid-response (then the connection is not
+                    // reusable, and `take_connection` says so).
+                    None | Some(Err(_)) => true,
                 };
-                if let Some((conn, lease)) = held.take_if(|_| whole) {
-                    give_back(conn, lease);
+                if let Some(lease) = lease.take_if(|_| ended) {
+                    give_back(body.take_connection(), lease);
                 }
-                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+                Poll::Ready(frame)
             }
             Kind::Relayed(relayed) => relayed.poll_frame(cx),
         }
@@ -510,7 +524,7 @@ mod tests {
             taken: 0,
             asked,
         };
-        let client = ProxyBody::read_ahead(body, memory, max_file, move |outcome| {
+        let client = ProxyBody::read_ahead(body, memory, max_file, move |outcome, _| {
             let _ = done.send(outcome);
         });
         let worker = Worker {

@@ -53,6 +53,17 @@ impl Spooled {
         }
     }
 
+    /// A body held in memory, for tests that send requests to a worker themselves.
+    #[cfg(test)]
+    pub(crate) fn in_memory(data: Bytes) -> Self {
+        Spooled {
+            len: data.len() as u64,
+            memory: VecDeque::from([data]),
+            file: None,
+            left: 0,
+        }
+    }
+
     /// Reads `body` whole, refusing more than `max` bytes.
     pub(crate) async fn read(mut body: Incoming, max: u64) -> Result<Self, SpoolError> {
         let mut spooled = Spooled {

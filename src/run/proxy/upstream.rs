@@ -12,15 +12,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
+use tokio::io::{AsyncRead as _, AsyncWrite as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::observe::event;
@@ -28,28 +28,46 @@ use crate::run::proxy::spool::Spooled;
 
 /// What a request sent to a worker carries: the client's body as it arrives, or the
 /// whole body read first (see [`crate::run::proxy::spool`]).
-// Boxed: a request is held in each slot of hyper's channel to a connection (32 of them
-// allocated with every connection), and a `Spooled` is 152 bytes where most requests have
-// none; 12.8 KB per connection unboxed, 8.7 KB boxed.
+// Boxed: most requests have no `Spooled` (152 bytes), and the request is held in the
+// future of each one in flight.
 pub(crate) type UpstreamBody = Either<Incoming, Box<Spooled>>;
 
-/// A keep-alive connection to a worker.
+/// A keep-alive connection to a worker, with what has been read from it and not yet
+/// taken; `client` speaks HTTP/1.1 on it.
 pub(crate) struct Upstream {
-    pub(crate) send: SendRequest<UpstreamBody>,
-    /// The connection's socket, to look at while hyper owns it.
-    probe: Arc<Probe>,
+    pub(super) io: QuickAck,
+    pub(super) read: BytesMut,
+    /// How much the next read asks for (see `client`).
+    pub(super) read_size: usize,
     /// The [`IdleUpstreams`] generation it was opened in; it is not reused once that has
     /// passed.
     generation: u64,
-    /// The proxy thread that opened it, whose runtime drives it.
+    /// The proxy thread that opened it, whose runtime's reactor its socket is registered
+    /// with.
     thread: usize,
 }
 
+/// A connection whose response switched protocols (WebSocket), for the tunnel: the socket
+/// and what the worker sent after its response head.
+pub(crate) struct Upgraded {
+    pub(crate) stream: TcpStream,
+    pub(crate) early: BytesMut,
+}
+
+/// The first read of a connection asks for this much.
+const FIRST_READ: usize = 8 * 1024;
+
 impl Upstream {
-    fn new(send: SendRequest<UpstreamBody>, probe: Arc<Probe>) -> Self {
+    fn new(stream: TcpStream, acks: Arc<AckMode>) -> Self {
         Upstream {
-            send,
-            probe,
+            io: QuickAck {
+                stream,
+                unacked: false,
+                waiting_since: None,
+                mode: acks,
+            },
+            read: BytesMut::new(),
+            read_size: FIRST_READ,
             generation: 0,
             thread: proxy_thread(),
         }
@@ -57,28 +75,27 @@ impl Upstream {
 
     /// Whether the worker has ended or broken this idle connection: an idle HTTP/1.1
     /// connection carries nothing from the server, so any byte or end of stream waiting
-    /// on it means it cannot take a request. This is known as soon as the kernel has it,
-    /// before hyper's connection task has run to notice: the gap in which a request sent
-    /// to a worker that was just killed would fail though the worker never held it.
-    fn peer_done(&self) -> bool {
-        // Held while looking, so that the socket cannot be closed (and its number given to
-        // another) meanwhile.
-        let socket = self
-            .probe
-            .socket
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        socket.is_some_and(peer_done)
-    }
-
+    /// on it means it cannot take a request. The kernel knows it before the reactor has
+    /// told the runtime: the gap in which a request sent to a worker that was just killed
+    /// would fail though the worker never held it.
     fn is_closed(&self) -> bool {
-        self.send.is_closed() || self.peer_done()
+        !self.read.is_empty() || peer_done(self.io.stream.as_raw_fd())
     }
 
-    /// The connection becomes a tunnel (an upgrade): from now on a shutdown of molt's
-    /// side is the client's half-close, and is passed on (see [`QuickAck`]'s).
-    pub(crate) fn tunnel(&self) {
-        self.probe.tunnelled.store(true, Ordering::Release);
+    pub(super) fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io.writing();
+        Pin::new(&mut self.io.stream).poll_write_vectored(cx, bufs)
+    }
+
+    pub(super) fn into_upgraded(self) -> Upgraded {
+        Upgraded {
+            stream: self.io.stream,
+            early: self.read,
+        }
     }
 }
 
@@ -91,17 +108,6 @@ const MAX_IDLE_UPSTREAMS: usize = 64;
 /// Staying under those timeouts keeps that race away, and a new loopback connection is
 /// cheap.
 const MAX_UPSTREAM_IDLE: Duration = Duration::from_secs(1);
-
-/// A connection's socket as [`Upstream::peer_done`] looks at it: its descriptor while
-/// hyper's side of the connection ([`QuickAck`]) holds it open, `None` once that closed it.
-/// Sharing the number this way costs a new connection nothing, where a second descriptor
-/// (`dup`) cost two system calls, on every request to a server that closes each connection.
-#[derive(Default)]
-struct Probe {
-    socket: Mutex<Option<RawFd>>,
-    /// Set by [`Upstream::tunnel`].
-    tunnelled: AtomicBool,
-}
 
 /// Whether anything (bytes, an end of stream, an error) waits on an idle socket.
 fn peer_done(socket: RawFd) -> bool {
@@ -171,22 +177,22 @@ impl IdleUpstreams {
         None
     }
 
-    /// Drops the idle connections too old to be reused: each holds its buffers and
-    /// hyper's channel (8.7 KB allocated with the connection, see [`UpstreamBody`]) until
-    /// a request takes or passes over it, which after a burst may be never. The supervisor calls it with every memory sample.
+    /// Drops the idle connections too old to be reused: each holds its socket and its
+    /// read buffer (8 KiB once used) until a request takes or passes over it, which after
+    /// a burst may be never. The supervisor calls it with every memory sample.
     pub(crate) fn drop_stale(&self) {
         let dropped: Vec<Idle> = {
             let mut idle = self.lock();
             let stale = stale(&idle);
             idle.drain(..stale).collect()
         };
-        // After the lock: each wakes its connection's task to end.
+        // After the lock: closing the sockets is system calls.
         drop(dropped);
     }
 
     /// Returns a connection whose last exchange completed, for reuse.
     pub(crate) fn put(&self, conn: Upstream) {
-        if conn.send.is_closed() || conn.generation != self.generation.load(Ordering::Acquire) {
+        if conn.generation != self.generation.load(Ordering::Acquire) {
             return;
         }
         let mut idle = self.lock();
@@ -221,39 +227,15 @@ impl IdleUpstreams {
 
     /// A ready connection to the worker at `addr`: an idle kept-alive one, else a new one.
     pub(crate) async fn connect(&self, addr: SocketAddr) -> io::Result<Upstream> {
-        while let Some(mut conn) = self.take() {
-            if conn.send.ready().await.is_ok() {
-                return Ok(conn);
-            }
+        if let Some(conn) = self.take() {
+            return Ok(conn);
         }
-        let mut conn = open(addr, Arc::clone(&self.acks)).await?;
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = Upstream::new(stream, Arc::clone(&self.acks));
         conn.generation = self.generation.load(Ordering::Acquire);
         Ok(conn)
     }
-}
-
-async fn open(addr: SocketAddr, acks: Arc<AckMode>) -> io::Result<Upstream> {
-    let stream = TcpStream::connect(addr).await?;
-    let _ = stream.set_nodelay(true);
-    let probe = Arc::new(Probe {
-        socket: Mutex::new(Some(stream.as_raw_fd())),
-        tunnelled: AtomicBool::new(false),
-    });
-    let (send, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(QuickAck {
-            stream,
-            unacked: false,
-            waiting_since: None,
-            mode: acks,
-            probe: Arc::clone(&probe),
-        }))
-        .await
-        .map_err(io::Error::other)?;
-    // Errors surface on the request that was using the connection. Spawned as it is: an
-    // `async` block around it would hold the connection twice (see `proxy::serve`), 1,448
-    // bytes instead of 720.
-    tokio::spawn(conn.with_upgrades());
-    Ok(Upstream::new(send, probe))
 }
 
 /// Whether a worker's connections ask for quick acknowledgements (see [`QuickAck`]),
@@ -313,26 +295,13 @@ impl AckMode {
 /// it, nothing written between), its connections ask from then on; that costs it one
 /// delayed response. A slow or streamed body is taken for pieces too, which costs only the
 /// asking.
-struct QuickAck {
+pub(super) struct QuickAck {
     stream: TcpStream,
     /// Data was read since the last read that found nothing.
     unacked: bool,
     /// When a read found nothing more after data, with nothing written since.
     waiting_since: Option<Instant>,
     mode: Arc<AckMode>,
-    /// Told when the socket closes (see [`Probe`]).
-    probe: Arc<Probe>,
-}
-
-impl Drop for QuickAck {
-    fn drop(&mut self) {
-        // Before the fields drop, so before the stream closes its socket.
-        *self
-            .probe
-            .socket
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-    }
 }
 
 impl QuickAck {
@@ -352,83 +321,52 @@ impl QuickAck {
         }
     }
 
-    /// Called before each write: the wait after data, if any, ended with a whole response.
+    /// Called before each write: the wait after data, if any, ended with a whole
+    /// response, and so did data read with no wait after it (a response read in one
+    /// piece is not read again once its body is whole).
     fn writing(&mut self) {
-        if self.waiting_since.take().is_some() {
+        let waited = self.waiting_since.take().is_some();
+        if waited || std::mem::take(&mut self.unacked) {
             self.mode.came_whole();
         }
     }
 }
 
-impl tokio::io::AsyncRead for QuickAck {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl QuickAck {
+    /// Reads what the socket has into `buf`'s free room (which the caller made); 0 at the
+    /// end of the stream.
+    pub(super) fn poll_read_buf(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
-        match read {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                self.unacked = true;
-                if let Some(since) = self.waiting_since.take() {
-                    if self.mode.asking() {
-                        self.mode.need("pieces");
-                    } else if since.elapsed() >= ACK_STALL {
-                        self.mode.need("delayed_ack_stall");
-                    }
-                }
-            }
-            Poll::Pending if self.unacked => {
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        let filled = {
+            let mut room = ReadBuf::uninit(buf.spare_capacity_mut());
+            let read = Pin::new(&mut self.stream).poll_read(cx, &mut room);
+            if read.is_pending() && self.unacked {
                 self.unacked = false;
                 if self.mode.asking() {
                     self.quick_ack();
                 }
                 self.waiting_since = Some(Instant::now());
             }
-            _ => {}
+            ready!(read)?;
+            room.filled().len()
+        };
+        // SAFETY: `ReadBuf` counts as filled only bytes that were written (initialised),
+        // and they lie in `buf`'s spare capacity, right after its initialised length.
+        unsafe { buf.set_len(buf.len() + filled) };
+        if filled > 0 {
+            self.unacked = true;
+            if let Some(since) = self.waiting_since.take() {
+                if self.mode.asking() {
+                    self.mode.need("pieces");
+                } else if since.elapsed() >= ACK_STALL {
+                    self.mode.need("delayed_ack_stall");
+                }
+            }
         }
-        read
-    }
-}
-
-impl tokio::io::AsyncWrite for QuickAck {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.writing();
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.writing();
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    /// hyper shuts a connection down just before dropping it, when the worker asked to
-    /// close it (Unicorn does after every response) or it broke; the close that follows
-    /// sends the same end of stream, so the `shutdown` call (about a tenth of molt's time
-    /// in front of Unicorn) is left out. A tunnel's shutdown is the client's half-close,
-    /// with the connection still open both ways, and is passed on.
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.probe.tunnelled.load(Ordering::Acquire) {
-            return Pin::new(&mut self.stream).poll_shutdown(cx);
-        }
-        Poll::Ready(Ok(()))
+        Poll::Ready(Ok(filled))
     }
 }
 
@@ -585,15 +523,20 @@ mod tests {
 
     async fn exchange(idle: &IdleUpstreams, addr: SocketAddr) {
         use http_body_util::BodyExt as _;
-        let mut conn = idle.connect(addr).await.expect("connect");
+        let conn = idle.connect(addr).await.expect("connect");
         let body: UpstreamBody = Either::Right(Box::new(Spooled::empty()));
         let request = hyper::Request::get("/")
             .header("host", "x")
             .body(body)
             .expect("request");
-        let response = conn.send.send_request(request).await.expect("response");
-        response.into_body().collect().await.expect("body");
-        idle.put(conn);
+        let mut body = crate::run::proxy::client::send(conn, request)
+            .await
+            .expect("response")
+            .into_body();
+        while let Some(frame) = body.frame().await {
+            frame.expect("body");
+        }
+        idle.put(body.take_connection().expect("a kept-alive connection"));
     }
 
     #[tokio::test]

@@ -1,0 +1,1191 @@
+//! molt's HTTP/1.1 client, on a connection to a worker that it owns ([`Upstream`]).
+//!
+//! [`send`] writes a request's head and body and reads the response head (httparse);
+//! the response's [`ResponseBody`] reads the rest from the same socket, and writes
+//! what is left of the request body as it goes. No task, channel or buffer stands
+//! between the two: the request's own task drives the exchange, and whoever reads the
+//! response body (the client's connection, or the relay) drives the rest, where hyper's
+//! client ran a task per connection and passed each request, response and body piece
+//! through channels to it (docs/benchmarks.md, "An HTTP/1 client of molt's own").
+//!
+//! The framing rules are RFC 9112's, as hyper's client applied them, so that what a
+//! worker's response means does not change: 1xx other than 101 skipped; a response to
+//! HEAD, and a 204 or 304, with no body whatever its headers say; `Transfer-Encoding`
+//! ending in `chunked` before `Content-Length`; several lengths that differ, or one
+//! that is no number, refused; a message with neither read until the worker closes.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::ext::ReasonPhrase;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::{Method, Response, StatusCode, Version};
+use hyper::Request;
+
+use crate::run::proxy::upstream::{Upgraded, Upstream, UpstreamBody};
+
+/// A response head larger than this is refused (502): nginx's limit is 4 or 8 KiB
+/// (`proxy_buffer_size`), hyper's client allowed about 400 KiB; 64 KiB is molt's limit
+/// on a request head too.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Most header lines in a response head, as hyper's client counted them.
+const MAX_HEADERS: usize = 100;
+
+/// A chunk's size line (with its extensions) longer than this breaks the response.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// The most a read asks of the socket, for a long body that keeps filling the buffer
+/// (the first asks for 8 KiB, `upstream::FIRST_READ`).
+const MAX_READ_SIZE: usize = 64 * 1024;
+
+/// Why an exchange with a worker failed.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The connection failed before any byte of the request left: the request is
+    /// whole, and may go to a fresh connection.
+    Unsent(Box<Request<UpstreamBody>>),
+    /// The request's own body failed as it streamed: the client broke off or sent broken
+    /// chunks, which is no fault of the worker's.
+    ClientBody(BoxError),
+    /// The worker broke the exchange, or answered with what is no HTTP/1 response.
+    Upstream(Error),
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What went wrong on a connection to a worker.
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// The socket failed.
+    Io(io::Error),
+    /// The worker closed the connection before it had sent a whole response head.
+    ClosedBeforeHead,
+    /// The response head does not parse.
+    Head(httparse::Error),
+    /// The response head is larger than [`MAX_HEAD`].
+    HeadTooLarge,
+    /// The response's framing cannot be known: lengths that differ or are no number, or
+    /// a transfer coding in an HTTP/1.0 response.
+    Framing(&'static str),
+    /// The worker closed the connection before the body's end.
+    ClosedMidBody,
+    /// A chunk's size line does not parse.
+    ChunkSize,
+    /// The trailers do not parse, or are too large.
+    Trailers,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(err) => write!(f, "{err}"),
+            Error::ClosedBeforeHead => f.write_str("connection closed before the response head"),
+            Error::Head(err) => write!(f, "response head does not parse: {err}"),
+            Error::HeadTooLarge => write!(f, "response head over {MAX_HEAD} bytes"),
+            Error::Framing(why) => write!(f, "response framing: {why}"),
+            Error::ClosedMidBody => f.write_str("connection closed before the response's end"),
+            Error::ChunkSize => f.write_str("chunk size line does not parse"),
+            Error::Trailers => f.write_str("trailers do not parse"),
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::Io(err) => Some(err),
+            Error::Head(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Self {
+        Error::Io(err)
+    }
+}
+
+/// Sends `req` on `conn` and reads the response head. The response's body holds the
+/// connection; once read whole, [`ResponseBody::take_connection`] gives it back for
+/// reuse.
+pub(crate) async fn send(
+    mut conn: Upstream,
+    mut req: Request<UpstreamBody>,
+) -> Result<Response<ResponseBody>, SendError> {
+    let framing = frame_request(&mut req);
+    let head_request = req.method() == Method::HEAD;
+    let (parts, body) = req.into_parts();
+    let mut writer = Writer::new(body, framing);
+    writer.outbox.push(encode_head(&parts));
+    // A body that is ready now (a small one often is, read with the client's head) leaves
+    // in the same write as the head.
+    let first = poll_fn(|cx| Poll::Ready(writer.fill(cx))).await;
+    if let Err(err) = first {
+        return Err(SendError::ClientBody(err));
+    }
+    let mut parts = Some(parts);
+    let mut write_error: Option<io::Error> = None;
+    let head = poll_fn(|cx| {
+        if write_error.is_none() && !writer.finished() {
+            match writer.poll_write(cx, &mut conn) {
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+                Poll::Ready(Err(WriteError::Client(err))) => {
+                    return Poll::Ready(Err(SendError::ClientBody(err)));
+                }
+                Poll::Ready(Err(WriteError::Socket(err))) => {
+                    if writer.untouched() {
+                        if let Some(parts) = parts.take() {
+                            let body = writer.take_body();
+                            return Poll::Ready(Err(SendError::Unsent(Box::new(
+                                Request::from_parts(parts, body),
+                            ))));
+                        }
+                    }
+                    // The worker may have answered and closed before reading the rest
+                    // (a 413, say): its response is still read.
+                    write_error = Some(err);
+                }
+            }
+            if writer.sent_any() {
+                parts = None;
+            }
+        }
+        match ready!(conn.poll_head(cx, head_request)) {
+            Ok(head) => Poll::Ready(Ok(head)),
+            Err(err) => Poll::Ready(Err(SendError::Upstream(match write_error.take() {
+                Some(written) if matches!(err, Error::ClosedBeforeHead | Error::Io(_)) => {
+                    Error::Io(written)
+                }
+                _ => err,
+            }))),
+        }
+    })
+    .await?;
+    let Head {
+        response,
+        decoding,
+        keep_alive,
+    } = head;
+    let writing = (write_error.is_none() && !writer.finished()).then(|| Box::new(writer));
+    let body = ResponseBody {
+        conn: Some(conn),
+        decoding,
+        // A request body cut short leaves the connection in the middle of a message.
+        keep_alive: keep_alive && write_error.is_none(),
+        writing,
+        chunk: ChunkState::Size,
+    };
+    Ok(response.map(|()| body))
+}
+
+/// How a request's body is framed on the way to the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body is sent.
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// Decides the request body's framing and writes it into the head. The client's own
+/// `Transfer-Encoding` is gone (hop-by-hop); its `Content-Length` stays and frames the
+/// body, which hyper decoded by it. Otherwise a body of known size gets a length and one
+/// of unknown size is chunked, but for GET and HEAD, which are sent without one (as
+/// hyper's client did: such a body is almost always a mistake).
+fn frame_request(req: &mut Request<UpstreamBody>) -> Framing {
+    if let Some(len) = content_length(req.headers()) {
+        return if len == 0 {
+            Framing::Empty
+        } else {
+            Framing::Length(len)
+        };
+    }
+    req.headers_mut().remove(header::CONTENT_LENGTH);
+    if req.body().is_end_stream() {
+        return Framing::Empty;
+    }
+    if let Some(len) = req.body().size_hint().exact() {
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        return Framing::Length(len);
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Framing::Empty;
+    }
+    req.headers_mut().insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    Framing::Chunked
+}
+
+/// The one length all `Content-Length` values give, if they give one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let len: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+            if length.is_some_and(|seen| seen != len) {
+                return None;
+            }
+            length = Some(len);
+        }
+    }
+    length
+}
+
+/// The request line and headers, as the worker reads them.
+fn encode_head(parts: &hyper::http::request::Parts) -> Bytes {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", hyper::http::uri::PathAndQuery::as_str);
+    let mut head = Vec::with_capacity(64 + target.len() + parts.headers.len() * 40);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    Bytes::from(head)
+}
+
+/// Why a request's bytes could not be written.
+enum WriteError {
+    /// The client's body failed.
+    Client(BoxError),
+    /// The socket to the worker failed.
+    Socket(io::Error),
+}
+
+/// Pieces waiting to be written, in order.
+#[derive(Default)]
+struct Outbox {
+    pieces: std::collections::VecDeque<Bytes>,
+}
+
+impl Outbox {
+    fn push(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.pieces.push_back(piece);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    /// Writes until all is written (`Ready`) or the socket is full (`Pending`, its wake
+    /// registered), adding what it wrote to `sent`.
+    fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Upstream,
+        sent: &mut u64,
+    ) -> Poll<io::Result<()>> {
+        while !self.pieces.is_empty() {
+            let mut slices = [io::IoSlice::new(&[]); 16];
+            let mut count = 0;
+            for (slice, piece) in slices.iter_mut().zip(&self.pieces) {
+                *slice = io::IoSlice::new(piece);
+                count += 1;
+            }
+            let n = ready!(conn.poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *sent += n as u64;
+            let mut left = n;
+            while left > 0 {
+                let front = self.pieces.front_mut().expect("written bytes were queued");
+                if front.len() <= left {
+                    left -= front.len();
+                    self.pieces.pop_front();
+                } else {
+                    let _ = front.split_to(left);
+                    left = 0;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A request body on its way to the worker: framed, and written as the client sends it.
+struct Writer {
+    /// The body while pieces of it are still to be read.
+    body: Option<UpstreamBody>,
+    /// A body that is not sent (see [`frame_request`]), held for a retry.
+    unsent: Option<UpstreamBody>,
+    framing: Framing,
+    /// Body bytes still to come, for a body of known length.
+    left: u64,
+    outbox: Outbox,
+    /// Bytes written to the socket so far.
+    sent: u64,
+    /// The body has been polled for a piece (it can then not be sent again whole).
+    polled: bool,
+}
+
+/// A body piece larger than this is written before the next is read.
+const OUTBOX_FULL: usize = 64 * 1024;
+
+impl Writer {
+    fn new(body: UpstreamBody, framing: Framing) -> Self {
+        let left = match framing {
+            Framing::Length(len) => len,
+            Framing::Empty | Framing::Chunked => 0,
+        };
+        let (body, unsent) = if framing == Framing::Empty {
+            (None, Some(body))
+        } else {
+            (Some(body), None)
+        };
+        Writer {
+            body,
+            unsent,
+            framing,
+            left,
+            outbox: Outbox::default(),
+            sent: 0,
+            polled: false,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.body.is_none() && self.outbox.is_empty()
+    }
+
+    /// Nothing was written and the body was never polled: the request is as it came.
+    fn untouched(&self) -> bool {
+        self.sent == 0 && !self.polled
+    }
+
+    fn sent_any(&self) -> bool {
+        self.sent > 0
+    }
+
+    fn take_body(&mut self) -> UpstreamBody {
+        self.body
+            .take()
+            .or_else(|| self.unsent.take())
+            .expect("a writer that was never polled holds its body")
+    }
+
+    /// Takes what the body has ready now into the outbox, up to [`OUTBOX_FULL`], never
+    /// waiting.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Result<(), BoxError> {
+        while self.outbox.len() < OUTBOX_FULL {
+            let Some(body) = self.body.as_mut() else {
+                return Ok(());
+            };
+            self.polled = true;
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => return Ok(()),
+                // Trailers of a request are not forwarded (its `Trailer` header is not).
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.queue(data)?;
+                    }
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    self.body = None;
+                    return Err(err);
+                }
+                Poll::Ready(None) => {
+                    self.body = None;
+                    match self.framing {
+                        Framing::Chunked => self.outbox.push(Bytes::from_static(b"0\r\n\r\n")),
+                        Framing::Length(_) if self.left > 0 => {
+                            return Err("the request body ended before its length".into());
+                        }
+                        Framing::Length(_) | Framing::Empty => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, data: Bytes) -> Result<(), BoxError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self.framing {
+            Framing::Chunked => {
+                self.outbox
+                    .push(Bytes::from(format!("{:X}\r\n", data.len())));
+                self.outbox.push(data);
+                self.outbox.push(Bytes::from_static(b"\r\n"));
+            }
+            Framing::Length(_) => {
+                let len = data.len() as u64;
+                if len > self.left {
+                    return Err("the request body is longer than its length".into());
+                }
+                self.left -= len;
+                self.outbox.push(data);
+                if self.left == 0 {
+                    // Nothing may follow the declared length.
+                    self.body = None;
+                }
+            }
+            Framing::Empty => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the body as it comes until it is all written (`Ready(Ok)`), the socket or
+    /// the client's body has to be waited for (`Pending`), or either fails.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Upstream,
+    ) -> Poll<Result<(), WriteError>> {
+        loop {
+            self.fill(cx).map_err(WriteError::Client)?;
+            if self.outbox.is_empty() {
+                return if self.body.is_none() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            // Pending: the socket is full, and wakes the task once it has room.
+            ready!(self.outbox.poll_flush(cx, conn, &mut self.sent)).map_err(WriteError::Socket)?;
+        }
+    }
+}
+
+/// A parsed response head, and how its body is read.
+struct Head {
+    response: Response<()>,
+    decoding: Decoding,
+    keep_alive: bool,
+}
+
+/// How much of a response body is left to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decoding {
+    Length(u64),
+    Chunked,
+    /// Until the worker closes the connection.
+    UntilClose,
+    Done,
+}
+
+impl Upstream {
+    /// Reads until a whole final response head is in, skipping interim (1xx) ones.
+    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Head, Error>> {
+        loop {
+            if !self.read.is_empty() {
+                if let Some(head) = parse_head(&mut self.read, head_request)? {
+                    return Poll::Ready(Ok(head));
+                }
+                if self.read.len() > MAX_HEAD {
+                    return Poll::Ready(Err(Error::HeadTooLarge));
+                }
+            }
+            let n = ready!(self.poll_read(cx))?;
+            if n == 0 {
+                return Poll::Ready(Err(Error::ClosedBeforeHead));
+            }
+        }
+    }
+
+    /// Reads what the socket has into `self.read`; 0 at the end of the stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let want = self.read_size;
+        if self.read.capacity() - self.read.len() < want / 2 {
+            self.read.reserve(want);
+        }
+        let n = ready!(self.io.poll_read_buf(cx, &mut self.read))?;
+        // A read that filled what was free asks for more next time, up to a bound.
+        if n >= want {
+            self.read_size = (want * 2).min(MAX_READ_SIZE);
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// Parses a response head at the start of `buf` and takes it off; `None` while it is not
+/// whole. An interim (1xx but 101) head is taken off and skipped.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
+    loop {
+        // Each header's name and value as offsets into the head, so that the values can
+        // share its bytes instead of each being copied.
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let (len, code, version, reason, count) = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut headers);
+            let len = match parsed.parse(&buf[..]) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(err) => return Err(Error::Head(err)),
+            };
+            let base = buf.as_ptr() as usize;
+            for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
+                let name = header.name.as_ptr() as usize - base;
+                let value = header.value.as_ptr() as usize - base;
+                *span = (
+                    name,
+                    name + header.name.len(),
+                    value,
+                    value + header.value.len(),
+                );
+            }
+            let reason = parsed
+                .reason
+                .filter(|reason| !reason.is_empty())
+                .and_then(|reason| ReasonPhrase::try_from(reason.as_bytes()).ok());
+            let code = parsed.code.expect("a whole head has a status");
+            let version = parsed.version.expect("a whole head has a version");
+            (len, code, version, reason, parsed.headers.len())
+        };
+        let bytes = buf.split_to(len).freeze();
+        let status = StatusCode::from_u16(code).map_err(|_| Error::Framing("status"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            continue;
+        }
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(name_at, name_end, value_at, value_end) in &spans[..count] {
+            let name = HeaderName::from_bytes(&bytes[name_at..name_end])
+                .map_err(|_| Error::Framing("header name"))?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_end))
+                .map_err(|_| Error::Framing("header value"))?;
+            headers.append(name, value);
+        }
+        let version = if version == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let (decoding, upgrade) = decoding(status, version, &headers, head_request)?;
+        let keep_alive = !upgrade && keeps_alive(version, &headers);
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        if let Some(reason) =
+            reason.filter(|r| Some(r.as_bytes()) != status.canonical_reason().map(str::as_bytes))
+        {
+            response.extensions_mut().insert(reason);
+        }
+        return Ok(Some(Head {
+            response,
+            decoding,
+            keep_alive,
+        }));
+    }
+}
+
+/// How the body of a response is framed (RFC 9112 section 6.3), and whether it switches
+/// protocols.
+fn decoding(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+    head_request: bool,
+) -> Result<(Decoding, bool), Error> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((Decoding::Done, true));
+    }
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Decoding::Done, false));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(Error::Framing("transfer-encoding in an HTTP/1.0 response"));
+        }
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return Ok((
+            if chunked {
+                Decoding::Chunked
+            } else {
+                Decoding::UntilClose
+            },
+            false,
+        ));
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return match content_length(headers) {
+            Some(0) => Ok((Decoding::Done, false)),
+            Some(len) => Ok((Decoding::Length(len), false)),
+            None => Err(Error::Framing("content-length")),
+        };
+    }
+    Ok((Decoding::UntilClose, false))
+}
+
+/// Whether the connection may carry another request after this response.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    !close && (version == Version::HTTP_11 || keep_alive)
+}
+
+/// Where a chunked body's reading is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// At a chunk's size line.
+    Size,
+    /// In a chunk's data, this much of it left.
+    Data(u64),
+    /// After a chunk's data, at its line end.
+    DataEnd,
+    /// After the last chunk, at the trailers.
+    Trailers,
+}
+
+/// A worker's response body, read from its connection as it is asked for.
+pub(crate) struct ResponseBody {
+    /// `None` once taken for reuse, or for a tunnel.
+    conn: Option<Upstream>,
+    decoding: Decoding,
+    keep_alive: bool,
+    /// What is left of the request body, written as the response is read (a worker may
+    /// answer before it has read all of it).
+    /// Boxed: most requests have no body left to write by then.
+    writing: Option<Box<Writer>>,
+    chunk: ChunkState,
+}
+
+impl ResponseBody {
+    /// The connection, once the response is read whole and it can carry another request.
+    pub(crate) fn take_connection(&mut self) -> Option<Upstream> {
+        let reusable = self.decoding == Decoding::Done
+            && self.keep_alive
+            && self.writing.is_none()
+            && self.conn.as_ref().is_some_and(|conn| conn.read.is_empty());
+        if reusable {
+            self.conn.take()
+        } else {
+            None
+        }
+    }
+
+    /// The socket of a response that switched protocols, with what the worker sent after
+    /// its head.
+    pub(crate) fn upgraded(&mut self) -> Option<Upgraded> {
+        self.conn.take().map(Upstream::into_upgraded)
+    }
+
+    fn fail(&mut self, err: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.decoding = Decoding::Done;
+        self.keep_alive = false;
+        self.conn = None;
+        Poll::Ready(Some(Err(Box::new(err))))
+    }
+
+    /// Writes more of the request body if there is room; stops writing when the socket
+    /// fails (the response may still come whole) and fails the response when the
+    /// client's body does.
+    fn poll_writing(&mut self, cx: &mut Context<'_>) -> Result<(), BoxError> {
+        let (Some(writer), Some(conn)) = (self.writing.as_mut(), self.conn.as_mut()) else {
+            return Ok(());
+        };
+        match writer.poll_write(cx, conn) {
+            Poll::Pending => Ok(()),
+            Poll::Ready(Ok(())) => {
+                self.writing = None;
+                Ok(())
+            }
+            Poll::Ready(Err(WriteError::Socket(_))) => {
+                self.writing = None;
+                self.keep_alive = false;
+                Ok(())
+            }
+            Poll::Ready(Err(WriteError::Client(err))) => {
+                self.writing = None;
+                Err(err)
+            }
+        }
+    }
+
+    fn poll_chunked(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut conn.read;
+            match self.chunk {
+                ChunkState::Size => {
+                    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                        let Some(size) = chunk_size(&buf[..end]) else {
+                            return self.fail(Error::ChunkSize);
+                        };
+                        let _ = buf.split_to(end + 1);
+                        self.chunk = if size == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(size)
+                        };
+                        continue;
+                    }
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return self.fail(Error::ChunkSize);
+                    }
+                }
+                ChunkState::Data(left) => {
+                    if !buf.is_empty() {
+                        let take =
+                            usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
+                        let data = buf.split_to(take).freeze();
+                        let left = left - take as u64;
+                        self.chunk = if left == 0 {
+                            ChunkState::DataEnd
+                        } else {
+                            ChunkState::Data(left)
+                        };
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                ChunkState::DataEnd => {
+                    if buf.starts_with(b"\r\n") {
+                        let _ = buf.split_to(2);
+                        self.chunk = ChunkState::Size;
+                        continue;
+                    }
+                    if buf.starts_with(b"\n") {
+                        let _ = buf.split_to(1);
+                        self.chunk = ChunkState::Size;
+                        continue;
+                    }
+                    if buf.len() >= 2 || buf.first().is_some_and(|&b| b != b'\r') {
+                        return self.fail(Error::ChunkSize);
+                    }
+                }
+                ChunkState::Trailers => {
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(buf, &mut headers) {
+                        Ok(httparse::Status::Complete((len, parsed))) => {
+                            let mut trailers = HeaderMap::new();
+                            for header in parsed {
+                                let (Ok(name), Ok(value)) = (
+                                    HeaderName::from_bytes(header.name.as_bytes()),
+                                    HeaderValue::from_bytes(header.value),
+                                ) else {
+                                    return self.fail(Error::Trailers);
+                                };
+                                trailers.append(name, value);
+                            }
+                            let _ = buf.split_to(len);
+                            self.decoding = Decoding::Done;
+                            return Poll::Ready(
+                                (!trailers.is_empty()).then(|| Ok(Frame::trailers(trailers))),
+                            );
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {}
+                        Ok(httparse::Status::Partial) | Err(_) => {
+                            return self.fail(Error::Trailers);
+                        }
+                    }
+                }
+            }
+            match ready!(conn.poll_read(cx)) {
+                Ok(0) => return self.fail(Error::ClosedMidBody),
+                Ok(_) => {}
+                Err(err) => return self.fail(Error::Io(err)),
+            }
+        }
+    }
+}
+
+/// A chunk's size from its line (without the line feed): hex digits, then optional
+/// whitespace and `;` extensions, which are ignored.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .map_or(line, |end| &line[..end]);
+    let rest = &line[digits.len()..];
+    let rest = rest.trim_ascii_start();
+    if digits.is_empty() || digits.len() > 16 || !(rest.is_empty() || rest.starts_with(b";")) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Err(err) = this.poll_writing(cx) {
+            this.decoding = Decoding::Done;
+            this.conn = None;
+            return Poll::Ready(Some(Err(err)));
+        }
+        match this.decoding {
+            Decoding::Done => Poll::Ready(None),
+            Decoding::Chunked => this.poll_chunked(cx),
+            Decoding::Length(left) => {
+                let Some(conn) = this.conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                if conn.read.is_empty() {
+                    match ready!(conn.poll_read(cx)) {
+                        Ok(0) => return this.fail(Error::ClosedMidBody),
+                        Ok(_) => {}
+                        Err(err) => return this.fail(Error::Io(err)),
+                    }
+                }
+                let take =
+                    usize::try_from(left).map_or(conn.read.len(), |left| left.min(conn.read.len()));
+                let data = conn.read.split_to(take).freeze();
+                let left = left - take as u64;
+                this.decoding = if left == 0 {
+                    Decoding::Done
+                } else {
+                    Decoding::Length(left)
+                };
+                if left == 0 {
+                    // The request body's rest, if any, is not waited for: the connection
+                    // then goes (see `take_connection`).
+                    let _ = this.poll_writing(cx);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Decoding::UntilClose => {
+                let Some(conn) = this.conn.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                if conn.read.is_empty() {
+                    match ready!(conn.poll_read(cx)) {
+                        Ok(0) => {
+                            this.decoding = Decoding::Done;
+                            this.keep_alive = false;
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(err) => return this.fail(Error::Io(err)),
+                    }
+                }
+                let data = conn.read.split().freeze();
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoding == Decoding::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoding {
+            Decoding::Done => SizeHint::with_exact(0),
+            Decoding::Length(left) => SizeHint::with_exact(left),
+            Decoding::Chunked | Decoding::UntilClose => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::proxy::spool::Spooled;
+    use crate::run::proxy::upstream::IdleUpstreams;
+
+    fn head_of(bytes: &[u8], head_request: bool) -> Result<Option<Head>, Error> {
+        let mut buf = BytesMut::from(bytes);
+        parse_head(&mut buf, head_request)
+    }
+
+    #[test]
+    fn a_response_is_framed_as_rfc_9112_says() {
+        let cases: &[(&[u8], bool, Decoding)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                false,
+                Decoding::Length(5),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                false,
+                Decoding::Length(5),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                false,
+                Decoding::Done,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                false,
+                Decoding::Chunked,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                false,
+                Decoding::UntilClose,
+            ),
+            (b"HTTP/1.1 200 OK\r\n\r\n", false, Decoding::UntilClose),
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                false,
+                Decoding::Done,
+            ),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                Decoding::Done,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+                true,
+                Decoding::Done,
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+                false,
+                Decoding::Length(2),
+            ),
+        ];
+        for (bytes, head_request, expected) in cases {
+            let head = head_of(bytes, *head_request)
+                .expect("parses")
+                .expect("whole");
+            assert_eq!(
+                head.decoding,
+                *expected,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A : a\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(
+                head_of(bad, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(head_of(b"HTTP/1.1 200 OK\r\nContent-Le", false)
+            .expect("partial")
+            .is_none());
+        assert!(head_of(b"HTTP/1.1 100 Continue\r\n\r\n", false)
+            .expect("interim")
+            .is_none());
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        let keeps = |bytes: &[u8]| {
+            head_of(bytes, false)
+                .expect("parses")
+                .expect("whole")
+                .keep_alive
+        };
+        assert!(keeps(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keeps(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keeps(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(keeps(
+            b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keeps(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn a_reason_phrase_is_kept_only_when_it_is_not_the_usual_one() {
+        let head = head_of(b"HTTP/1.1 200 Fine\r\n\r\n", false)
+            .expect("parses")
+            .expect("whole");
+        assert_eq!(
+            head.response
+                .extensions()
+                .get::<ReasonPhrase>()
+                .map(ReasonPhrase::as_bytes),
+            Some(&b"Fine"[..])
+        );
+        let head = head_of(b"HTTP/1.1 200 OK\r\n\r\n", false)
+            .expect("parses")
+            .expect("whole");
+        assert!(head.response.extensions().get::<ReasonPhrase>().is_none());
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(chunk_size(b"5\r"), Some(5));
+        assert_eq!(chunk_size(b"1aF;name=value\r"), Some(0x1af));
+        assert_eq!(chunk_size(b"5 ;x\r"), Some(5));
+        assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b"zz\r"), None);
+        assert_eq!(chunk_size(b"\r"), None);
+        assert_eq!(chunk_size(b"5 x\r"), None);
+        assert_eq!(
+            chunk_size(b"11111111111111111\r"),
+            None,
+            "more than 64 bits"
+        );
+    }
+
+    /// A worker at a local address, and a connection to it as a request takes one.
+    async fn worker() -> (tokio::net::TcpListener, IdleUpstreams) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        (listener, IdleUpstreams::default())
+    }
+
+    fn request(method: &str, body: Option<Bytes>) -> Request<UpstreamBody> {
+        let body = body.map_or_else(Spooled::empty, Spooled::in_memory);
+        let body: UpstreamBody = http_body_util::Either::Right(Box::new(body));
+        Request::builder()
+            .method(method)
+            .uri("/")
+            .header("host", "x")
+            .body(body)
+            .expect("a valid request")
+    }
+
+    /// Reads a request head off `socket`.
+    async fn read_head(socket: &mut tokio::net::TcpStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt as _;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = socket.read(&mut byte).await.expect("read");
+            assert_eq!(n, 1, "the request head");
+            head.push(byte[0]);
+        }
+        head
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_in_pieces_is_read_whole_with_its_trailers() {
+        use http_body_util::BodyExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        let (listener, idle) = worker().await;
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let head = read_head(&mut socket).await;
+            let response: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n";
+            // A piece of three bytes at a time, each on its own: every state of the
+            // decoder meets the end of what has come.
+            for piece in response.chunks(3) {
+                socket.write_all(piece).await.expect("write");
+                socket.flush().await.expect("flush");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            (head, socket)
+        });
+        let conn = idle.connect(addr).await.expect("connect");
+        let response = send(conn, request("GET", None)).await.expect("a response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("a frame");
+            match frame.into_data() {
+                Ok(piece) => data.extend_from_slice(&piece),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        assert_eq!(data, b"hello world");
+        assert_eq!(
+            trailers.and_then(|t| t.get("x-sum").cloned()),
+            Some(HeaderValue::from_static("42"))
+        );
+        assert!(
+            body.take_connection().is_some(),
+            "the connection is reusable"
+        );
+        let (head, _socket) = server.await.expect("the worker");
+        assert_eq!(head, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+    }
+
+    /// Regression: a worker may answer (a 413, say) before it has read the body, and stop
+    /// reading; molt must hear the answer though its body cannot all be written.
+    #[tokio::test]
+    async fn an_answer_before_the_body_is_read_is_heard() {
+        use tokio::io::AsyncWriteExt as _;
+        let (listener, idle) = worker().await;
+        let addr = listener.local_addr().expect("addr");
+        let (done, until_done) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let head = read_head(&mut socket).await;
+            socket
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .expect("write");
+            // Holds the connection, reading nothing more, until the test is done.
+            let _ = until_done.await;
+            head
+        });
+        // Far more than the sockets' buffers hold.
+        let body = Bytes::from(vec![b'x'; 64 * 1024 * 1024]);
+        let conn = idle.connect(addr).await.expect("connect");
+        let sent = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            send(conn, request("POST", Some(body))),
+        )
+        .await
+        .expect("the answer is heard while the body waits");
+        let mut response = sent.expect("a response");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            response.body_mut().take_connection().is_none(),
+            "a connection in the middle of a request body is not reused"
+        );
+        let _ = done.send(());
+        let head = server.await.expect("the worker");
+        let head = String::from_utf8(head).expect("text");
+        assert!(head.contains("content-length: 67108864\r\n"), "{head}");
+    }
+}
