@@ -249,22 +249,49 @@ fn websocket_echoes(conn: &mut Conn, early: bool) {
                 .write_all(&masked_text_frame(message))
                 .expect("send frame");
         }
-        let reader = conn.reader();
-        let mut header = [0u8; 2];
-        reader.read_exact(&mut header).expect("frame header");
-        assert_eq!(header[0], 0x81, "a final text frame");
-        let len = match header[1] {
-            126 => {
-                let mut ext = [0u8; 2];
-                reader.read_exact(&mut ext).expect("extended length");
-                usize::from(u16::from_be_bytes(ext))
-            }
-            n => usize::from(n),
-        };
-        let mut payload = vec![0u8; len];
-        reader.read_exact(&mut payload).expect("payload");
-        assert_eq!(payload, message);
+        assert_eq!(read_text_frame(conn), message);
     }
+}
+
+/// Reads one unmasked final text frame from the worker and returns its payload.
+fn read_text_frame(conn: &mut Conn) -> Vec<u8> {
+    let reader = conn.reader();
+    let mut header = [0u8; 2];
+    reader.read_exact(&mut header).expect("frame header");
+    assert_eq!(header[0], 0x81, "a final text frame");
+    let len = match header[1] {
+        126 => {
+            let mut ext = [0u8; 2];
+            reader.read_exact(&mut ext).expect("extended length");
+            usize::from(u16::from_be_bytes(ext))
+        }
+        n => usize::from(n),
+    };
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload).expect("payload");
+    payload
+}
+
+/// Regression: a worker may send its first frame in the same write as its 101 (a server
+/// that greets on connect); molt reads it with the head and must pass it on first.
+#[test]
+fn a_frame_sent_with_the_101_reaches_the_client() {
+    let molt = pool(1, |b| b);
+    let mut conn = Conn::open(molt.port()).expect("connect");
+    conn.stream()
+        .write_all(
+            b"GET /ws?greet=welcome HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n\
+            Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .expect("send handshake");
+    let head = conn.read_head().expect("handshake response");
+    assert_eq!(head.status, 101);
+    assert_eq!(read_text_frame(&mut conn), b"welcome");
+    conn.stream()
+        .write_all(&masked_text_frame(b"and then an echo"))
+        .expect("send frame");
+    assert_eq!(read_text_frame(&mut conn), b"and then an echo");
 }
 
 fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
