@@ -297,7 +297,8 @@ impl Outbox {
     }
 
     /// Writes until all is written (`Ready`) or the socket is full (`Pending`, its wake
-    /// registered), adding what it wrote to `sent`.
+    /// registered), adding what it wrote to `sent` (the request's bytes so far: any write
+    /// after its first turns Nagle's algorithm off, see `Upstream::no_delay`).
     fn poll_flush(
         &mut self,
         cx: &mut Context<'_>,
@@ -305,6 +306,9 @@ impl Outbox {
         sent: &mut u64,
     ) -> Poll<io::Result<()>> {
         while !self.pieces.is_empty() {
+            if *sent > 0 {
+                conn.no_delay();
+            }
             let mut slices = [io::IoSlice::new(&[]); 16];
             let mut count = 0;
             for (slice, piece) in slices.iter_mut().zip(&self.pieces) {

@@ -45,6 +45,8 @@ pub(crate) struct Upstream {
     /// The proxy thread that opened it, whose runtime's reactor its socket is registered
     /// with.
     thread: usize,
+    /// Nagle's algorithm is off (see [`Upstream::no_delay`]).
+    no_delay: bool,
 }
 
 /// A connection whose response switched protocols (WebSocket), for the tunnel: the socket
@@ -70,6 +72,20 @@ impl Upstream {
             read_size: FIRST_READ,
             generation: 0,
             thread: proxy_thread(),
+            no_delay: false,
+        }
+    }
+
+    /// Turns Nagle's algorithm off, once, before a request's second write: it holds a
+    /// small segment back while one sent before is unacknowledged, which the worker, still
+    /// reading the request, may delay by 40 ms. A request written in one piece (most of
+    /// them: the head, with a small body) has nothing unacknowledged before it (the last
+    /// response acknowledged the last request), so it needs no `setsockopt`, which in
+    /// front of a server that closes every connection was one per request.
+    pub(super) fn no_delay(&mut self) {
+        if !self.no_delay {
+            self.no_delay = true;
+            let _ = self.io.stream.set_nodelay(true);
         }
     }
 
@@ -91,7 +107,9 @@ impl Upstream {
         Pin::new(&mut self.io.stream).poll_write_vectored(cx, bufs)
     }
 
-    pub(super) fn into_upgraded(self) -> Upgraded {
+    pub(super) fn into_upgraded(mut self) -> Upgraded {
+        // A tunnel's frames are small and come one after another.
+        self.no_delay();
         Upgraded {
             stream: self.io.stream,
             early: self.read,
@@ -231,7 +249,6 @@ impl IdleUpstreams {
             return Ok(conn);
         }
         let stream = TcpStream::connect(addr).await?;
-        let _ = stream.set_nodelay(true);
         let mut conn = Upstream::new(stream, Arc::clone(&self.acks));
         conn.generation = self.generation.load(Ordering::Acquire);
         Ok(conn)
