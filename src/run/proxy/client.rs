@@ -1192,4 +1192,80 @@ mod tests {
         let head = String::from_utf8(head).expect("text");
         assert!(head.contains("content-length: 67108864\r\n"), "{head}");
     }
+
+    /// A connection the worker has reset fails the request's first write before any byte
+    /// left: the request comes back whole, to go to a fresh connection.
+    #[tokio::test]
+    async fn a_request_that_could_not_leave_comes_back_whole() {
+        let (listener, idle) = worker().await;
+        let addr = listener.local_addr().expect("addr");
+        let conn = idle.connect(addr).await.expect("connect");
+        let (socket, _) = listener.accept().await.expect("accept");
+        // SO_LINGER 0: the close sends a reset.
+        let linger = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Linger, &linger)
+            .expect("linger");
+        drop(socket);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !conn.is_closed() {
+            assert!(std::time::Instant::now() < deadline, "the reset arrives");
+            tokio::task::yield_now().await;
+        }
+        let mut req = request("GET", None);
+        req.headers_mut()
+            .insert("x-mark", HeaderValue::from_static("kept"));
+        match send(conn, req).await {
+            Err(SendError::Unsent(unsent)) => {
+                assert_eq!(unsent.method(), Method::GET);
+                assert_eq!(
+                    unsent.headers().get("x-mark").map(HeaderValue::as_bytes),
+                    Some(&b"kept"[..])
+                );
+            }
+            Err(other) => panic!("expected the request back, got {other:?}"),
+            Ok(response) => panic!("expected the request back, got {}", response.status()),
+        }
+    }
+
+    /// Nagle's algorithm stays on for a request written in one piece and goes off before
+    /// a request's second write.
+    #[tokio::test]
+    async fn only_a_request_in_pieces_turns_nagle_off() {
+        use http_body_util::BodyExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (listener, idle) = worker().await;
+        let addr = listener.local_addr().expect("addr");
+        let body_len = 16 * 1024 * 1024;
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            for expect in [0, body_len] {
+                let head = read_head(&mut socket).await;
+                assert!(head.starts_with(b"POST") == (expect > 0));
+                let mut body = vec![0u8; expect];
+                socket.read_exact(&mut body).await.expect("the body");
+                socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .expect("write");
+            }
+        });
+        let exchange = |conn, req| async move {
+            let mut body = send(conn, req).await.expect("a response").into_body();
+            while let Some(frame) = body.frame().await {
+                frame.expect("body");
+            }
+            body.take_connection().expect("reusable")
+        };
+        let conn = idle.connect(addr).await.expect("connect");
+        let conn = exchange(conn, request("GET", None)).await;
+        assert!(!conn.nodelay(), "one piece");
+        // Far more than one write takes on a loopback socket whose reader is slower.
+        let body = Bytes::from(vec![b'x'; body_len]);
+        let conn = exchange(conn, request("POST", Some(body))).await;
+        assert!(conn.nodelay(), "in pieces");
+        server.await.expect("the worker");
+    }
 }

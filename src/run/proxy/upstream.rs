@@ -94,7 +94,7 @@ impl Upstream {
     /// on it means it cannot take a request. The kernel knows it before the reactor has
     /// told the runtime: the gap in which a request sent to a worker that was just killed
     /// would fail though the worker never held it.
-    fn is_closed(&self) -> bool {
+    pub(super) fn is_closed(&self) -> bool {
         !self.read.is_empty() || peer_done(self.io.stream.as_raw_fd())
     }
 
@@ -105,6 +105,15 @@ impl Upstream {
     ) -> Poll<io::Result<usize>> {
         self.io.writing();
         Pin::new(&mut self.io.stream).poll_write_vectored(cx, bufs)
+    }
+
+    /// Whether the socket has Nagle's algorithm off, as the kernel says.
+    #[cfg(test)]
+    pub(super) fn nodelay(&self) -> bool {
+        self.io
+            .stream
+            .nodelay()
+            .expect("a connected socket has TCP_NODELAY")
     }
 
     pub(super) fn into_upgraded(mut self) -> Upgraded {
