@@ -394,7 +394,10 @@ async fn exchange(
             }
         };
         let sent_at = std::time::Instant::now();
-        let sent = client::send(conn, req);
+        // Boxed: the exchange is about 1.3 KB, which every request waiting in the queue
+        // for a lease would otherwise hold too (the exchange's future from 2,112 bytes to
+        // 800; docs/benchmarks.md, "An HTTP/1 client of molt's own").
+        let sent = Box::pin(client::send(conn, req));
         // With no request timeout, the wait is unbounded.
         let limit = proxy.request_timeout.unwrap_or(Duration::MAX);
         let Ok(sent) = tokio::time::timeout(limit, sent).await else {
