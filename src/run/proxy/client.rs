@@ -768,10 +768,8 @@ impl ResponseBody {
                 }
                 ChunkState::Data(left) => {
                     if !buf.is_empty() {
-                        let take =
-                            usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
-                        let data = buf.split_to(take).freeze();
-                        let left = left - take as u64;
+                        let data = take_up_to(buf, left);
+                        let left = left - data.len() as u64;
                         self.chunk = if left == 0 {
                             ChunkState::DataEnd
                         } else {
@@ -822,13 +820,29 @@ impl ResponseBody {
                     }
                 }
             }
-            match ready!(conn.poll_read(cx)) {
-                Ok(0) => return self.fail(Error::ClosedMidBody),
-                Ok(_) => {}
-                Err(err) => return self.fail(Error::Io(err)),
+            if let Err(err) = ready!(self.poll_more(cx)) {
+                return self.fail(err);
             }
         }
     }
+
+    /// Reads more of the body from the socket; the end of the stream breaks it here.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Err(Error::ClosedMidBody));
+        };
+        Poll::Ready(match ready!(conn.poll_read(cx)) {
+            Ok(0) => Err(Error::ClosedMidBody),
+            Ok(_) => Ok(()),
+            Err(err) => Err(Error::Io(err)),
+        })
+    }
+}
+
+/// Up to `left` bytes off the front of `buf`.
+fn take_up_to(buf: &mut BytesMut, left: u64) -> Bytes {
+    let take = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
+    buf.split_to(take).freeze()
 }
 
 /// A chunk's size from its line (without the line feed): hex digits, then optional
@@ -865,20 +879,16 @@ impl Body for ResponseBody {
             Decoding::Done => Poll::Ready(None),
             Decoding::Chunked => this.poll_chunked(cx),
             Decoding::Length(left) => {
+                if this.conn.as_ref().is_some_and(|conn| conn.read.is_empty()) {
+                    if let Err(err) = ready!(this.poll_more(cx)) {
+                        return this.fail(err);
+                    }
+                }
                 let Some(conn) = this.conn.as_mut() else {
                     return Poll::Ready(None);
                 };
-                if conn.read.is_empty() {
-                    match ready!(conn.poll_read(cx)) {
-                        Ok(0) => return this.fail(Error::ClosedMidBody),
-                        Ok(_) => {}
-                        Err(err) => return this.fail(Error::Io(err)),
-                    }
-                }
-                let take =
-                    usize::try_from(left).map_or(conn.read.len(), |left| left.min(conn.read.len()));
-                let data = conn.read.split_to(take).freeze();
-                let left = left - take as u64;
+                let data = take_up_to(&mut conn.read, left);
+                let left = left - data.len() as u64;
                 this.decoding = if left == 0 {
                     Decoding::Done
                 } else {
