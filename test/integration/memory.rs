@@ -314,14 +314,21 @@ fn metrics_line_is_l2met() {
     for _ in 0..3 {
         assert_eq!(get(molt.port(), "/").expect("served").status, 200);
     }
-    assert!(molt.wait_for_log("count#molt.requests=", Duration::from_secs(10)));
     // Lines written while the worker was still booting show no ready worker and no limit.
-    let line = molt
-        .log()
-        .lines()
-        .find(|l| l.contains("at=metrics") && l.contains("sample#molt.workers.ready=1"))
-        .expect("a metrics line with the worker ready")
-        .to_owned();
+    // Regression: waiting for any metrics line and then looking for one with the worker
+    // ready raced the next line on a slow machine (the boot's line matched at once).
+    let ready_line = || {
+        molt.log()
+            .lines()
+            .find(|l| l.contains("at=metrics") && l.contains("sample#molt.workers.ready=1"))
+            .map(str::to_owned)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || ready_line().is_some()),
+        "a metrics line with the worker ready:\n{}",
+        molt.log()
+    );
+    let line = ready_line().expect("found above");
     for field in [
         "sample#molt.workers=1",
         "sample#molt.memory.pool=",
