@@ -154,9 +154,6 @@ pub(crate) async fn send(
                     write_error = Some(err);
                 }
             }
-            if writer.sent_any() {
-                parts = None;
-            }
         }
         match ready!(conn.poll_head(cx, head_request)) {
             Ok(head) => Poll::Ready(Ok(head)),
@@ -384,10 +381,6 @@ impl Writer {
     /// Nothing was written and the body was never polled: the request is as it came.
     fn untouched(&self) -> bool {
         self.sent == 0 && !self.polled
-    }
-
-    fn sent_any(&self) -> bool {
-        self.sent > 0
     }
 
     fn take_body(&mut self) -> UpstreamBody {
@@ -707,11 +700,12 @@ impl ResponseBody {
         self.conn.take().map(Upstream::into_upgraded)
     }
 
-    fn fail(&mut self, err: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    /// Ends the body with `err`; the connection goes with it.
+    fn fail(&mut self, err: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.decoding = Decoding::Done;
         self.keep_alive = false;
         self.conn = None;
-        Poll::Ready(Some(Err(Box::new(err))))
+        Poll::Ready(Some(Err(err.into())))
     }
 
     /// Writes more of the request body if there is room; stops writing when the socket
@@ -871,9 +865,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Err(err) = this.poll_writing(cx) {
-            this.decoding = Decoding::Done;
-            this.conn = None;
-            return Poll::Ready(Some(Err(err)));
+            return this.fail(err);
         }
         match this.decoding {
             Decoding::Done => Poll::Ready(None),

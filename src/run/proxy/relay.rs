@@ -40,10 +40,9 @@ const MAX_TEMP_FILE: u64 = 1024 * 1024 * 1024;
 
 /// Responses of at most this known length skip the relay: they are read straight from
 /// the worker as hyper writes them, so the head and body leave in one write and no task
-/// is spawned. hyper takes
-/// a body that small into its write buffer (16 pieces, 400 KiB) whatever the client reads,
-/// and the sockets' buffers hold it too, so the worker is still free as soon as it has
-/// written it.
+/// is spawned. hyper takes a body that small into its write buffer (16 pieces, 400 KiB)
+/// whatever the client reads, and the sockets' buffers hold it too, so the worker is
+/// still free as soon as it has written it.
 const DIRECT_LIMIT: u64 = 64 * 1024;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
