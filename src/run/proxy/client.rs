@@ -727,7 +727,11 @@ impl ResponseBody {
                 Ok(())
             }
             Poll::Ready(Err(WriteError::Client(err))) => {
+                // The request body stopped mid-message: the connection cannot carry
+                // another request, even when the caller ignores the error (as the last
+                // frame of a body of known length does).
                 self.writing = None;
+                self.keep_alive = false;
                 Err(err)
             }
         }
