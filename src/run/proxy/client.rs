@@ -274,22 +274,22 @@ enum WriteError {
 
 /// Pieces waiting to be written, in order.
 #[derive(Default)]
-struct Outbox {
+pub(super) struct Outbox {
     pieces: std::collections::VecDeque<Bytes>,
 }
 
 impl Outbox {
-    fn push(&mut self, piece: Bytes) {
+    pub(super) fn push(&mut self, piece: Bytes) {
         if !piece.is_empty() {
             self.pieces.push_back(piece);
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.pieces.is_empty()
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.pieces.iter().map(Bytes::len).sum()
     }
 
@@ -306,30 +306,41 @@ impl Outbox {
             if *sent > 0 {
                 conn.no_delay();
             }
-            let mut slices = [io::IoSlice::new(&[]); 16];
-            let mut count = 0;
-            for (slice, piece) in slices.iter_mut().zip(&self.pieces) {
-                *slice = io::IoSlice::new(piece);
-                count += 1;
-            }
-            let n = ready!(conn.poll_write_vectored(cx, &slices[..count]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
+            let n = ready!(self.poll_write(cx, |cx, bufs| conn.poll_write_vectored(cx, bufs)))?;
             *sent += n as u64;
-            let mut left = n;
-            while left > 0 {
-                let front = self.pieces.front_mut().expect("written bytes were queued");
-                if front.len() <= left {
-                    left -= front.len();
-                    self.pieces.pop_front();
-                } else {
-                    let _ = front.split_to(left);
-                    left = 0;
-                }
-            }
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// One vectored write of what is queued, with `write`; what it wrote is taken off the
+    /// front.
+    pub(super) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(&mut Context<'_>, &[io::IoSlice<'_>]) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        let mut slices = [io::IoSlice::new(&[]); 16];
+        let mut count = 0;
+        for (slice, piece) in slices.iter_mut().zip(&self.pieces) {
+            *slice = io::IoSlice::new(piece);
+            count += 1;
+        }
+        let n = ready!(write(cx, &slices[..count]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        let mut left = n;
+        while left > 0 {
+            let front = self.pieces.front_mut().expect("written bytes were queued");
+            if front.len() <= left {
+                left -= front.len();
+                self.pieces.pop_front();
+            } else {
+                let _ = front.split_to(left);
+                left = 0;
+            }
+        }
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -845,7 +856,7 @@ fn take_up_to(buf: &mut BytesMut, left: u64) -> Bytes {
 
 /// A chunk's size from its line (without the line feed): hex digits, then optional
 /// whitespace and `;` extensions, which are ignored.
-fn chunk_size(line: &[u8]) -> Option<u64> {
+pub(super) fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let digits = line
         .iter()

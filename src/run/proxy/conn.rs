@@ -1,99 +1,71 @@
-//! A client connection as molt reads it.
+//! molt's HTTP/1.1 server, on one client connection: it reads each request head
+//! (httparse) and body, hands the request to the proxy, and writes the response back.
 //!
-//! hyper parses requests, but two promises of molt's (docs/guarantees.md) need more than it tells: a head
-//! that trickles in past the header timeout gets 408 (hyper closes without a word), and a
-//! head that carries both `Content-Length` and `Transfer-Encoding` gets 400 (hyper drops
-//! the length, reads the body chunked and closes afterwards, RFC 9112 section 6.3's
-//! minimum). So [`ClientIo`] sits under hyper and frames the bytes as they are read with
-//! [`Framer`]: it knows where each head starts and ends, and what framed its body. It
-//! also closes a kept-alive connection left idle past the keep-alive timeout.
+//! It replaced hyper's server, which held an 8 KiB read buffer and an 8 KiB write buffer
+//! for every connection with a request in flight and had no setting to shrink them, and
+//! which needed a framer of molt's under it to keep two promises (docs/guarantees.md): a
+//! head that trickles in past the header timeout gets 408, and a head with both
+//! `Content-Length` and `Transfer-Encoding` gets 400. Here a head is read into a buffer
+//! of 2 KiB that grows only for a larger head, an idle connection holds no buffer at all,
+//! and a response leaves in one `writev` of its head and first body piece
+//! (docs/benchmarks.md, "An HTTP/1 server of molt's own").
+//!
+//! The framing rules are RFC 9112's, as hyper's server applied them: `Transfer-Encoding`
+//! (whose last coding must be `chunked`) or `Content-Length` (every line the same
+//! number) frames a request body, never both; chunk lines end in CRLF; a response to
+//! HEAD, and a 204 or 304, has no body; a response of unknown length is chunked for an
+//! HTTP/1.1 client and ends with the connection for an HTTP/1.0 one.
 
-use std::future::Future as _;
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::ext::ReasonPhrase;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::{Method, Request, Response, StatusCode, Uri, Version};
+use tokio::io::{AsyncRead, AsyncWrite as _, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
+use crate::observe::event;
+use crate::run::proxy::client::{chunk_size, Outbox};
 use crate::run::proxy::dispatch::Lease;
-use crate::run::proxy::failure::{self, Failure};
+use crate::run::proxy::failure::{self, Failure, Refusal};
+use crate::run::proxy::relay::ProxyBody;
 use crate::run::proxy::upstream::Upgraded;
 
-/// No request has been found smuggled.
-const NONE: u64 = u64::MAX;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What the reading side of a connection tells the requests served on it.
-pub(crate) struct Shared {
-    /// Requests handed to the service so far.
-    dispatched: AtomicU64,
-    /// Requests whose response is finished (its body dropped by hyper).
-    finished: AtomicU64,
-    /// Index of the first request whose head declared both a length and a transfer
-    /// coding; [`NONE`] if none did.
-    smuggled: AtomicU64,
-    /// The connection was upgraded (WebSocket): its bytes are no longer HTTP.
-    tunnel: AtomicBool,
-    /// The worker's side of an upgrade and the lease it holds, for the tunnel.
-    upgrade: Mutex<Option<(Upgraded, Lease)>>,
-}
+/// A request head larger than this gets 431, as nginx's and most servers' limits do.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
-impl Shared {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Shared {
-            dispatched: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
-            smuggled: AtomicU64::new(NONE),
-            tunnel: AtomicBool::new(false),
-            upgrade: Mutex::new(None),
-        })
-    }
+/// Most header lines in a request head (hyper's limit too); more get 431.
+const MAX_HEADERS: usize = 100;
 
-    /// Called as hyper hands over the next request: whether its head declared both
-    /// `Content-Length` and `Transfer-Encoding`, and a guard to drop once its response
-    /// is finished.
-    pub(crate) fn dispatch(self: &Arc<Self>) -> (bool, Finished) {
-        let index = self.dispatched.fetch_add(1, Ordering::AcqRel);
-        let smuggled = self.smuggled.load(Ordering::Acquire) == index;
-        (smuggled, Finished(Arc::clone(self)))
-    }
+/// The first read of a head asks for this much: a browser's head with its cookies and
+/// a router's added headers fits.
+const HEAD_READ: usize = 2 * 1024;
 
-    /// The response switched protocols: from here on the bytes are the tunnel's, to
-    /// be copied to the worker's side of the upgrade while the lease is held.
-    pub(crate) fn upgraded(&self, upstream: Upgraded, lease: Lease) {
-        *self
-            .upgrade
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((upstream, lease));
-        self.tunnel.store(true, Ordering::Release);
-    }
+/// The most a read of a request body asks for.
+const BODY_READ: usize = 64 * 1024;
 
-    /// The upgrade handed over by [`Shared::upgraded`], if the connection was upgraded.
-    pub(crate) fn take_upgrade(&self) -> Option<(Upgraded, Lease)> {
-        self.upgrade
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-    }
+/// A chunk's size line (with its extensions) longer than this is a malformed body
+/// (hyper's limit on a body's chunk extensions).
+const MAX_CHUNK_LINE: usize = 16 * 1024;
 
-    fn in_flight(&self) -> bool {
-        self.dispatched.load(Ordering::Acquire) != self.finished.load(Ordering::Acquire)
-    }
-}
+/// Response bytes queued before they are written, while the body has more ready.
+const OUTBOX_FULL: usize = 64 * 1024;
 
-/// Marks a request's response finished when dropped.
-pub(crate) struct Finished(Arc<Shared>);
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::AcqRel);
-    }
-}
+/// What a client that sent `Expect: 100-continue` is told once its body is wanted.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// How long a client may take over a request head, and leave a connection idle.
 #[derive(Debug, Clone, Copy)]
@@ -102,737 +74,1090 @@ pub(crate) struct Timeouts {
     pub(crate) keepalive: Duration,
 }
 
-/// The client's socket as hyper reads and writes it.
-pub(crate) struct ClientIo {
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    timeouts: Timeouts,
-    framer: Framer,
-    /// When the current head's first byte arrived.
-    head_since: Instant,
-    /// When the connection last became idle: accepted, a response finished, or (once
-    /// the framing is lost) bytes arrived.
-    idle_since: Instant,
-    /// `finished` as last seen, to notice a response finishing.
-    finished_seen: u64,
-    /// The timer behind whichever deadline applies, made on first need.
-    timer: Option<Pin<Box<Sleep>>>,
-    /// A write is waiting for the client to read: a 408 now could land mid-response.
-    write_blocked: bool,
-    /// A timeout has closed the reading side.
-    timed_out: bool,
-    /// The connection was idle long enough to be parked: hyper was shown an end of stream
-    /// so that it hands the socket back and frees its buffers.
-    parked: bool,
-    /// Bytes hyper had read but not used when it handed the socket back, read first.
-    unread: Bytes,
-    /// `finished` when the connection was last parked.
-    parked_at_finished: Option<u64>,
+/// What the proxy answers a request with.
+pub(crate) struct Answer {
+    pub(crate) response: Response<ProxyBody>,
+    /// The response switched protocols: the worker's side of the tunnel and the lease it
+    /// holds, for [`Tunnel`] once the head is written.
+    pub(crate) upgrade: Option<(Upgraded, Lease)>,
 }
 
-/// What to do when a deadline passes with no bytes from the client.
+/// Where a connection whose response switched protocols goes: the client's socket, what
+/// the client sent after its request head, and the worker's side.
+pub(crate) type Tunnel =
+    fn(TcpStream, Bytes, Upgraded, Lease) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The reading side of the client's socket, with what has been read and not yet used.
+#[derive(Debug)]
+struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl Reader {
+    /// Reads what the socket has, asking for up to `want` more bytes; `Ok(0)` is the end
+    /// of the stream. While the buffer is empty it is allocated only once bytes are
+    /// there to read, so that a connection waiting for a request holds none.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.buf.is_empty() {
+            if let Poll::Ready(ready) = self.half.as_ref().poll_read_ready(cx) {
+                ready?;
+            } else {
+                // Nothing to read: the buffer goes while the connection waits.
+                self.buf = BytesMut::new();
+                return Poll::Pending;
+            }
+        }
+        self.buf.reserve(want);
+        let (read, filled) = {
+            let mut room = ReadBuf::uninit(self.buf.spare_capacity_mut());
+            let read = Pin::new(&mut self.half).poll_read(cx, &mut room);
+            (read, room.filled().len())
+        };
+        if read.is_pending() && self.buf.is_empty() {
+            // The readiness was stale: nothing held while waiting again.
+            self.buf = BytesMut::new();
+        }
+        ready!(read)?;
+        // SAFETY: `ReadBuf` counts as filled only bytes that were written (initialised),
+        // and they lie in `buf`'s spare capacity, right after its initialised length.
+        unsafe { self.buf.set_len(self.buf.len() + filled) };
+        Poll::Ready(Ok(filled))
+    }
+}
+
+/// How a request's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Due {
-    /// The head is not whole by the header timeout: 408, then close.
-    RequestTimeout,
-    /// Idle past the keep-alive (or, before a first request, the header) timeout.
-    Close,
-    /// Idle for [`PARK_AFTER`]: give the socket back from hyper, keep the connection.
-    Park,
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
 }
 
-/// An idle kept-alive connection is parked after this long: hyper's 16 KiB of buffers per
-/// connection go, and a fresh hyper connection takes the socket when the next request
-/// arrives. Busy connections never wait this long between requests; one that waits
-/// longer has its hyper connection and buffers made again. With 1 s, 10,000
-/// connections opened within 3 s held 126 MB with the glibc build (its allocator keeps
-/// what the unparked ones had held at once), 50 MB with 100 ms (docs/benchmarks.md,
-/// "The evening's changes").
-const PARK_AFTER: Duration = Duration::from_millis(100);
-
-impl ClientIo {
-    pub(crate) fn new(stream: TcpStream, shared: Arc<Shared>, timeouts: Timeouts) -> Self {
-        let now = Instant::now();
-        ClientIo {
-            stream,
-            shared,
-            timeouts,
-            framer: Framer::default(),
-            head_since: now,
-            idle_since: now,
-            finished_seen: 0,
-            timer: None,
-            write_blocked: false,
-            timed_out: false,
-            parked: false,
-            parked_at_finished: None,
-            unread: Bytes::new(),
-        }
-    }
-
-    /// The deadline that applies while no bytes arrive, if any, and what happens then.
-    fn deadline(&mut self) -> Option<(Instant, Due)> {
-        if self.shared.in_flight() {
-            // The request's own limits apply (request timeout, queue timeout).
-            return None;
-        }
-        let finished = self.shared.finished.load(Ordering::Acquire);
-        if finished != self.finished_seen {
-            self.finished_seen = finished;
-            self.idle_since = Instant::now();
-        }
-        if self.framer.in_head() {
-            return Some((self.head_since + self.timeouts.header, Due::RequestTimeout));
-        }
-        let limit = if self.framer.is_lost() {
-            // Framing is unknown: allow the longest a well-framed connection would get.
-            self.timeouts.keepalive + self.timeouts.header
-        } else if self.shared.dispatched.load(Ordering::Acquire) == 0 {
-            // A connection opened to send a request gets the header timeout to start it.
-            self.timeouts.header
-        } else {
-            self.timeouts.keepalive
-        };
-        if PARK_AFTER < limit && !self.framer.is_lost() {
-            let park = self.idle_since + PARK_AFTER;
-            if !self.parked_once_since_idle() {
-                return Some((park, Due::Park));
-            }
-        }
-        Some((self.idle_since + limit, Due::Close))
-    }
-
-    /// Whether the connection was parked since it last became idle (a spurious wake-up
-    /// must not park it again and again).
-    fn parked_once_since_idle(&self) -> bool {
-        self.parked_at_finished == Some(self.finished_seen)
-    }
-
-    /// Waits, holding no buffers, until the client sends something; false when a
-    /// timeout ended the connection instead (closed quietly: no head was started).
-    pub(crate) async fn wait_for_request(&mut self) -> bool {
-        if !self.unread.is_empty() {
-            return true;
-        }
-        loop {
-            let Some((deadline, due)) = self.deadline() else {
-                return true;
-            };
-            tokio::select! {
-                readable = self.stream.readable() => return readable.is_ok(),
-                () = tokio::time::sleep_until(deadline) => {
-                    if due != Due::Park {
-                        self.time_out(false);
-                        return false;
-                    }
-                    // Parked already: now only the timeout remains.
-                    self.parked_at_finished = Some(self.finished_seen);
-                }
-            }
-        }
-    }
-
-    /// After hyper handed the socket back: whether it was parked (rather than ended), and
-    /// the bytes hyper had read beyond the last request, to be read again.
-    ///
-    /// Those bytes are a view of hyper's whole read buffer (8 KiB or more), which even an
-    /// empty view keeps allocated: they are copied out (seldom any: only what a client
-    /// sent ahead of the next request), so that a parked connection holds none of it.
-    pub(crate) fn resume(&mut self, unread: &[u8]) -> bool {
-        self.unread = if unread.is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(unread)
-        };
-        std::mem::take(&mut self.parked)
-    }
-
-    /// Ends the reading side after a timeout: for an unfinished head, the client is told
-    /// with a 408 first (when no response of an earlier request is still being written).
-    fn time_out(&mut self, header: bool) {
-        self.timed_out = true;
-        if header && !self.write_blocked {
-            // Best effort: a fresh socket's send buffer takes these bytes at once, and a
-            // client that fills it is not reading anyway.
-            let response = failure::respond_raw(&Failure::HeaderTimeout);
-            let _ = self.stream.try_write(&response);
-        }
-        // The FIN goes out now, ahead of hyper dropping the socket.
-        let _ = nix::sys::socket::shutdown(
-            std::os::fd::AsRawFd::as_raw_fd(&self.stream),
-            nix::sys::socket::Shutdown::Write,
-        );
-    }
-}
-
-impl AsyncRead for ClientIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.timed_out || this.parked {
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let polled = if this.unread.is_empty() {
-            Pin::new(&mut this.stream).poll_read(cx, buf)
-        } else {
-            let n = this.unread.len().min(buf.remaining());
-            buf.put_slice(&this.unread.split_to(n));
-            Poll::Ready(Ok(()))
-        };
-        if this.shared.tunnel.load(Ordering::Acquire) {
-            return polled;
-        }
-        match polled {
-            Poll::Ready(Ok(())) => {
-                let was_in_head = this.framer.in_head();
-                let read = &buf.filled()[before..];
-                let index = this.framer.heads;
-                if let Some(smuggled) = this.framer.feed(read) {
-                    let _ = this.shared.smuggled.compare_exchange(
-                        NONE,
-                        smuggled,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
-                }
-                if this.framer.in_head() && (!was_in_head || this.framer.heads != index) {
-                    this.head_since = Instant::now();
-                } else if this.framer.is_lost() {
-                    this.idle_since = Instant::now();
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => {
-                let Some((deadline, due)) = this.deadline() else {
-                    return Poll::Pending;
-                };
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                if timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                if due == Due::Park {
-                    this.parked = true;
-                    this.parked_at_finished = Some(this.finished_seen);
-                    // Nothing of hyper's connection stays while parked, its timer included.
-                    this.timer = None;
-                } else {
-                    this.time_out(due == Due::RequestTimeout);
-                }
-                // hyper reads the end of the stream: a quiet end when idle (and, parked,
-                // hands the socket back), an incomplete message it does not answer
-                // mid-head.
-                Poll::Ready(Ok(()))
-            }
-        }
-    }
-}
-
-impl AsyncWrite for ClientIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.write_blocked = polled.is_pending();
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.write_blocked = polled.is_pending();
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// Follows the framing of the requests on one connection, byte by byte, without keeping
-/// any of them: where each head starts and ends, and how long its body is.
-///
-/// It only needs to agree with hyper on requests hyper accepts; on anything it cannot
-/// frame it stops ([`Framer::is_lost`]), and hyper rejects the request or closes the
-/// connection after it.
-#[derive(Debug, Default)]
-pub(crate) struct Framer {
-    state: State,
-    /// Heads completed so far.
-    heads: u64,
-}
-
-#[derive(Debug, Default)]
-enum State {
-    /// Between messages, before any byte of the next head but empty lines.
-    #[default]
-    Idle,
-    Head(Head),
-    /// A body of known length: the bytes left.
-    Body(u64),
-    Chunked(Chunk),
-    /// Lines of a chunked body's trailer section; the count of bytes in the current one.
-    Trailers(usize),
-    /// The framing cannot be followed any further.
-    Lost,
-}
-
-/// What is known of a head so far.
-#[derive(Debug, Default)]
+/// A request head, parsed, and what it says about the connection.
 struct Head {
-    /// Bytes of the current line, line ending excluded.
-    line_len: usize,
-    /// Whether the current line is the request line.
-    request_line: bool,
-    field: Field,
-    length: Length,
-    /// Whether the last coding of the last `Transfer-Encoding` line is chunked; `None`
-    /// without such a line.
-    chunked: Option<bool>,
+    request: Request<()>,
+    framing: Framing,
+    /// The client keeps the connection open after the response (HTTP/1.1 without
+    /// `Connection: close`, HTTP/1.0 with `keep-alive`).
+    keep_alive: bool,
+    /// `Expect: 100-continue` on HTTP/1.1.
+    expects_continue: bool,
+    /// `TE: trailers`: the client takes a chunked response's trailers.
+    takes_trailers: bool,
 }
 
-/// What the `Content-Length` lines of a head said.
-#[derive(Debug, Default, Clone, Copy)]
-enum Length {
-    #[default]
-    Absent,
-    Valid(u64),
-    /// Lines that disagree, or one that does not parse.
-    Bad,
+/// Parses a whole head off the front of `buf`; `None` while it is not whole yet.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
+    // Each header's name and value as offsets into the head, so that the values can share
+    // its bytes instead of each being copied.
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let (len, method, target, version, count) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        let len = match parsed.parse(&buf[..]) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+                return Err(Failure::Refused(Refusal::HeadTooLarge));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Failure::Refused(Refusal::HeadTooLarge));
+            }
+            Err(httparse::Error::Version) if names_a_version(buf) => {
+                return Err(Failure::Refused(Refusal::Version));
+            }
+            Err(_) => return Err(Failure::Refused(Refusal::MalformedHead)),
+        };
+        if len > MAX_HEAD {
+            return Err(Failure::Refused(Refusal::HeadTooLarge));
+        }
+        let base = buf.as_ptr() as usize;
+        for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let name = header.name.as_ptr() as usize - base;
+            let value = header.value.as_ptr() as usize - base;
+            *span = (
+                name,
+                name + header.name.len(),
+                value,
+                value + header.value.len(),
+            );
+        }
+        let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+            .map_err(|_| Failure::Refused(Refusal::MalformedHead))?;
+        let path = parsed.path.unwrap_or_default();
+        let target_at = path.as_ptr() as usize - base;
+        let target = (target_at, target_at + path.len());
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        (len, method, target, version, parsed.headers.len())
+    };
+    let bytes = buf.split_to(len).freeze();
+    let malformed = || Failure::Refused(Refusal::MalformedHead);
+    let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.1)).map_err(|_| malformed())?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_at, name_end, value_at, value_end) in &spans[..count] {
+        let name = HeaderName::from_bytes(&bytes[name_at..name_end]).map_err(|_| malformed())?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_end))
+            .map_err(|_| malformed())?;
+        headers.append(name, value);
+    }
+    let framing = framing(version, &headers)?;
+    let (close, keep_alive) = connection_tokens(&headers);
+    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
+    let expects_continue = version == Version::HTTP_11
+        && headers.get(header::EXPECT).is_some_and(|v| {
+            v.as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue")
+        });
+    let takes_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(Head {
+        request,
+        framing,
+        keep_alive,
+        expects_continue,
+        takes_trailers,
+    }))
 }
 
-/// Where the current header line is.
+/// Whether the request line is well formed but for its version, `HTTP/x.y` other than
+/// 1.0 and 1.1 (505, where any other broken request line gets 400).
+fn names_a_version(buf: &[u8]) -> bool {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(0);
+    let line = &buf[start..];
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    let version = (parts.next(), parts.next(), parts.next(), parts.next());
+    matches!(version, (Some(_), Some(_), Some(v), None)
+        if v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit())
+}
+
+/// How the request body is framed (RFC 9112 section 6.3), or why it cannot be.
+fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, Failure> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(Failure::Refused(Refusal::CodingInHttp10));
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(Failure::LengthAndChunked);
+        }
+        // Any coding but a last `chunked` is refused later (`head::refusal`); without a
+        // last `chunked` the body's end cannot be found at all.
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return if chunked {
+            Ok(Framing::Chunked)
+        } else {
+            Err(Failure::Refused(Refusal::ChunkedNotLast))
+        };
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let digits = value.as_bytes().trim_ascii();
+        let parsed = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+            .flatten();
+        match (parsed, length) {
+            (Some(len), None) => length = Some(len),
+            (Some(len), Some(seen)) if len == seen => {}
+            _ => return Err(Failure::Refused(Refusal::BadLength)),
+        }
+    }
+    Ok(match length {
+        None | Some(0) => Framing::Empty,
+        Some(len) => Framing::Length(len),
+    })
+}
+
+/// Whether the `Connection` headers say `close`, and `keep-alive`.
+fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    (close, keep_alive)
+}
+
+/// Where a request body's reading is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decoder {
+    /// This many bytes of a body of known length are left.
+    Length(u64),
+    ChunkSize,
+    /// In a chunk's data, this much of it left.
+    ChunkData(u64),
+    /// After a chunk's data, at its CRLF.
+    ChunkEnd,
+    Trailers,
+    /// The body is read whole.
+    Done,
+    /// The body broke (the client went away or sent bad framing); the connection cannot
+    /// carry another request.
+    Broken,
+}
+
+/// What a request body and its connection share: the reading side of the socket while
+/// the body is being read.
 #[derive(Debug)]
-enum Field {
-    /// Reading the name: which of [`FRAMING_FIELDS`] it still matches (a bit each), and
-    /// how many of its bytes have been read.
-    Name {
-        candidates: u8,
-        read: usize,
-    },
-    /// A value molt does not need, skipped to the end of the line.
-    Skip,
-    Length(Digits),
-    /// A coding list; the last coding so far, lowercased, up to 8 bytes.
-    Codings {
-        last: [u8; 8],
-        len: usize,
-        overlong: bool,
-    },
+struct BodyState {
+    reader: Option<Reader>,
+    decoder: Decoder,
+    /// Bytes of [`CONTINUE`] still to write before the body is read.
+    continue_left: usize,
 }
 
-impl Default for Field {
-    fn default() -> Self {
-        Field::Name {
-            candidates: 0b11,
-            read: 0,
+type Shared = Arc<Mutex<BodyState>>;
+
+fn lock(shared: &Shared) -> MutexGuard<'_, BodyState> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A client's request body, read from its connection as it is asked for.
+#[derive(Debug)]
+pub(crate) struct RequestBody {
+    /// `None` for a request without a body.
+    shared: Option<Shared>,
+    /// Bytes left of a body of known length, for the size hint.
+    left: Option<u64>,
+    done: bool,
+}
+
+impl RequestBody {
+    fn empty() -> Self {
+        RequestBody {
+            shared: None,
+            left: Some(0),
+            done: true,
         }
     }
 }
 
-const FRAMING_FIELDS: [&[u8]; 2] = [b"content-length", b"transfer-encoding"];
-
-/// A decimal number being read, surrounded by optional whitespace.
-#[derive(Debug, Default)]
-struct Digits {
-    value: u64,
-    count: usize,
-    /// Whitespace came after the digits.
-    ended: bool,
-    bad: bool,
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-#[derive(Debug)]
-enum Chunk {
-    /// The size line: hex digits so far, and whether an extension (or whitespace) began.
-    Size {
-        value: u64,
-        digits: usize,
-        rest: bool,
-    },
-    /// The bytes of data left.
-    Data(u64),
-    /// The CR, then the LF, after a chunk's data.
-    DataCr,
-    DataLf,
-}
-
-impl Framer {
-    /// Reads the next bytes of the connection. Returns the index of a head that declared
-    /// both `Content-Length` and `Transfer-Encoding`, when one ends within them: such a
-    /// request's body cannot be framed safely, so nothing after it is followed.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Option<u64> {
-        while let Some((&byte, rest)) = bytes.split_first() {
-            match &mut self.state {
-                State::Lost => return None,
-                State::Body(left) => {
-                    let take = usize::try_from(*left).map_or(bytes.len(), |l| l.min(bytes.len()));
-                    *left -= take as u64;
-                    bytes = &bytes[take..];
-                    if *left == 0 {
-                        self.state = State::Idle;
+impl BodyState {
+    /// The next piece of the body; `None` at its end.
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Poll::Ready(Some(Err(io::ErrorKind::NotConnected.into())));
+        };
+        ready!(poll_continue(cx, reader, &mut self.continue_left))?;
+        loop {
+            let buf = &mut reader.buf;
+            match self.decoder {
+                Decoder::Done | Decoder::Broken => return Poll::Ready(None),
+                Decoder::Length(left) => {
+                    if !buf.is_empty() {
+                        let data = take_up_to(buf, left);
+                        let left = left - data.len() as u64;
+                        self.decoder = if left == 0 {
+                            Decoder::Done
+                        } else {
+                            Decoder::Length(left)
+                        };
+                        return Poll::Ready(Some(Ok(data)));
                     }
-                    continue;
                 }
-                State::Chunked(Chunk::Data(left)) => {
-                    let take = usize::try_from(*left).map_or(bytes.len(), |l| l.min(bytes.len()));
-                    *left -= take as u64;
-                    bytes = &bytes[take..];
-                    if *left == 0 {
-                        self.state = State::Chunked(Chunk::DataCr);
-                    }
-                    continue;
-                }
-                State::Idle => {
-                    if byte != b'\r' && byte != b'\n' {
-                        self.state = State::Head(Head {
-                            request_line: true,
-                            ..Head::default()
-                        });
-                        // The byte is read again as the head's first.
+                Decoder::ChunkSize => {
+                    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                        if end == 0 || buf[end - 1] != b'\r' {
+                            return Poll::Ready(Some(Err(invalid("a chunk line without CRLF"))));
+                        }
+                        let Some(size) = chunk_size(&buf[..end]) else {
+                            return Poll::Ready(Some(Err(invalid("a malformed chunk size"))));
+                        };
+                        let _ = buf.split_to(end + 1);
+                        self.decoder = if size == 0 {
+                            Decoder::Trailers
+                        } else {
+                            Decoder::ChunkData(size)
+                        };
                         continue;
                     }
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Poll::Ready(Some(Err(invalid("a chunk line too long"))));
+                    }
                 }
-                State::Head(head) => {
-                    if byte == b'\n' {
-                        if let Some(smuggled) = self.end_line() {
-                            return Some(smuggled);
+                Decoder::ChunkData(left) => {
+                    if !buf.is_empty() {
+                        let data = take_up_to(buf, left);
+                        let left = left - data.len() as u64;
+                        self.decoder = if left == 0 {
+                            Decoder::ChunkEnd
+                        } else {
+                            Decoder::ChunkData(left)
+                        };
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                }
+                Decoder::ChunkEnd => {
+                    if buf.starts_with(b"\r\n") {
+                        let _ = buf.split_to(2);
+                        self.decoder = Decoder::ChunkSize;
+                        continue;
+                    }
+                    if buf.len() >= 2 || buf.first().is_some_and(|&b| b != b'\r') {
+                        return Poll::Ready(Some(Err(invalid("chunk data without its CRLF"))));
+                    }
+                }
+                Decoder::Trailers => {
+                    // Trailers are not forwarded (a request's `Trailer` header is not).
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(buf, &mut headers) {
+                        Ok(httparse::Status::Complete((len, _))) => {
+                            let _ = buf.split_to(len);
+                            self.decoder = Decoder::Done;
+                            return Poll::Ready(None);
                         }
-                    } else if byte != b'\r' {
-                        head.line_len += 1;
-                        if !head.request_line {
-                            head.field.push(byte);
+                        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => {}
+                        Ok(httparse::Status::Partial) | Err(_) => {
+                            return Poll::Ready(Some(Err(invalid("malformed trailers"))));
                         }
                     }
                 }
-                State::Chunked(chunk) => {
-                    if let Some(next) = chunk.push(byte) {
-                        self.state = next;
-                    }
+            }
+            let want = match self.decoder {
+                Decoder::Length(left) | Decoder::ChunkData(left) => {
+                    usize::try_from(left).map_or(BODY_READ, |left| left.clamp(1, BODY_READ))
                 }
-                State::Trailers(line_len) => match byte {
-                    b'\n' if *line_len == 0 => self.state = State::Idle,
-                    b'\n' => *line_len = 0,
-                    b'\r' => {}
-                    _ => *line_len += 1,
+                _ => HEAD_READ,
+            };
+            match ready!(reader.poll_fill(cx, want)) {
+                Ok(0) => {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed the connection mid-body",
+                    ))));
+                }
+                Ok(_) => {}
+                Err(err) => return Poll::Ready(Some(Err(err))),
+            }
+        }
+    }
+}
+
+/// Writes what is left of [`CONTINUE`], `left` bytes, on the reader's socket.
+fn poll_continue(cx: &mut Context<'_>, reader: &Reader, left: &mut usize) -> Poll<io::Result<()>> {
+    while *left > 0 {
+        let stream = reader.half.as_ref();
+        ready!(stream.poll_write_ready(cx))?;
+        match stream.try_write(&CONTINUE[CONTINUE.len() - *left..]) {
+            Ok(n) => *left -= n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Poll::Ready(Err(err)),
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Up to `left` bytes off the front of `buf`.
+fn take_up_to(buf: &mut BytesMut, left: u64) -> Bytes {
+    let take = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
+    buf.split_to(take).freeze()
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(shared) = this.shared.as_ref() else {
+            return Poll::Ready(None);
+        };
+        let mut state = lock(shared);
+        let piece = ready!(state.poll_piece(cx));
+        match piece {
+            Some(Ok(data)) => {
+                if let Some(left) = this.left.as_mut() {
+                    *left -= data.len() as u64;
+                }
+                this.done = state.decoder == Decoder::Done;
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(err)) => {
+                state.decoder = Decoder::Broken;
+                this.done = true;
+                Poll::Ready(Some(Err(err.into())))
+            }
+            None => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// How a connection's run of requests ends.
+enum End {
+    /// Closed without a word: the client closed it, or it was idle past its timeout.
+    Quiet,
+    /// The client closed it within a head.
+    Incomplete,
+    /// The head was not whole by the header timeout: 408.
+    HeaderTimeout,
+    /// The head is one molt refuses: its answer, then close.
+    Refused(Failure),
+}
+
+/// One client connection.
+struct Connection {
+    /// `None` while a request body holds it (in `shared`).
+    reader: Option<Reader>,
+    write: OwnedWriteHalf,
+    /// Kept for the next request with a body once no body holds it.
+    shared: Option<Shared>,
+    timeouts: Timeouts,
+}
+
+/// Serves the requests of one connection with `service` until it closes or `shutdown`
+/// is set; `_guard` is held until then.
+pub(crate) async fn serve<S, F, G>(
+    stream: TcpStream,
+    timeouts: Timeouts,
+    mut shutdown: watch::Receiver<bool>,
+    (service, tunnel): (S, Tunnel),
+    _guard: G,
+) where
+    S: Fn(Request<RequestBody>) -> F,
+    F: Future<Output = Answer>,
+{
+    let (half, write) = stream.into_split();
+    let mut conn = Connection {
+        reader: Some(Reader {
+            half,
+            buf: BytesMut::new(),
+        }),
+        write,
+        shared: None,
+        timeouts,
+    };
+    let mut idle_since = Instant::now();
+    let mut first = true;
+    loop {
+        let head = match conn.next_head(first, idle_since, &mut shutdown).await {
+            Ok(head) => head,
+            Err(End::Quiet) => return,
+            Err(End::Incomplete) => {
+                event!(Info, "bad_request", reason = "incomplete_head");
+                return;
+            }
+            Err(End::HeaderTimeout) => {
+                let response = failure::respond_raw(&Failure::HeaderTimeout);
+                // Best effort: a client that does not read gets the close alone.
+                let _ = conn.write.try_write(&response);
+                return;
+            }
+            Err(End::Refused(refused)) => {
+                let response = failure::respond(&refused);
+                let _ = conn.write_response(response, &Exchange::refused()).await;
+                return;
+            }
+        };
+        first = false;
+        let exchange = Exchange {
+            head_request: head.request.method() == Method::HEAD,
+            version: head.request.version(),
+            keep_alive: head.keep_alive,
+            takes_trailers: head.takes_trailers,
+        };
+        let body = conn.body_for(&head);
+        let Answer { response, upgrade } = service(head.request.map(|()| body)).await;
+        let closing = *shutdown.borrow();
+        let written = conn
+            .write_response(response, &exchange.closing_if(closing || upgrade.is_some()))
+            .await;
+        let Some(reader) = conn.take_reader() else {
+            return;
+        };
+        if let Some((upgraded, lease)) = upgrade {
+            if written.is_ok() {
+                let Reader { half, buf } = reader;
+                if let Ok(stream) = half.reunite(conn.write) {
+                    // Boxed: the tunnel's state is not carried by every connection.
+                    tunnel(stream, buf.freeze(), upgraded, lease).await;
+                }
+            }
+            return;
+        }
+        let keep = written.is_ok_and(|framed| framed) && exchange.keep_alive && !closing;
+        if !keep {
+            return;
+        }
+        conn.reader = Some(reader);
+        idle_since = Instant::now();
+    }
+}
+
+/// Resolves once the flag is set (or its sender is gone, which also means stop).
+async fn until_set(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+/// What the response to a request depends on of the request.
+#[derive(Debug, Clone, Copy)]
+struct Exchange {
+    head_request: bool,
+    version: Version,
+    /// The connection stays open after the response, as far as the request goes.
+    keep_alive: bool,
+    takes_trailers: bool,
+}
+
+impl Exchange {
+    /// The answer to a head that could not be read: the connection closes after it.
+    fn refused() -> Self {
+        Exchange {
+            head_request: false,
+            version: Version::HTTP_11,
+            keep_alive: false,
+            takes_trailers: false,
+        }
+    }
+
+    fn closing_if(self, closing: bool) -> Self {
+        Exchange {
+            keep_alive: self.keep_alive && !closing,
+            ..self
+        }
+    }
+}
+
+impl Connection {
+    /// Reads the next request head, waiting with no buffer while none has begun.
+    async fn next_head(
+        &mut self,
+        first: bool,
+        idle_since: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Head, End> {
+        let reader = self
+            .reader
+            .as_mut()
+            .expect("the connection holds its reader between requests");
+        let mut head_since = None;
+        loop {
+            if !reader.buf.is_empty() {
+                if let Some(head) = parse_head(&mut reader.buf).map_err(End::Refused)? {
+                    return Ok(head);
+                }
+                if head_since.is_none() && reader.buf.iter().any(|&b| b != b'\r' && b != b'\n') {
+                    head_since = Some(Instant::now());
+                }
+            }
+            let deadline = match head_since {
+                Some(since) => since + self.timeouts.header,
+                // A connection opened to send a request gets the header timeout to start it.
+                None if first => idle_since + self.timeouts.header,
+                None => idle_since + self.timeouts.keepalive,
+            };
+            // A head larger than the buffer doubles it, up to the limit and a little past,
+            // so that a head over the limit is seen to be.
+            let want = reader.buf.len().clamp(HEAD_READ, MAX_HEAD);
+            tokio::select! {
+                read = poll_fn(|cx| reader.poll_fill(cx, want)) => match read {
+                    Ok(0) if head_since.is_some() => return Err(End::Incomplete),
+                    Ok(0) => return Err(End::Quiet),
+                    Ok(_) => {}
+                    Err(err) => {
+                        event!(Debug, "client_error", error = err);
+                        return Err(End::Quiet);
+                    }
                 },
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(if head_since.is_some() { End::HeaderTimeout } else { End::Quiet });
+                }
+                () = until_set(shutdown), if head_since.is_none() => return Err(End::Quiet),
             }
-            bytes = rest;
         }
-        None
     }
 
-    /// A head line ended.
-    fn end_line(&mut self) -> Option<u64> {
-        let State::Head(head) = &mut self.state else {
-            return None;
+    /// The body of the request `head` begins, which takes the reader until it is read.
+    fn body_for(&mut self, head: &Head) -> RequestBody {
+        let decoder = match head.framing {
+            Framing::Empty => return RequestBody::empty(),
+            Framing::Length(len) => Decoder::Length(len),
+            Framing::Chunked => Decoder::ChunkSize,
         };
-        if head.line_len > 0 {
-            head.end_field();
-            head.line_len = 0;
-            head.request_line = false;
-            head.field = Field::default();
+        let state = BodyState {
+            reader: self.reader.take(),
+            decoder,
+            continue_left: if head.expects_continue {
+                CONTINUE.len()
+            } else {
+                0
+            },
+        };
+        // The last request's body may still be held somewhere (it is dropped with the
+        // worker's response): a fresh one then, so that it never reads this body.
+        let shared = match self.shared.take() {
+            Some(shared) if Arc::strong_count(&shared) == 1 => {
+                *lock(&shared) = state;
+                shared
+            }
+            _ => Arc::new(Mutex::new(state)),
+        };
+        self.shared = Some(Arc::clone(&shared));
+        let left = match head.framing {
+            Framing::Length(len) => Some(len),
+            Framing::Empty | Framing::Chunked => None,
+        };
+        RequestBody {
+            shared: Some(shared),
+            left,
+            done: false,
+        }
+    }
+
+    /// The reader, back from the request body: `None` when the body was not read whole
+    /// (the next request's start is then unknown) or broke.
+    fn take_reader(&mut self) -> Option<Reader> {
+        if let Some(reader) = self.reader.take() {
+            return Some(reader);
+        }
+        let shared = self.shared.as_ref()?;
+        let mut state = lock(shared);
+        if state.decoder != Decoder::Done {
             return None;
         }
-        // The empty line: the head is whole.
-        let index = self.heads;
-        self.heads += 1;
-        let head = std::mem::take(head);
-        let (smuggled, next) = match (head.length, head.chunked) {
-            (Length::Valid(_) | Length::Bad, Some(_)) => (Some(index), State::Lost),
-            (Length::Absent, Some(true)) => (None, State::Chunked(Chunk::size())),
-            (Length::Bad, None) | (Length::Absent, Some(false)) => (None, State::Lost),
-            (Length::Absent | Length::Valid(0), None) => (None, State::Idle),
-            (Length::Valid(len), None) => (None, State::Body(len)),
-        };
-        self.state = next;
-        smuggled
+        state.reader.take()
     }
 
-    /// Bytes of a head have arrived and it is not whole yet.
-    pub(crate) fn in_head(&self) -> bool {
-        matches!(self.state, State::Head(_))
-    }
-
-    /// The framing could not be followed; nothing more is known.
-    pub(crate) fn is_lost(&self) -> bool {
-        matches!(self.state, State::Lost)
-    }
-}
-
-impl Head {
-    /// A header line ended: take what it said about framing.
-    fn end_field(&mut self) {
-        match std::mem::take(&mut self.field) {
-            Field::Length(digits) => {
-                self.length = match self.length {
-                    _ if digits.bad || digits.count == 0 => Length::Bad,
-                    Length::Absent => Length::Valid(digits.value),
-                    Length::Valid(len) if len == digits.value => Length::Valid(len),
-                    Length::Valid(_) | Length::Bad => Length::Bad,
-                };
-            }
-            Field::Codings {
-                last,
-                len,
-                overlong,
-            } => {
-                self.chunked = Some(!overlong && &last[..len] == b"chunked");
-            }
-            Field::Name { .. } | Field::Skip => {}
+    /// Writes the response; `Ok(true)` when it was framed so that the connection can
+    /// carry another request, `Err` when the socket or the body failed mid-response.
+    async fn write_response(
+        &mut self,
+        response: Response<ProxyBody>,
+        exchange: &Exchange,
+    ) -> Result<bool, ()> {
+        let (parts, mut body) = response.into_parts();
+        let (head, mut framing) = encode_head(&parts, &body, *exchange);
+        let mut keep = exchange.keep_alive && framing != Out::UntilClose;
+        let mut out = Outbox::default();
+        out.push(head);
+        if matches!(framing, Out::None) {
+            drop(body);
+            return self.flush(&mut out).await.map(|()| keep);
         }
-    }
-}
-
-impl Field {
-    fn push(&mut self, byte: u8) {
-        match self {
-            Field::Name { candidates, read } if byte == b':' => {
-                let whole = FRAMING_FIELDS
-                    .iter()
-                    .enumerate()
-                    .find(|(bit, name)| *candidates & (1 << bit) != 0 && name.len() == *read);
-                *self = match whole {
-                    Some((0, _)) => Field::Length(Digits::default()),
-                    Some(_) => Field::Codings {
-                        last: [0; 8],
-                        len: 0,
-                        overlong: false,
-                    },
-                    None => Field::Skip,
-                };
-            }
-            Field::Name { candidates, read } => {
-                let lower = byte.to_ascii_lowercase();
-                for (bit, name) in FRAMING_FIELDS.iter().enumerate() {
-                    if name.get(*read) != Some(&lower) {
-                        *candidates &= !(1 << bit);
+        let mut ended = false;
+        loop {
+            // What the body has ready now goes in the same write, up to a limit.
+            while !ended && out.len() < OUTBOX_FULL {
+                match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                    Poll::Pending => break,
+                    Poll::Ready(frame) => {
+                        ended = queue(&mut out, &mut framing, frame, exchange.takes_trailers)?;
                     }
                 }
-                *read += 1;
-                if *candidates == 0 {
-                    *self = Field::Skip;
-                }
             }
-            Field::Skip => {}
-            Field::Length(digits) => digits.push(byte),
-            Field::Codings {
-                last,
-                len,
-                overlong,
-            } => match byte {
-                b',' => {
-                    *len = 0;
-                    *overlong = false;
-                }
-                b' ' | b'\t' => {}
-                _ if *len < last.len() => {
-                    last[*len] = byte.to_ascii_lowercase();
-                    *len += 1;
-                }
-                _ => *overlong = true,
-            },
+            if !out.is_empty() {
+                self.flush(&mut out).await?;
+                continue;
+            }
+            if ended {
+                break;
+            }
+            let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+            ended = queue(&mut out, &mut framing, frame, exchange.takes_trailers)?;
         }
+        if let Out::Length(left) = framing {
+            // The body ended short of its length: the client is left waiting for the
+            // rest, so the connection closes.
+            keep &= left == 0;
+        }
+        Ok(keep)
     }
-}
 
-impl Digits {
-    fn push(&mut self, byte: u8) {
-        match byte {
-            b' ' | b'\t' => self.ended = self.count > 0,
-            b'0'..=b'9' if !self.ended => {
-                self.count += 1;
-                match self
-                    .value
-                    .checked_mul(10)
-                    .and_then(|v| v.checked_add(u64::from(byte - b'0')))
+    async fn flush(&mut self, out: &mut Outbox) -> Result<(), ()> {
+        let write = &mut self.write;
+        poll_fn(|cx| {
+            while !out.is_empty() {
+                match ready!(out.poll_write(cx, |cx, bufs| Pin::new(&mut *write)
+                    .poll_write_vectored(cx, bufs)))
                 {
-                    Some(value) => self.value = value,
-                    None => self.bad = true,
+                    Ok(_) => {}
+                    Err(err) => {
+                        event!(Debug, "client_error", error = err);
+                        return Poll::Ready(Err(()));
+                    }
                 }
             }
-            _ => self.bad = true,
-        }
+            Poll::Ready(Ok(()))
+        })
+        .await
     }
 }
 
-impl Chunk {
-    fn size() -> Chunk {
-        Chunk::Size {
-            value: 0,
-            digits: 0,
-            rest: false,
-        }
-    }
+/// How a response's body goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// No body is sent (HEAD, 1xx, 204, 304).
+    None,
+    /// This many bytes of body are still to be sent.
+    Length(u64),
+    Chunked,
+    /// Read until the connection closes (an HTTP/1.0 client, no length known).
+    UntilClose,
+}
 
-    /// Reads one byte of chunked framing (data bytes are skipped in bulk elsewhere);
-    /// returns the next state when this one ends.
-    fn push(&mut self, byte: u8) -> Option<State> {
-        match self {
-            Chunk::Size {
-                value,
-                digits,
-                rest,
-            } => match byte {
-                b'\n' if *digits == 0 => Some(State::Lost),
-                b'\n' if *value == 0 => Some(State::Trailers(0)),
-                b'\n' => Some(State::Chunked(Chunk::Data(*value))),
-                b'\r' => None,
-                _ if *rest => None,
-                b';' | b' ' | b'\t' => {
-                    *rest = true;
-                    None
+/// Queues a body frame; `Ok(true)` once the body has ended, `Err` when it broke.
+fn queue(
+    out: &mut Outbox,
+    framing: &mut Out,
+    frame: Option<Result<Frame<Bytes>, BoxError>>,
+    takes_trailers: bool,
+) -> Result<bool, ()> {
+    let frame = match frame {
+        None => {
+            if *framing == Out::Chunked {
+                out.push(Bytes::from_static(b"0\r\n\r\n"));
+            }
+            return Ok(true);
+        }
+        Some(Ok(frame)) => frame,
+        Some(Err(err)) => {
+            // The worker broke off mid-response; the client sees the body end short.
+            event!(Debug, "client_error", error = err);
+            return Err(());
+        }
+    };
+    match frame.into_data() {
+        Ok(data) if data.is_empty() => {}
+        Ok(data) => match framing {
+            Out::None => {}
+            Out::Length(left) => {
+                let take = usize::try_from(*left).map_or(data.len(), |l| l.min(data.len()));
+                *left -= take as u64;
+                out.push(data.slice(..take));
+            }
+            Out::Chunked => {
+                out.push(Bytes::from(format!("{:X}\r\n", data.len())));
+                out.push(data);
+                out.push(Bytes::from_static(b"\r\n"));
+            }
+            Out::UntilClose => out.push(data),
+        },
+        Err(frame) => {
+            // Trailers end a chunked body; a client gets them only when it asked (as
+            // hyper's server sent them).
+            if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), *framing) {
+                let mut block = b"0\r\n".to_vec();
+                if takes_trailers {
+                    encode_headers(&mut block, &trailers);
                 }
-                _ => {
-                    let Some(digit) = char::from(byte).to_digit(16) else {
-                        return Some(State::Lost);
-                    };
-                    *digits += 1;
-                    match value.checked_mul(16) {
-                        Some(shifted) => {
-                            *value = shifted + u64::from(digit);
-                            None
-                        }
-                        None => Some(State::Lost),
-                    }
-                }
-            },
-            Chunk::DataCr => match byte {
-                b'\r' => {
-                    *self = Chunk::DataLf;
-                    None
-                }
-                b'\n' => Some(State::Chunked(Chunk::size())),
-                _ => Some(State::Lost),
-            },
-            Chunk::DataLf => match byte {
-                b'\n' => Some(State::Chunked(Chunk::size())),
-                _ => Some(State::Lost),
-            },
-            // Data is consumed by `Framer::feed` before it gets here.
-            Chunk::Data(_) => None,
+                block.extend_from_slice(b"\r\n");
+                out.push(Bytes::from(block));
+                return Ok(true);
+            }
         }
     }
+    Ok(false)
+}
+
+/// The status line and headers, with the framing headers molt adds, and how the body
+/// goes.
+fn encode_head(
+    parts: &hyper::http::response::Parts,
+    body: &ProxyBody,
+    exchange: Exchange,
+) -> (Bytes, Out) {
+    let status = parts.status;
+    let headers = &parts.headers;
+    let mut framing_header: Option<(&str, String)> = None;
+    let framing = if exchange.head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Out::None
+    } else if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Out::Length(len)
+    } else if let Some(len) = body.size_hint().exact() {
+        framing_header = Some(("content-length", len.to_string()));
+        Out::Length(len)
+    } else if exchange.version == Version::HTTP_11 {
+        framing_header = Some(("transfer-encoding", "chunked".to_owned()));
+        Out::Chunked
+    } else {
+        Out::UntilClose
+    };
+    let mut head = Vec::with_capacity(128 + headers.len() * 48);
+    let version = if exchange.version == Version::HTTP_10 || parts.version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    };
+    head.extend_from_slice(version);
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    match parts.extensions.get::<ReasonPhrase>() {
+        Some(reason) => head.extend_from_slice(reason.as_bytes()),
+        None => head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    head.extend_from_slice(b"\r\n");
+    encode_headers(&mut head, headers);
+    if let Some((name, value)) = framing_header {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS && !headers.contains_key(header::CONNECTION) {
+        if !exchange.keep_alive || framing == Out::UntilClose {
+            head.extend_from_slice(b"connection: close\r\n");
+        } else if exchange.version == Version::HTTP_10 {
+            head.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    if !headers.contains_key(header::DATE) {
+        head.extend_from_slice(b"date: ");
+        with_date(|date| head.extend_from_slice(date));
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    (Bytes::from(head), framing)
+}
+
+fn encode_headers(into: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        into.extend_from_slice(name.as_str().as_bytes());
+        into.extend_from_slice(b": ");
+        into.extend_from_slice(value.as_bytes());
+        into.extend_from_slice(b"\r\n");
+    }
+}
+
+thread_local! {
+    /// The `Date` of this second, formatted once a second per thread.
+    static DATE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+}
+
+fn with_date(f: impl FnOnce(&[u8])) {
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != second {
+            *date = (second, httpdate::fmt_http_date(now).into_bytes());
+        }
+        f(&date.1);
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use http_body_util::BodyExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
 
-    /// Feeds `bytes` whole; the heads seen, any smuggled index, and the end state.
-    fn frame(bytes: &[u8]) -> (u64, Option<u64>, bool, bool) {
-        let mut framer = Framer::default();
-        let smuggled = framer.feed(bytes);
-        (framer.heads, smuggled, framer.in_head(), framer.is_lost())
+    const TIMEOUTS: Timeouts = Timeouts {
+        header: Duration::from_secs(5),
+        keepalive: Duration::from_secs(5),
+    };
+
+    /// Answers `METHOD TARGET BODY`, reading the body unless the target is `/skip`.
+    async fn echo(req: Request<RequestBody>) -> Answer {
+        let (parts, body) = req.into_parts();
+        let text = if parts.uri.path() == "/skip" {
+            String::new()
+        } else {
+            let bytes = body
+                .collect()
+                .await
+                .map(http_body_util::Collected::to_bytes)
+                .unwrap_or_default();
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
+        Answer {
+            response: Response::new(ProxyBody::full(format!(
+                "{} {} {text}",
+                parts.method, parts.uri
+            ))),
+            upgrade: None,
+        }
     }
 
-    #[test]
-    fn pipelined_requests_without_bodies_are_counted() {
-        let three = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\nHEAD / HTTP/1.1\nHost: a\n\n";
-        assert_eq!(frame(three), (3, None, false, false));
+    fn no_tunnel(
+        _: TcpStream,
+        _: Bytes,
+        _: Upgraded,
+        _: Lease,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        unreachable!("no test upgrades")
     }
 
-    #[test]
-    fn an_unfinished_head_is_in_head() {
+    /// A client connected to a connection served by [`echo`].
+    async fn client() -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let (_stop, shutdown) = watch::channel(false);
+            let service =
+                |req| -> Pin<Box<dyn Future<Output = Answer> + Send>> { Box::pin(echo(req)) };
+            serve(
+                stream,
+                TIMEOUTS,
+                shutdown,
+                (service, no_tunnel as Tunnel),
+                (),
+            )
+            .await;
+        });
+        TcpStream::connect(addr).await.expect("connect")
+    }
+
+    async fn read_to_end(client: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut out))
+            .await
+            .expect("the connection closes")
+            .expect("read");
+        String::from_utf8(out).expect("text")
+    }
+
+    /// The bodies of the responses in `text`, in order.
+    fn bodies(text: &str) -> Vec<&str> {
+        let mut bodies = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("content-length: ") {
+            let after = &rest[at + 16..];
+            let len: usize = after[..after.find("\r\n").expect("line end")]
+                .parse()
+                .expect("length");
+            let body_at = after.find("\r\n\r\n").expect("head end") + 4;
+            bodies.push(&after[body_at..body_at + len]);
+            rest = &after[body_at + len..];
+        }
+        bodies
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_with_bodies_are_answered_in_order() {
+        let mut client = client().await;
+        client
+            .write_all(
+                b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+                  POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n1;e=1\r\nz\r\n0\r\nT: 1\r\n\r\n\
+                  GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let text = read_to_end(&mut client).await;
         assert_eq!(
-            frame(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: "),
-            (0, None, true, false)
+            bodies(&text),
+            ["POST /a abc", "POST /b xyz", "GET /c "],
+            "{text}"
         );
-        // Empty lines before a request line are not a head yet (RFC 9112 section 2.2).
-        assert_eq!(frame(b"\r\n\r\n"), (0, None, false, false));
+        assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
+        assert!(
+            text.ends_with("connection: close\r\ndate: ") || text.contains("connection: close\r\n"),
+            "{text}"
+        );
     }
 
-    #[test]
-    fn bodies_of_known_length_are_skipped() {
-        let two = b"POST / HTTP/1.1\r\ncontent-LENGTH:  5 \r\n\r\nGET /GET / HTTP/1.1\r\n\r\n";
-        assert_eq!(frame(two), (2, None, false, false));
-        // The body is not read as a head, however it looks.
-        let body = b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\n\r\n\r\n";
-        assert_eq!(frame(body), (1, None, false, false));
+    #[tokio::test]
+    async fn continue_is_sent_only_when_the_body_is_read() {
+        let mut client = client().await;
+        client
+            .write_all(b"POST /read HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+            .await
+            .expect("write");
+        let mut interim = vec![0; CONTINUE.len()];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut interim))
+            .await
+            .expect("100 Continue arrives before the body is sent")
+            .expect("read");
+        assert_eq!(interim, CONTINUE);
+        client
+            .write_all(b"okPOST /skip HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+            .await
+            .expect("write");
+        let text = read_to_end(&mut client).await;
+        // The body of the second was never asked for: no 100, and the connection closes
+        // after the answer, since where the next request would start is unknown.
+        assert_eq!(bodies(&text), ["POST /read ok", "POST /skip "], "{text}");
+        assert!(!text.contains("100 Continue"), "{text}");
     }
 
-    #[test]
-    fn chunked_bodies_with_extensions_and_trailers_are_skipped() {
-        let two = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
-        assert_eq!(frame(two), (2, None, false, false));
-    }
-
-    #[test]
-    fn length_and_coding_together_are_smuggling_in_either_order() {
-        let cl_te =
-            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-        assert_eq!(frame(cl_te), (1, Some(0), false, true));
-        let te_cl =
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n";
-        assert_eq!(frame(te_cl), (1, Some(0), false, true));
-        // Behind a request with a body, on the same connection.
-        let second = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPOST / HTTP/1.1\r\nContent-Length: 41\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /count HTTP/1.1\r\n\r\n";
-        assert_eq!(frame(second), (2, Some(1), false, true));
-        // A length that does not parse counts as a length.
-        let bad = b"POST / HTTP/1.1\r\nContent-Length: x\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(frame(bad).1, Some(0));
-    }
-
-    #[test]
-    fn names_only_resembling_framing_fields_are_not_framing() {
-        let lookalikes = b"GET / HTTP/1.1\r\nContent-Length-X: 4\r\nX-Transfer-Encoding: chunked\r\nContent-Lengt: 3\r\n\r\nGET / HTTP/1.1\r\n\r\n";
-        assert_eq!(frame(lookalikes), (2, None, false, false));
-    }
-
-    #[test]
-    fn what_hyper_rejects_loses_the_framing() {
-        for bytes in [
-            &b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
-            b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX",
-        ] {
-            assert!(frame(bytes).3, "{}", String::from_utf8_lossy(bytes));
-        }
-    }
-
-    proptest! {
-        /// However the bytes are cut into reads, the framing comes out the same.
-        #[test]
-        fn framing_does_not_depend_on_how_bytes_arrive(cuts in proptest::collection::vec(0usize..200, 0..12)) {
-            let bytes: &[u8] = b"\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;e\r\nabc\r\n0\r\nT: 1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 41\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-            let whole = frame(bytes);
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % bytes.len()).collect();
-            cuts.sort_unstable();
-            let mut framer = Framer::default();
-            let mut smuggled = None;
-            let mut from = 0;
-            for cut in cuts.into_iter().chain([bytes.len()]) {
-                smuggled = smuggled.or(framer.feed(&bytes[from..cut]));
-                from = cut;
-            }
-            prop_assert_eq!(whole, (framer.heads, smuggled, framer.in_head(), framer.is_lost()));
-            prop_assert_eq!(whole, (3, Some(2), false, true));
-        }
+    #[tokio::test]
+    async fn a_reader_holds_no_buffer_while_nothing_has_arrived() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (half, _write) = stream.into_split();
+        let mut reader = Reader {
+            half,
+            buf: BytesMut::new(),
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(reader.poll_fill(&mut cx, HEAD_READ).is_pending());
+        assert_eq!(reader.buf.capacity(), 0);
+        client
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            poll_fn(|cx| reader.poll_fill(cx, HEAD_READ)),
+        )
+        .await
+        .expect("the bytes arrive")
+        .expect("read");
+        assert_eq!(read, 16);
+        assert!(reader.buf.capacity() >= HEAD_READ);
+        // Read whole, and the next wait holds nothing again.
+        reader.buf.clear();
+        assert!(reader.poll_fill(&mut cx, HEAD_READ).is_pending());
+        assert_eq!(reader.buf.capacity(), 0);
     }
 }

@@ -55,9 +55,22 @@ pub(crate) enum Failure {
     Timeout { worker: u64, limit: Duration },
 }
 
-/// What in a request head makes molt refuse it, when hyper let it through.
+/// What in a request head makes molt refuse it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
+    /// A head that is no HTTP/1 request head (httparse refuses it, or its method, target
+    /// or a header does not parse).
+    MalformedHead,
+    /// A head over 64 KiB, or with more than 100 header lines.
+    HeadTooLarge,
+    /// A version other than HTTP/1.0 and HTTP/1.1 (an HTTP/2 preface among them).
+    Version,
+    /// `Content-Length` that is no number, a list, or lines that disagree.
+    BadLength,
+    /// `Transfer-Encoding` whose last coding is not `chunked`: the body's end is unknown.
+    ChunkedNotLast,
+    /// `Transfer-Encoding` in an HTTP/1.0 request (RFC 9112 section 6.1: faulty framing).
+    CodingInHttp10,
     /// A transfer coding other than a single `chunked`, which would reach the worker
     /// altered (hyper decodes only chunked).
     UnknownCoding,
@@ -78,8 +91,14 @@ pub(crate) enum Refusal {
 impl Refusal {
     fn status(self) -> StatusCode {
         match self {
+            Refusal::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             Refusal::UnknownCoding | Refusal::Connect => StatusCode::NOT_IMPLEMENTED,
-            Refusal::ChunkedTwice
+            Refusal::MalformedHead
+            | Refusal::BadLength
+            | Refusal::ChunkedNotLast
+            | Refusal::CodingInHttp10
+            | Refusal::ChunkedTwice
             | Refusal::AuthorityForm
             | Refusal::AsteriskForm
             | Refusal::HostCount
@@ -87,8 +106,28 @@ impl Refusal {
         }
     }
 
+    /// The connection closes after the answer: the head, or where its body ends, could
+    /// not be read, so nothing after it can be framed.
+    fn closes(self) -> bool {
+        matches!(
+            self,
+            Refusal::MalformedHead
+                | Refusal::HeadTooLarge
+                | Refusal::Version
+                | Refusal::BadLength
+                | Refusal::ChunkedNotLast
+                | Refusal::CodingInHttp10
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
+            Refusal::MalformedHead => "malformed_head",
+            Refusal::HeadTooLarge => "head_too_large",
+            Refusal::Version => "http_version",
+            Refusal::BadLength => "content_length",
+            Refusal::ChunkedNotLast => "chunked_not_last",
+            Refusal::CodingInHttp10 => "coding_in_http_1_0",
             Refusal::UnknownCoding => "unknown_transfer_coding",
             Refusal::ChunkedTwice => "chunked_twice",
             Refusal::Connect => "connect",
@@ -113,7 +152,7 @@ struct Answer {
 impl Failure {
     fn answer(&self) -> Answer {
         let (status, retry_after, close) = match self {
-            Failure::Refused(refusal) => (refusal.status(), false, false),
+            Failure::Refused(refusal) => (refusal.status(), false, refusal.closes()),
             Failure::LengthAndChunked => (StatusCode::BAD_REQUEST, false, true),
             Failure::HeaderTimeout => (StatusCode::REQUEST_TIMEOUT, false, true),
             Failure::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, false, false),
@@ -240,45 +279,6 @@ fn malformed_body(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Logs how a client connection ended in an error. A head hyper cannot parse, hyper
-/// answers itself (400; 431 for a head over the limit, 414 for a target too long) before
-/// the service sees a request: a refusal like molt's own, logged as one with its reason.
-/// Any other error is a client that went away, which is routine.
-pub(crate) fn log_connection_error(error: &hyper::Error) {
-    if error.is_parse_version_h2() {
-        // hyper closes without a response: there is no HTTP/1 request to answer.
-        event!(Info, "bad_request", reason = "http2_preface", error = error);
-    } else if error.is_parse() {
-        let (status, reason) = if !error.is_parse_too_large() {
-            (StatusCode::BAD_REQUEST, "malformed_head")
-        } else if error.to_string().contains("URI") {
-            (StatusCode::URI_TOO_LONG, "target_too_long")
-        } else {
-            (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "head_too_large",
-            )
-        };
-        event!(
-            Info,
-            "bad_request",
-            status = status.as_u16(),
-            reason = reason,
-            error = error
-        );
-    } else if error.is_incomplete_message() {
-        // The connection ended inside a head: hyper closes without a response.
-        event!(
-            Info,
-            "bad_request",
-            reason = "incomplete_head",
-            error = error
-        );
-    } else {
-        event!(Debug, "client_error", error = error);
-    }
-}
-
 /// Logs the failure and returns molt's response to it.
 pub(crate) fn respond(failure: &Failure) -> Response<ProxyBody> {
     let answer = failure.answer();
@@ -302,8 +302,8 @@ pub(crate) fn respond(failure: &Failure) -> Response<ProxyBody> {
     response
 }
 
-/// Logs the failure and returns molt's response as bytes, for the one failure decided
-/// below hyper, on the raw socket (the header timeout: hyper has no request yet).
+/// Logs the failure and returns molt's response as bytes, for the one failure answered on
+/// the raw socket (the header timeout: there is no request to answer).
 pub(crate) fn respond_raw(failure: &Failure) -> Vec<u8> {
     let answer = failure.answer();
     failure.log(answer.status);

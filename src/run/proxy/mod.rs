@@ -11,7 +11,7 @@
 
 /// molt's HTTP/1.1 client on a connection to a worker: the request out, the response in.
 mod client;
-/// The client's socket under hyper: request framing, header and keep-alive timeouts.
+/// molt's HTTP/1.1 server on a client connection: requests in, responses out, timeouts.
 pub(crate) mod conn;
 /// Least-busy routing, the bounded request queue, and worker leases.
 pub(crate) mod dispatch;
@@ -30,20 +30,16 @@ mod spool;
 /// Connections from molt to its workers, and the idle ones kept for reuse.
 mod upstream;
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Either;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Body as _;
 use hyper::http::{Request, Response, StatusCode};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -52,7 +48,7 @@ use crate::config::UnderscoreHeaders;
 use crate::observe::event;
 use crate::observe::metrics::Requests;
 use crate::run::event::Event;
-use crate::run::proxy::conn::{ClientIo, Finished, Shared, Timeouts};
+use crate::run::proxy::conn::{Answer, RequestBody, Timeouts};
 use crate::run::proxy::dispatch::{Dispatcher, Lease};
 use crate::run::proxy::failure::Failure;
 use crate::run::proxy::head::Arrival;
@@ -60,9 +56,6 @@ use crate::run::proxy::listen::{Handed, Spread};
 use crate::run::proxy::relay::ProxyBody;
 use crate::run::proxy::spool::{SpoolError, Spooled};
 use crate::run::proxy::upstream::{Upgraded, UpstreamBody};
-
-/// A request head larger than this gets 431, as nginx's and most servers' limits do.
-const MAX_HEADER_SIZE: usize = 64 * 1024;
 
 /// Pause after an accept error such as EMFILE, so that running out of descriptors does
 /// not become a busy loop; service resumes once connections close.
@@ -193,123 +186,47 @@ async fn serve_connection(
     stream: TcpStream,
     arrival: Arrival,
     proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
-    _counted: Counted,
+    shutdown: watch::Receiver<bool>,
+    counted: Counted,
 ) {
-    let shared = Shared::new();
-    let mut io = ClientIo::new(stream, Arc::clone(&shared), proxy.timeouts);
-    let service = {
-        let shared = Arc::clone(&shared);
-        service_fn(move |req| {
-            let (smuggled, finished) = shared.dispatch();
-            let shared = Arc::clone(&shared);
-            let proxy = Arc::clone(&proxy);
-            Box::pin(async move {
-                // Before the head is rewritten: molt adds its own X-Request-Start.
-                let metrics = proxy.metrics.clone();
-                let arrived = metrics.as_ref().map(|metrics| {
-                    metrics.arrived(req.headers(), std::time::SystemTime::now());
-                    std::time::Instant::now()
-                });
-                let response = if smuggled {
-                    failure::respond(&Failure::LengthAndChunked)
-                } else {
-                    handle(req, proxy, &shared, arrival)
-                        .await
-                        .unwrap_or_else(|failure| failure::respond(&failure))
-                };
-                if let (Some(metrics), Some(arrived)) = (metrics, arrived) {
-                    metrics.answered(response.status(), arrived.elapsed());
-                }
-                Ok::<_, Infallible>(response.map(|body| Tracked {
-                    body,
-                    _finished: finished,
-                }))
-            })
-        })
+    let timeouts = proxy.timeouts;
+    let service = move |req: Request<RequestBody>| -> Pin<Box<dyn Future<Output = Answer> + Send>> {
+        // Boxed: a connection waiting for its next request does not carry a request's
+        // state (about 1.7 KB).
+        Box::pin(answer(req, Arc::clone(&proxy), arrival))
     };
-    // One hyper connection per run of requests: an idle connection is parked (see
-    // `ClientIo`), hyper hands the socket back with its buffers freed, and the next request
-    // gets a fresh one.
-    loop {
-        tokio::select! {
-            ready = io.wait_for_request() => if !ready { return },
-            () = until_set(&mut shutdown) => return,
-        }
-        let mut conn = Box::pin(
-            http1::Builder::new()
-                .timer(TokioTimer::new())
-                .max_header_size(MAX_HEADER_SIZE)
-                // A client that shuts down its sending side after a whole request still
-                // reads the response.
-                .half_close(true)
-                .serve_connection(TokioIo::new(io), service.clone()),
-        );
-        let mut stopping = false;
-        let ended = loop {
-            tokio::select! {
-                ended = std::future::poll_fn(|cx| conn.as_mut().poll_without_shutdown(cx)) => break ended,
-                () = until_set(&mut shutdown), if !stopping => {
-                    // Finish the request in flight, then close instead of keeping the
-                    // connection alive.
-                    conn.as_mut().graceful_shutdown();
-                    stopping = true;
-                }
-            }
-        };
-        if let Err(err) = ended {
-            failure::log_connection_error(&err);
-            return;
-        }
-        let parts = Pin::into_inner(conn).into_parts();
-        io = parts.io.into_inner();
-        if let Some((upstream, lease)) = shared.take_upgrade() {
-            // Boxed: the tunnel's state is not carried by every parked connection.
-            Box::pin(tunnel(io, parts.read_buf, upstream, lease)).await;
-            return;
-        }
-        if !io.resume(&parts.read_buf) || stopping {
-            // hyper ended the connection (the client closed it, or asked to): close it.
-            return;
-        }
-    }
+    let tunnel: conn::Tunnel =
+        |client, early, upstream, lease| Box::pin(tunnel(client, early, upstream, lease));
+    conn::serve(stream, timeouts, shutdown, (service, tunnel), counted).await;
 }
 
-/// A response body that marks its request finished when hyper is done with it.
-struct Tracked {
-    body: ProxyBody,
-    /// Dropped with the body.
-    _finished: Finished,
-}
-
-impl Body for Tracked {
-    type Data = <ProxyBody as Body>::Data;
-    type Error = <ProxyBody as Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+/// Answers one request, counting it for the metrics when they are on.
+async fn answer(req: Request<RequestBody>, proxy: Arc<Proxy>, arrival: Arrival) -> Answer {
+    // Before the head is rewritten: molt adds its own X-Request-Start.
+    let metrics = proxy.metrics.clone();
+    let arrived = metrics.as_ref().map(|metrics| {
+        metrics.arrived(req.headers(), std::time::SystemTime::now());
+        std::time::Instant::now()
+    });
+    let answer = handle(req, proxy, arrival)
+        .await
+        .unwrap_or_else(|failure| Answer {
+            response: failure::respond(&failure),
+            upgrade: None,
+        });
+    if let (Some(metrics), Some(arrived)) = (metrics, arrived) {
+        metrics.answered(answer.response.status(), arrived.elapsed());
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
+    answer
 }
 
 /// Takes one request from the client's head to the worker's response head; every way
 /// this can fail is a [`Failure`], which the caller answers.
 async fn handle(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     proxy: Arc<Proxy>,
-    shared: &Shared,
     arrival: Arrival,
-) -> Result<Response<ProxyBody>, Failure> {
+) -> Result<Answer, Failure> {
     if let Some(refusal) = head::refusal(&req) {
         return Err(Failure::Refused(refusal));
     }
@@ -330,7 +247,7 @@ async fn handle(
             .map_err(|err| match err {
                 SpoolError::TooLarge => Failure::BodyTooLarge,
                 // The client is gone or sent a broken body: nothing to forward.
-                SpoolError::Client(err) => Failure::ClientBody(Box::new(err)),
+                SpoolError::Client(err) => Failure::ClientBody(err),
                 SpoolError::CannotSpool { path, source } => Failure::Spool { path, source },
             })?;
         Request::from_parts(head, Either::Right(Box::new(body)))
@@ -340,18 +257,24 @@ async fn handle(
 
     let (lease, mut response) = exchange(&proxy, req).await?;
     if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // The connection becomes a tunnel once hyper has written this response and
-        // handed the socket back (see `serve_connection`).
-        if let Some(upgraded) = response.body_mut().upgraded() {
-            shared.upgraded(upgraded, lease);
-        }
-        return Ok(response.map(|_| ProxyBody::empty()));
+        // The connection becomes a tunnel once this response is written.
+        let upgrade = response
+            .body_mut()
+            .upgraded()
+            .map(|upgraded| (upgraded, lease));
+        return Ok(Answer {
+            response: response.map(|_| ProxyBody::empty()),
+            upgrade,
+        });
     }
     if let Err(reason) = head::prepare_response(response.headers_mut()) {
         let worker = lease.slot().id;
         return Err(Failure::BadResponse { worker, reason });
     }
-    Ok(response.map(|body| ProxyBody::relayed(body, lease)))
+    Ok(Answer {
+        response: response.map(|body| ProxyBody::relayed(body, lease)),
+        upgrade: None,
+    })
 }
 
 /// Sends the request to a worker and returns the response head with what it holds.
@@ -431,8 +354,8 @@ async fn exchange(
 }
 
 /// Copies bytes both ways between an upgraded client connection and the worker's; `early`
-/// is what the client sent after its request before the socket was handed back.
-async fn tunnel(mut client: ClientIo, early: Bytes, upstream: Upgraded, lease: Lease) {
+/// is what the client sent after its request head.
+async fn tunnel(mut client: TcpStream, early: Bytes, upstream: Upgraded, lease: Lease) {
     let Upgraded {
         stream: mut upstream,
         early: answered,

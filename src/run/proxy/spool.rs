@@ -12,8 +12,10 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncSeekExt as _, AsyncWriteExt as _, ReadBuf};
+
+use crate::run::proxy::conn::RequestBody;
 
 /// Bytes of one body kept in memory before the rest spills to disk.
 pub(crate) const MEMORY_LIMIT: usize = 256 * 1024;
@@ -27,7 +29,7 @@ pub(crate) enum SpoolError {
     /// Larger than `MOLT_MAX_BODY`.
     TooLarge,
     /// The client broke off or sent a malformed body.
-    Client(hyper::Error),
+    Client(Box<dyn std::error::Error + Send + Sync>),
     /// The temporary file could not be written (a full disk, most often).
     CannotSpool { path: PathBuf, source: io::Error },
 }
@@ -65,7 +67,7 @@ impl Spooled {
     }
 
     /// Reads `body` whole, refusing more than `max` bytes.
-    pub(crate) async fn read(mut body: Incoming, max: u64) -> Result<Self, SpoolError> {
+    pub(crate) async fn read(mut body: RequestBody, max: u64) -> Result<Self, SpoolError> {
         let mut spooled = Spooled {
             memory: VecDeque::new(),
             file: None,

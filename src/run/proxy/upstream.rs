@@ -17,20 +17,20 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use http_body_util::Either;
-use hyper::body::Incoming;
 use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
 use tokio::io::{AsyncRead as _, AsyncWrite as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::observe::event;
+use crate::run::proxy::conn::RequestBody;
 use crate::run::proxy::spool::Spooled;
 
 /// What a request sent to a worker carries: the client's body as it arrives, or the
 /// whole body read first (see [`crate::run::proxy::spool`]).
 // Boxed: most requests have no `Spooled` (152 bytes), and the request is held in the
 // future of each one in flight.
-pub(crate) type UpstreamBody = Either<Incoming, Box<Spooled>>;
+pub(crate) type UpstreamBody = Either<RequestBody, Box<Spooled>>;
 
 /// A keep-alive connection to a worker, with what has been read from it and not yet
 /// taken; `client` speaks HTTP/1.1 on it.
