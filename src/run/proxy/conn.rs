@@ -696,6 +696,8 @@ impl Connection {
             // so that a head over the limit is seen to be.
             let want = reader.buf.len().clamp(HEAD_READ, MAX_HEAD);
             tokio::select! {
+                // Bytes already there are read before any timer is armed.
+                biased;
                 read = poll_fn(|cx| reader.poll_fill(cx, want)) => match read {
                     Ok(0) if head_since.is_some() => return Err(End::Incomplete),
                     Ok(0) => return Err(End::Quiet),
@@ -773,7 +775,10 @@ impl Connection {
     ) -> Result<bool, ()> {
         let (parts, mut body) = response.into_parts();
         let (head, mut framing) = encode_head(&parts, &body, *exchange);
-        let mut keep = exchange.keep_alive && framing != Out::UntilClose;
+        // molt's own answers that end the connection say `Connection: close`.
+        let mut keep = exchange.keep_alive
+            && framing != Out::UntilClose
+            && !connection_tokens(&parts.headers).0;
         let mut out = Outbox::default();
         out.push(head);
         if matches!(framing, Out::None) {
