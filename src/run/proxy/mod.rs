@@ -182,13 +182,16 @@ async fn until_set(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
 }
 
-async fn serve_connection(
+/// A connection's task: `conn::serve` with the proxy as its service. A plain function,
+/// not an `async` one, so that the task holds `conn::serve`'s future alone, not also this
+/// function's arguments beside it.
+fn serve_connection(
     stream: TcpStream,
     arrival: Arrival,
     proxy: Arc<Proxy>,
     shutdown: watch::Receiver<bool>,
     counted: Counted,
-) {
+) -> impl Future<Output = ()> + Send {
     let timeouts = proxy.timeouts;
     let service = move |req: Request<RequestBody>| -> Pin<Box<dyn Future<Output = Answer> + Send>> {
         // Boxed: a connection waiting for its next request does not carry a request's
@@ -197,7 +200,7 @@ async fn serve_connection(
     };
     let tunnel: conn::Tunnel =
         |client, early, upstream, lease| Box::pin(tunnel(client, early, upstream, lease));
-    conn::serve(stream, timeouts, shutdown, (service, tunnel), counted).await;
+    conn::serve(stream, timeouts, shutdown, (service, tunnel), counted)
 }
 
 /// Answers one request, counting it for the metrics when they are on.
