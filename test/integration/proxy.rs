@@ -191,12 +191,12 @@ fn a_half_close_goes_through_a_tunnel() {
     );
 }
 
-/// A kept-alive connection left idle is parked (molt frees its buffers until the next
-/// request) and serves again like any other: single requests, pipelined ones, and an
-/// upgrade whose first frame comes in the same write as the handshake.
+/// A kept-alive connection left idle (molt holds no buffer for it while it waits) serves
+/// again like any other: single requests, pipelined ones, and an upgrade whose first frame
+/// comes in the same write as the handshake.
 #[test]
-fn connection_idle_past_the_park_time_serves_again() {
-    /// Longer than the idle time after which molt parks a connection (100 ms).
+fn connection_left_idle_serves_again() {
+    /// Long enough for the connection to be waiting, with nothing read, between requests.
     const IDLE: Duration = Duration::from_millis(400);
     let molt = pool(1, |b| b);
     let mut conn = Conn::open(molt.port()).expect("connect");
