@@ -28,15 +28,13 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::{Method, Response, StatusCode, Version};
 use hyper::Request;
 
+use crate::run::proxy::h1::{self, take_up_to, MAX_HEADERS};
 use crate::run::proxy::upstream::{Upgraded, Upstream, UpstreamBody};
 
 /// A response head larger than this is refused (502): nginx's limit is 4 or 8 KiB
 /// (`proxy_buffer_size`), hyper's client allowed about 400 KiB; 64 KiB is molt's limit
 /// on a request head too.
 const MAX_HEAD: usize = 64 * 1024;
-
-/// Most header lines in a response head, as hyper's client counted them.
-const MAX_HEADERS: usize = 100;
 
 /// A chunk's size line (with its extensions) longer than this breaks the response.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -541,10 +539,7 @@ impl Upstream {
 /// whole. An interim (1xx but 101) head is taken off and skipped.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
     loop {
-        // Each header's name and value as offsets into the head, so that the values can
-        // share its bytes instead of each being copied.
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let (len, code, version, reason, count) = {
+        let (len, code, version, reason, count, spans) = {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Response::new(&mut headers);
             let len = match parsed.parse(&buf[..]) {
@@ -552,38 +547,22 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(err) => return Err(Error::Head(err)),
             };
-            let base = buf.as_ptr() as usize;
-            for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
-                let name = header.name.as_ptr() as usize - base;
-                let value = header.value.as_ptr() as usize - base;
-                *span = (
-                    name,
-                    name + header.name.len(),
-                    value,
-                    value + header.value.len(),
-                );
-            }
+            let spans = h1::spans(buf, parsed.headers);
             let reason = parsed
                 .reason
                 .filter(|reason| !reason.is_empty())
                 .and_then(|reason| ReasonPhrase::try_from(reason.as_bytes()).ok());
             let code = parsed.code.expect("a whole head has a status");
             let version = parsed.version.expect("a whole head has a version");
-            (len, code, version, reason, parsed.headers.len())
+            (len, code, version, reason, parsed.headers.len(), spans)
         };
         let bytes = buf.split_to(len).freeze();
         let status = StatusCode::from_u16(code).map_err(|_| Error::Framing("status"))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             continue;
         }
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(name_at, name_end, value_at, value_end) in &spans[..count] {
-            let name = HeaderName::from_bytes(&bytes[name_at..name_end])
-                .map_err(|_| Error::Framing("header name"))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_end))
-                .map_err(|_| Error::Framing("header value"))?;
-            headers.append(name, value);
-        }
+        let headers =
+            h1::header_map(&bytes, &spans[..count]).ok_or(Error::Framing("header line"))?;
         let version = if version == 0 {
             Version::HTTP_10
         } else {
@@ -626,12 +605,7 @@ fn decoding(
         if version == Version::HTTP_10 {
             return Err(Error::Framing("transfer-encoding in an HTTP/1.0 response"));
         }
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
-            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        let chunked = h1::last_coding_is_chunked(headers);
         return Ok((
             if chunked {
                 Decoding::Chunked
@@ -653,15 +627,7 @@ fn decoding(
 
 /// Whether the connection may carry another request after this response.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep_alive = false;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
+    let (close, keep_alive) = h1::connection_tokens(headers);
     !close && (version == Version::HTTP_11 || keep_alive)
 }
 
@@ -758,12 +724,8 @@ impl ResponseBody {
             };
             let buf = &mut conn.read;
             match self.chunk {
-                ChunkState::Size => {
-                    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                        let Some(size) = chunk_size(&buf[..end]) else {
-                            return self.fail(Error::ChunkSize);
-                        };
-                        let _ = buf.split_to(end + 1);
+                ChunkState::Size => match h1::take_chunk_size(buf, false, MAX_CHUNK_LINE) {
+                    Ok(Some(size)) => {
                         self.chunk = if size == 0 {
                             ChunkState::Trailers
                         } else {
@@ -771,10 +733,9 @@ impl ResponseBody {
                         };
                         continue;
                     }
-                    if buf.len() > MAX_CHUNK_LINE {
-                        return self.fail(Error::ChunkSize);
-                    }
-                }
+                    Ok(None) => {}
+                    Err(_) => return self.fail(Error::ChunkSize),
+                },
                 ChunkState::Data(left) => {
                     if !buf.is_empty() {
                         let data = take_up_to(buf, left);
@@ -846,28 +807,6 @@ impl ResponseBody {
             Err(err) => Err(Error::Io(err)),
         })
     }
-}
-
-/// Up to `left` bytes off the front of `buf`.
-fn take_up_to(buf: &mut BytesMut, left: u64) -> Bytes {
-    let take = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
-    buf.split_to(take).freeze()
-}
-
-/// A chunk's size from its line (without the line feed): hex digits, then optional
-/// whitespace and `;` extensions, which are ignored.
-pub(super) fn chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let digits = line
-        .iter()
-        .position(|b| !b.is_ascii_hexdigit())
-        .map_or(line, |end| &line[..end]);
-    let rest = &line[digits.len()..];
-    let rest = rest.trim_ascii_start();
-    if digits.is_empty() || digits.len() > 16 || !(rest.is_empty() || rest.starts_with(b";")) {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 impl Body for ResponseBody {
@@ -1074,22 +1013,6 @@ mod tests {
             .expect("parses")
             .expect("whole");
         assert!(head.response.extensions().get::<ReasonPhrase>().is_none());
-    }
-
-    #[test]
-    fn chunk_sizes_are_hex_with_optional_extensions() {
-        assert_eq!(chunk_size(b"5\r"), Some(5));
-        assert_eq!(chunk_size(b"1aF;name=value\r"), Some(0x1af));
-        assert_eq!(chunk_size(b"5 ;x\r"), Some(5));
-        assert_eq!(chunk_size(b"0"), Some(0));
-        assert_eq!(chunk_size(b"zz\r"), None);
-        assert_eq!(chunk_size(b"\r"), None);
-        assert_eq!(chunk_size(b"5 x\r"), None);
-        assert_eq!(
-            chunk_size(b"11111111111111111\r"),
-            None,
-            "more than 64 bits"
-        );
     }
 
     /// A worker at a local address, and a connection to it as a request takes one.

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::ext::ReasonPhrase;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap};
 use hyper::http::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite as _, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -36,9 +36,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::observe::event;
-use crate::run::proxy::client::{chunk_size, Outbox};
+use crate::run::proxy::client::Outbox;
 use crate::run::proxy::dispatch::Lease;
 use crate::run::proxy::failure::{self, Failure, Refusal};
+use crate::run::proxy::h1::{self, connection_tokens, take_up_to, MAX_HEADERS};
 use crate::run::proxy::relay::ProxyBody;
 use crate::run::proxy::upstream::Upgraded;
 
@@ -46,9 +47,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request head larger than this gets 431, as nginx's and most servers' limits do.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
-
-/// Most header lines in a request head (hyper's limit too); more get 431.
-const MAX_HEADERS: usize = 100;
 
 /// The first read of a head asks for this much: a browser's head with its cookies and
 /// a router's added headers fits.
@@ -149,10 +147,7 @@ struct Head {
 
 /// Parses a whole head off the front of `buf`; `None` while it is not whole yet.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
-    // Each header's name and value as offsets into the head, so that the values can share
-    // its bytes instead of each being copied.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let (len, method, target, version, count) = {
+    let (len, method, target, version, count, spans) = {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
         let len = match parsed.parse(&buf[..]) {
@@ -172,17 +167,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
         if len > MAX_HEAD {
             return Err(Failure::Refused(Refusal::HeadTooLarge));
         }
+        let spans = h1::spans(buf, parsed.headers);
         let base = buf.as_ptr() as usize;
-        for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let name = header.name.as_ptr() as usize - base;
-            let value = header.value.as_ptr() as usize - base;
-            *span = (
-                name,
-                name + header.name.len(),
-                value,
-                value + header.value.len(),
-            );
-        }
         let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
             .map_err(|_| Failure::Refused(Refusal::MalformedHead))?;
         let path = parsed.path.unwrap_or_default();
@@ -193,18 +179,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
         } else {
             Version::HTTP_11
         };
-        (len, method, target, version, parsed.headers.len())
+        (len, method, target, version, parsed.headers.len(), spans)
     };
     let bytes = buf.split_to(len).freeze();
     let malformed = || Failure::Refused(Refusal::MalformedHead);
     let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.1)).map_err(|_| malformed())?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name_at, name_end, value_at, value_end) in &spans[..count] {
-        let name = HeaderName::from_bytes(&bytes[name_at..name_end]).map_err(|_| malformed())?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_end))
-            .map_err(|_| malformed())?;
-        headers.append(name, value);
-    }
+    let headers = h1::header_map(&bytes, &spans[..count]).ok_or_else(malformed)?;
     let framing = framing(version, &headers)?;
     let (close, keep_alive) = connection_tokens(&headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
@@ -260,12 +240,7 @@ fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, Failure> {
         }
         // Any coding but a last `chunked` is refused later (`head::refusal`); without a
         // last `chunked` the body's end cannot be found at all.
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
-            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        let chunked = h1::last_coding_is_chunked(headers);
         return if chunked {
             Ok(Framing::Chunked)
         } else {
@@ -288,20 +263,6 @@ fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, Failure> {
         None | Some(0) => Framing::Empty,
         Some(len) => Framing::Length(len),
     })
-}
-
-/// Whether the `Connection` headers say `close`, and `keep-alive`.
-fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
-    let mut close = false;
-    let mut keep_alive = false;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    (close, keep_alive)
 }
 
 /// Where a request body's reading is.
@@ -373,27 +334,21 @@ impl BodyState {
             let buf = &mut reader.buf;
             match self.decoder {
                 Decoder::Done | Decoder::Broken => return Poll::Ready(None),
-                Decoder::Length(left) => {
+                Decoder::Length(left) | Decoder::ChunkData(left) => {
                     if !buf.is_empty() {
                         let data = take_up_to(buf, left);
                         let left = left - data.len() as u64;
-                        self.decoder = if left == 0 {
-                            Decoder::Done
-                        } else {
-                            Decoder::Length(left)
+                        self.decoder = match (self.decoder, left) {
+                            (Decoder::Length(_), 0) => Decoder::Done,
+                            (Decoder::Length(_), _) => Decoder::Length(left),
+                            (_, 0) => Decoder::ChunkEnd,
+                            _ => Decoder::ChunkData(left),
                         };
                         return Poll::Ready(Some(Ok(data)));
                     }
                 }
-                Decoder::ChunkSize => {
-                    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                        if end == 0 || buf[end - 1] != b'\r' {
-                            return Poll::Ready(Some(Err(invalid("a chunk line without CRLF"))));
-                        }
-                        let Some(size) = chunk_size(&buf[..end]) else {
-                            return Poll::Ready(Some(Err(invalid("a malformed chunk size"))));
-                        };
-                        let _ = buf.split_to(end + 1);
+                Decoder::ChunkSize => match h1::take_chunk_size(buf, true, MAX_CHUNK_LINE) {
+                    Ok(Some(size)) => {
                         self.decoder = if size == 0 {
                             Decoder::Trailers
                         } else {
@@ -401,22 +356,9 @@ impl BodyState {
                         };
                         continue;
                     }
-                    if buf.len() > MAX_CHUNK_LINE {
-                        return Poll::Ready(Some(Err(invalid("a chunk line too long"))));
-                    }
-                }
-                Decoder::ChunkData(left) => {
-                    if !buf.is_empty() {
-                        let data = take_up_to(buf, left);
-                        let left = left - data.len() as u64;
-                        self.decoder = if left == 0 {
-                            Decoder::ChunkEnd
-                        } else {
-                            Decoder::ChunkData(left)
-                        };
-                        return Poll::Ready(Some(Ok(data)));
-                    }
-                }
+                    Ok(None) => {}
+                    Err(what) => return Poll::Ready(Some(Err(invalid(what)))),
+                },
                 Decoder::ChunkEnd => {
                     if buf.starts_with(b"\r\n") {
                         let _ = buf.split_to(2);
@@ -475,12 +417,6 @@ fn poll_continue(cx: &mut Context<'_>, reader: &Reader, left: &mut usize) -> Pol
         }
     }
     Poll::Ready(Ok(()))
-}
-
-/// Up to `left` bytes off the front of `buf`.
-fn take_up_to(buf: &mut BytesMut, left: u64) -> Bytes {
-    let take = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
-    buf.split_to(take).freeze()
 }
 
 impl Body for RequestBody {

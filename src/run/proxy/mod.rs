@@ -17,6 +17,8 @@ pub(crate) mod conn;
 pub(crate) mod dispatch;
 /// Every way a request fails, and the one function that answers it.
 pub(crate) mod failure;
+/// What the HTTP/1.1 server and client read alike: header spans, tokens, chunk sizes.
+mod h1;
 /// A request head as molt checks and rewrites it before a worker sees it.
 mod head;
 /// Per-worker in-flight limit learned from latency.

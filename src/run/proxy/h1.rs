@@ -1,0 +1,162 @@
+//! What molt's HTTP/1.1 server (`conn`) and client (`client`) read alike: a head's header
+//! lines as spans into its bytes, the header map made from them, `Connection` tokens, the
+//! last transfer coding, chunk sizes, and taking body bytes off a buffer.
+
+use bytes::{Bytes, BytesMut};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Most header lines in a head, as hyper counted them on either side.
+pub(super) const MAX_HEADERS: usize = 100;
+
+/// A header's name and value as offsets into the head: name start and end, value start
+/// and end.
+pub(super) type Span = (usize, usize, usize, usize);
+
+/// The spans of `headers`, parsed out of the head that starts at `base`, so that the
+/// values can share the head's bytes once it is taken off the buffer.
+pub(super) fn spans(base: &[u8], headers: &[httparse::Header<'_>]) -> [Span; MAX_HEADERS] {
+    let base = base.as_ptr() as usize;
+    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+    for (span, header) in spans.iter_mut().zip(headers) {
+        let name = header.name.as_ptr() as usize - base;
+        let value = header.value.as_ptr() as usize - base;
+        *span = (
+            name,
+            name + header.name.len(),
+            value,
+            value + header.value.len(),
+        );
+    }
+    spans
+}
+
+/// The header map of a head's `bytes` from its `spans`; `None` if a name or value is
+/// not one `http` takes.
+pub(super) fn header_map(bytes: &Bytes, spans: &[Span]) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(name_at, name_end, value_at, value_end) in spans {
+        let name = HeaderName::from_bytes(&bytes[name_at..name_end]).ok()?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_end)).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
+}
+
+/// Whether the `Connection` headers say `close`, and `keep-alive`.
+pub(super) fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    (close, keep_alive)
+}
+
+/// Whether the last coding of the last `Transfer-Encoding` line is `chunked`.
+pub(super) fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Up to `left` bytes off the front of `buf`.
+pub(super) fn take_up_to(buf: &mut BytesMut, left: u64) -> Bytes {
+    let take = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
+    buf.split_to(take).freeze()
+}
+
+/// The size of the chunk whose size line starts `buf`, the line taken off; `Ok(None)`
+/// while the line is not whole. A line that is no chunk size, one longer than `max`, and
+/// with `crlf` one not ending in CRLF (a request's framing is read strictly, a worker's
+/// as leniently as hyper's client read it) is an error saying which.
+pub(super) fn take_chunk_size(
+    buf: &mut BytesMut,
+    crlf: bool,
+    max: usize,
+) -> Result<Option<u64>, &'static str> {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() > max {
+            Err("a chunk line too long")
+        } else {
+            Ok(None)
+        };
+    };
+    if crlf && (end == 0 || buf[end - 1] != b'\r') {
+        return Err("a chunk line without CRLF");
+    }
+    let size = chunk_size(&buf[..end]).ok_or("a malformed chunk size")?;
+    let _ = buf.split_to(end + 1);
+    Ok(Some(size))
+}
+
+/// A chunk's size from its line (without the line feed): hex digits, then optional
+/// whitespace and `;` extensions, which are ignored.
+pub(super) fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .map_or(line, |end| &line[..end]);
+    let rest = &line[digits.len()..];
+    let rest = rest.trim_ascii_start();
+    if digits.is_empty() || digits.len() > 16 || !(rest.is_empty() || rest.starts_with(b";")) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(chunk_size(b"5\r"), Some(5));
+        assert_eq!(chunk_size(b"1aF;name=value\r"), Some(0x1af));
+        assert_eq!(chunk_size(b"5 ;x\r"), Some(5));
+        assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b"zz\r"), None);
+        assert_eq!(chunk_size(b"\r"), None);
+        assert_eq!(chunk_size(b"5 x\r"), None);
+        assert_eq!(
+            chunk_size(b"11111111111111111\r"),
+            None,
+            "more than 64 bits"
+        );
+    }
+
+    #[test]
+    fn a_chunk_size_line_is_taken_whole_and_strictly_when_asked() {
+        let mut buf = BytesMut::from(&b"a;x=1\r\nrest"[..]);
+        assert_eq!(take_chunk_size(&mut buf, true, 16), Ok(Some(10)));
+        assert_eq!(&buf[..], b"rest");
+        let mut partial = BytesMut::from(&b"a;x"[..]);
+        assert_eq!(take_chunk_size(&mut partial, true, 16), Ok(None));
+        assert!(
+            take_chunk_size(&mut partial, true, 2).is_err(),
+            "longer than the limit"
+        );
+        let mut bare_lf = BytesMut::from(&b"3\nabc"[..]);
+        assert!(take_chunk_size(&mut bare_lf.clone(), true, 16).is_err());
+        assert_eq!(take_chunk_size(&mut bare_lf, false, 16), Ok(Some(3)));
+    }
+
+    #[test]
+    fn connection_tokens_are_read_across_lines_in_any_case() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, KEEP-alive"),
+        );
+        assert_eq!(connection_tokens(&headers), (false, true));
+        headers.append(header::CONNECTION, HeaderValue::from_static(" close "));
+        assert_eq!(connection_tokens(&headers), (true, true));
+    }
+}
