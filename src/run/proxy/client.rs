@@ -252,12 +252,7 @@ fn encode_head(parts: &hyper::http::request::Parts) -> Bytes {
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    h1::encode_headers(&mut head, &parts.headers);
     head.extend_from_slice(b"\r\n");
     Bytes::from(head)
 }

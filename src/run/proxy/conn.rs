@@ -867,7 +867,7 @@ fn queue(
             if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), *framing) {
                 let mut block = b"0\r\n".to_vec();
                 if takes_trailers {
-                    encode_headers(&mut block, &trailers);
+                    h1::encode_headers(&mut block, &trailers);
                 }
                 block.extend_from_slice(b"\r\n");
                 out.push(Bytes::from(block));
@@ -923,12 +923,9 @@ fn encode_head(
         None => head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     head.extend_from_slice(b"\r\n");
-    encode_headers(&mut head, headers);
+    h1::encode_headers(&mut head, headers);
     if let Some((name, value)) = framing_header {
-        head.extend_from_slice(name.as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        h1::encode_header(&mut head, name.as_bytes(), value.as_bytes());
     }
     if status != StatusCode::SWITCHING_PROTOCOLS && !headers.contains_key(header::CONNECTION) {
         if !exchange.keep_alive || framing == Out::UntilClose {
@@ -944,15 +941,6 @@ fn encode_head(
     }
     head.extend_from_slice(b"\r\n");
     (Bytes::from(head), framing)
-}
-
-fn encode_headers(into: &mut Vec<u8>, headers: &HeaderMap) {
-    for (name, value) in headers {
-        into.extend_from_slice(name.as_str().as_bytes());
-        into.extend_from_slice(b": ");
-        into.extend_from_slice(value.as_bytes());
-        into.extend_from_slice(b"\r\n");
-    }
 }
 
 thread_local! {

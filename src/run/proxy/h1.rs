@@ -66,6 +66,21 @@ pub(super) fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
+/// Appends one header line.
+pub(super) fn encode_header(into: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    into.extend_from_slice(name);
+    into.extend_from_slice(b": ");
+    into.extend_from_slice(value);
+    into.extend_from_slice(b"\r\n");
+}
+
+/// Appends a header line for each of `headers`, names as `http` keeps them (lowercase).
+pub(super) fn encode_headers(into: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        encode_header(into, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
 /// Up to `left` bytes off the front of `buf`.
 pub(super) fn take_up_to(buf: &mut BytesMut, left: u64) -> Bytes {
     let take = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
