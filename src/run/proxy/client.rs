@@ -18,6 +18,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -534,22 +535,28 @@ impl Upstream {
 /// whole. An interim (1xx but 101) head is taken off and skipped.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Error> {
     loop {
-        let (len, code, version, reason, count, spans) = {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut headers);
-            let len = match parsed.parse(&buf[..]) {
+        let mut spans: h1::Spans = [(0, 0, 0, 0); MAX_HEADERS];
+        let (len, code, version, reason, count) = {
+            let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let parser = httparse::ParserConfig::default();
+            let len = match parser.parse_response_with_uninit_headers(
+                &mut parsed,
+                &buf[..],
+                &mut headers,
+            ) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(err) => return Err(Error::Head(err)),
             };
-            let spans = h1::spans(buf, parsed.headers);
+            let count = h1::spans(buf, parsed.headers, &mut spans);
             let reason = parsed
                 .reason
                 .filter(|reason| !reason.is_empty())
                 .and_then(|reason| ReasonPhrase::try_from(reason.as_bytes()).ok());
             let code = parsed.code.expect("a whole head has a status");
             let version = parsed.version.expect("a whole head has a version");
-            (len, code, version, reason, parsed.headers.len(), spans)
+            (len, code, version, reason, count)
         };
         let bytes = buf.split_to(len).freeze();
         let status = StatusCode::from_u16(code).map_err(|_| Error::Framing("status"))?;

@@ -19,6 +19,7 @@
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
@@ -147,10 +148,11 @@ struct Head {
 
 /// Parses a whole head off the front of `buf`; `None` while it is not whole yet.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
-    let (len, method, target, version, count, spans) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        let len = match parsed.parse(&buf[..]) {
+    let mut spans: h1::Spans = [(0, 0, 0, 0); MAX_HEADERS];
+    let (len, method, target, version, count) = {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut []);
+        let len = match parsed.parse_with_uninit_headers(&buf[..], &mut headers) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err(Failure::Refused(Refusal::HeadTooLarge));
@@ -167,7 +169,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
         if len > MAX_HEAD {
             return Err(Failure::Refused(Refusal::HeadTooLarge));
         }
-        let spans = h1::spans(buf, parsed.headers);
+        let count = h1::spans(buf, parsed.headers, &mut spans);
         let base = buf.as_ptr() as usize;
         let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
             .map_err(|_| Failure::Refused(Refusal::MalformedHead))?;
@@ -179,7 +181,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
         } else {
             Version::HTTP_11
         };
-        (len, method, target, version, parsed.headers.len(), spans)
+        (len, method, target, version, count)
     };
     let bytes = buf.split_to(len).freeze();
     let malformed = || Failure::Refused(Refusal::MalformedHead);

@@ -9,25 +9,35 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub(super) const MAX_HEADERS: usize = 100;
 
 /// A header's name and value as offsets into the head: name start and end, value start
-/// and end.
-pub(super) type Span = (usize, usize, usize, usize);
+/// and end. (A head is at most a little over `conn::MAX_HEAD` long.)
+pub(super) type Span = (u32, u32, u32, u32);
 
-/// The spans of `headers`, parsed out of the head that starts at `base`, so that the
-/// values can share the head's bytes once it is taken off the buffer.
-pub(super) fn spans(base: &[u8], headers: &[httparse::Header<'_>]) -> [Span; MAX_HEADERS] {
+/// Room for the spans of a head's headers.
+pub(super) type Spans = [Span; MAX_HEADERS];
+
+/// An offset into a head, which fits a `u32`.
+fn offset(at: usize) -> u32 {
+    u32::try_from(at).expect("a head is far shorter than 4 GiB")
+}
+
+/// Writes into `spans` the spans of `headers`, parsed out of the head that starts at
+/// `base`, so that the values can share the head's bytes once it is taken off the
+/// buffer; returns how many there are. The caller holds `spans` (and httparse's headers,
+/// uninitialised), rather than a function returning them: each is a few KiB, written and
+/// copied for every head.
+pub(super) fn spans(base: &[u8], headers: &[httparse::Header<'_>], spans: &mut Spans) -> usize {
     let base = base.as_ptr() as usize;
-    let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
     for (span, header) in spans.iter_mut().zip(headers) {
         let name = header.name.as_ptr() as usize - base;
         let value = header.value.as_ptr() as usize - base;
         *span = (
-            name,
-            name + header.name.len(),
-            value,
-            value + header.value.len(),
+            offset(name),
+            offset(name + header.name.len()),
+            offset(value),
+            offset(value + header.value.len()),
         );
     }
-    spans
+    headers.len()
 }
 
 /// The header map of a head's `bytes` from its `spans`; `None` if a name or value is
@@ -35,6 +45,8 @@ pub(super) fn spans(base: &[u8], headers: &[httparse::Header<'_>]) -> [Span; MAX
 pub(super) fn header_map(bytes: &Bytes, spans: &[Span]) -> Option<HeaderMap> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     for &(name_at, name_end, value_at, value_end) in spans {
+        let (name_at, name_end) = (name_at as usize, name_end as usize);
+        let (value_at, value_end) = (value_at as usize, value_end as usize);
         let name = HeaderName::from_bytes(&bytes[name_at..name_end]).ok()?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_end)).ok()?;
         headers.append(name, value);
