@@ -564,7 +564,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
             continue;
         }
         let headers =
-            h1::header_map(&bytes, &spans[..count]).ok_or(Error::Framing("header line"))?;
+            h1::header_map(&bytes, &spans[..count], 0).ok_or(Error::Framing("header line"))?;
         let version = if version == 0 {
             Version::HTTP_10
         } else {

@@ -186,7 +186,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
     let bytes = buf.split_to(len).freeze();
     let malformed = || Failure::Refused(Refusal::MalformedHead);
     let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.1)).map_err(|_| malformed())?;
-    let headers = h1::header_map(&bytes, &spans[..count]).ok_or_else(malformed)?;
+    // Room for what `head::prepare_request` adds: Host, the three X-Forwarded, and
+    // X-Request-Start.
+    let headers = h1::header_map(&bytes, &spans[..count], 5).ok_or_else(malformed)?;
     let framing = framing(version, &headers)?;
     let (close, keep_alive) = connection_tokens(&headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive);

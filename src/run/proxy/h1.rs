@@ -40,10 +40,11 @@ pub(super) fn spans(base: &[u8], headers: &[httparse::Header<'_>], spans: &mut S
     headers.len()
 }
 
-/// The header map of a head's `bytes` from its `spans`; `None` if a name or value is
-/// not one `http` takes.
-pub(super) fn header_map(bytes: &Bytes, spans: &[Span]) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+/// The header map of a head's `bytes` from its `spans`, with room for `more` headers
+/// (what molt adds on the way: growing the map reallocates it); `None` if a name or
+/// value is not one `http` takes.
+pub(super) fn header_map(bytes: &Bytes, spans: &[Span], more: usize) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + more);
     for &(name_at, name_end, value_at, value_end) in spans {
         let (name_at, name_end) = (name_at as usize, name_end as usize);
         let (value_at, value_end) = (value_at as usize, value_end as usize);

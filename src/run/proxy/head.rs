@@ -174,10 +174,13 @@ pub(crate) fn prepare_request<B>(
     if !headers.contains_key("x-request-start") {
         // APM tools and dyno autoscalers measure queue time from this header; the
         // router sets it on Heroku, and molt sets it elsewhere.
+        use std::io::Write as _;
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros());
-        if let Ok(value) = HeaderValue::from_str(&format!("t={micros}")) {
+        let mut value = Vec::with_capacity(24);
+        let _ = write!(value, "t={micros}");
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
             headers.insert(HeaderName::from_static("x-request-start"), value);
         }
     }
@@ -226,8 +229,15 @@ fn drop_underscore_headers(headers: &mut HeaderMap) {
 /// vouches for), and `X-Forwarded-Proto` and `-Port` unless a proxy in front (Heroku's
 /// router) set them.
 fn add_forwarded(headers: &mut HeaderMap, arrival: Arrival) {
+    use std::io::Write as _;
     let forwarded_for = HeaderName::from_static("x-forwarded-for");
-    let mut list: Vec<u8> = Vec::new();
+    // One allocation: the list, sized for what is there and an IPv6 address.
+    let before: usize = headers
+        .get_all(&forwarded_for)
+        .iter()
+        .map(|value| value.len() + 2)
+        .sum();
+    let mut list: Vec<u8> = Vec::with_capacity(before + 48);
     for value in headers.get_all(&forwarded_for) {
         let value = value.as_bytes().trim_ascii();
         if !value.is_empty() {
@@ -235,8 +245,8 @@ fn add_forwarded(headers: &mut HeaderMap, arrival: Arrival) {
             list.extend_from_slice(b", ");
         }
     }
-    list.extend_from_slice(arrival.peer.ip().to_canonical().to_string().as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&list) {
+    let _ = write!(list, "{}", arrival.peer.ip().to_canonical());
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(list)) {
         headers.insert(forwarded_for, value);
     }
     let proto = HeaderName::from_static("x-forwarded-proto");
@@ -253,22 +263,34 @@ fn add_forwarded(headers: &mut HeaderMap, arrival: Arrival) {
 /// than the message, including any the `Connection` header names. An upgrade keeps
 /// `Upgrade` and `Connection: upgrade`, which the worker needs to accept it.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
+    // The Connection lines are taken out, and what they name removed after; a second
+    // line, seldom there, is the only thing allocated.
+    let (first, more): (Option<HeaderValue>, Vec<HeaderValue>) =
+        match headers.entry(header::CONNECTION) {
+            header::Entry::Occupied(lines) => {
+                let mut lines = lines.remove_entry_mult().1;
+                (lines.next(), lines.collect())
+            }
+            header::Entry::Vacant(_) => (None, Vec::new()),
+        };
+    for token in first
         .iter()
+        .chain(&more)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+        .map(str::trim)
+    {
         // A client cannot make molt drop Host: the worker needs it, and an HTTP/1.1
-        // request without it is invalid.
-        if !(upgrade && name == header::UPGRADE) && name != header::HOST {
-            headers.remove(name);
+        // request without it is invalid. `keep-alive`, the usual token, names a header
+        // that goes anyway.
+        let kept = (upgrade && token.eq_ignore_ascii_case("upgrade"))
+            || token.eq_ignore_ascii_case("host")
+            || token.eq_ignore_ascii_case("keep-alive");
+        if !kept {
+            headers.remove(token);
         }
     }
     for name in [
-        header::CONNECTION,
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
         header::TE,
