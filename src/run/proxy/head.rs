@@ -259,6 +259,16 @@ fn add_forwarded(headers: &mut HeaderMap, arrival: Arrival) {
     }
 }
 
+/// The headers that describe one connection besides `Connection` and what it names.
+const HOP_BY_HOP: [&str; 6] = [
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// Removes the headers that describe one connection (RFC 9110 section 7.6.1) rather
 /// than the message, including any the `Connection` header names. An upgrade keeps
 /// `Upgrade` and `Connection: upgrade`, which the worker needs to accept it.
@@ -290,15 +300,16 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(token);
         }
     }
-    for name in [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        if !(upgrade && name == header::UPGRADE) {
+    // One look at each name present, rather than a lookup of each of these, most of
+    // which are not there.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(at) = HOP_BY_HOP.iter().position(|&hop| name.as_str() == hop) {
+            present |= 1 << at;
+        }
+    }
+    for (at, &name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << at) != 0 && !(upgrade && name == "upgrade") {
             headers.remove(name);
         }
     }
