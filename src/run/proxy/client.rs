@@ -123,7 +123,7 @@ pub(crate) async fn send(
     let head_request = req.method() == Method::HEAD;
     let (parts, body) = req.into_parts();
     let mut writer = Writer::new(body, framing);
-    writer.outbox.push(encode_head(&parts));
+    writer.outbox.push_head(encode_head(&parts));
     // A body that is ready now (a small one often is, read with the client's head) leaves
     // in the same write as the head.
     let first = poll_fn(|cx| Poll::Ready(writer.fill(cx))).await;
@@ -243,7 +243,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The request line and headers, as the worker reads them.
-fn encode_head(parts: &hyper::http::request::Parts) -> Bytes {
+fn encode_head(parts: &hyper::http::request::Parts) -> Vec<u8> {
     let target = parts
         .uri
         .path_and_query()
@@ -255,7 +255,7 @@ fn encode_head(parts: &hyper::http::request::Parts) -> Bytes {
     head.extend_from_slice(b" HTTP/1.1\r\n");
     h1::encode_headers(&mut head, &parts.headers);
     head.extend_from_slice(b"\r\n");
-    Bytes::from(head)
+    head
 }
 
 /// Why a request's bytes could not be written.
@@ -269,10 +269,22 @@ enum WriteError {
 /// Pieces waiting to be written, in order.
 #[derive(Default)]
 pub(super) struct Outbox {
+    /// A message's head, written before the pieces: held as the `Vec` it was written
+    /// into, since a `Bytes` made of a `Vec` with room to spare is a second allocation.
+    head: Vec<u8>,
+    /// How much of `head` has been written.
+    head_sent: usize,
     pieces: std::collections::VecDeque<Bytes>,
 }
 
 impl Outbox {
+    /// Queues a message's head, before anything else.
+    pub(super) fn push_head(&mut self, head: Vec<u8>) {
+        debug_assert!(self.is_empty(), "a head goes first");
+        self.head = head;
+        self.head_sent = 0;
+    }
+
     pub(super) fn push(&mut self, piece: Bytes) {
         if !piece.is_empty() {
             self.pieces.push_back(piece);
@@ -280,11 +292,11 @@ impl Outbox {
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
+        self.head_sent == self.head.len() && self.pieces.is_empty()
     }
 
     pub(super) fn len(&self) -> usize {
-        self.pieces.iter().map(Bytes::len).sum()
+        self.head.len() - self.head_sent + self.pieces.iter().map(Bytes::len).sum::<usize>()
     }
 
     /// Writes until all is written (`Ready`) or the socket is full (`Pending`, its wake
@@ -296,7 +308,7 @@ impl Outbox {
         conn: &mut Upstream,
         sent: &mut u64,
     ) -> Poll<io::Result<()>> {
-        while !self.pieces.is_empty() {
+        while !self.is_empty() {
             if *sent > 0 {
                 conn.no_delay();
             }
@@ -314,8 +326,10 @@ impl Outbox {
         write: impl FnOnce(&mut Context<'_>, &[io::IoSlice<'_>]) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         let mut slices = [io::IoSlice::new(&[]); 16];
-        let mut count = 0;
-        for (slice, piece) in slices.iter_mut().zip(&self.pieces) {
+        let head = &self.head[self.head_sent..];
+        let mut count = usize::from(!head.is_empty());
+        slices[0] = io::IoSlice::new(head);
+        for (slice, piece) in slices[count..].iter_mut().zip(&self.pieces) {
             *slice = io::IoSlice::new(piece);
             count += 1;
         }
@@ -323,7 +337,14 @@ impl Outbox {
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
-        let mut left = n;
+        let of_head = n.min(head.len());
+        self.head_sent += of_head;
+        if self.head_sent == self.head.len() && !self.head.is_empty() {
+            // Written: the head's memory goes now, not with the message.
+            self.head = Vec::new();
+            self.head_sent = 0;
+        }
+        let mut left = n - of_head;
         while left > 0 {
             let front = self.pieces.front_mut().expect("written bytes were queued");
             if front.len() <= left {

@@ -771,7 +771,7 @@ impl Connection {
             && framing != Out::UntilClose
             && !connection_tokens(&parts.headers).0;
         let mut out = Outbox::default();
-        out.push(head);
+        out.push_head(head);
         if matches!(framing, Out::None) {
             drop(body);
             return self.flush(&mut out).await.map(|()| keep);
@@ -897,7 +897,7 @@ fn encode_head(
     parts: &hyper::http::response::Parts,
     body: &ProxyBody,
     exchange: Exchange,
-) -> (Bytes, Out) {
+) -> (Vec<u8>, Out) {
     let status = parts.status;
     let headers = &parts.headers;
     let mut framing_header: Option<(&str, String)> = None;
@@ -953,7 +953,7 @@ fn encode_head(
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    (Bytes::from(head), framing)
+    (head, framing)
 }
 
 thread_local! {

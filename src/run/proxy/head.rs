@@ -4,6 +4,7 @@
 //! way (hop-by-hop headers, the absolute form, `Host`, userinfo, header names with `_`,
 //! `X-Forwarded-*`, `X-Request-Start`); docs/behaviour.md lists them.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -94,16 +95,36 @@ pub(crate) fn refusal<B>(req: &Request<B>) -> Option<Refusal> {
         return Some(Refusal::HostCount);
     }
     if let Some(host) = first {
-        let valid = host
-            .to_str()
-            .ok()
-            .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
-            .is_some_and(|a| !a.as_str().contains('@') && valid_port(a.as_str()));
+        let valid = plain_host(host.as_bytes())
+            || host
+                .to_str()
+                .ok()
+                .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+                .is_some_and(|a| !a.as_str().contains('@') && valid_port(a.as_str()));
         if !valid {
             return Some(Refusal::HostInvalid);
         }
     }
     None
+}
+
+/// Whether `host` is a name or IPv4 address of letters, digits, dots and dashes, with a
+/// port or none: valid as it stands (most are), without the parse into an `Authority`,
+/// which copies it.
+fn plain_host(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().position(|&b| b == b':') {
+        Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+        None => (host, None),
+    };
+    name.first().is_some_and(u8::is_ascii_alphanumeric)
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port.is_none_or(|port| {
+            !port.is_empty()
+                && port.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(port).is_ok_and(|port| port.parse::<u16>().is_ok())
+        })
 }
 
 /// Whether the port of a `host[:port]` (or `[v6]:port`), if any, is a number.
@@ -174,14 +195,14 @@ pub(crate) fn prepare_request<B>(
     if !headers.contains_key("x-request-start") {
         // APM tools and dyno autoscalers measure queue time from this header; the
         // router sets it on Heroku, and molt sets it elsewhere.
-        use std::io::Write as _;
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros());
-        let mut value = Vec::with_capacity(24);
-        let _ = write!(value, "t={micros}");
-        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
-            headers.insert(HeaderName::from_static("x-request-start"), value);
+        let mut value = Stack::default();
+        if write!(value, "t={micros}").is_ok() {
+            if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+                headers.insert(HeaderName::from_static("x-request-start"), value);
+            }
         }
     }
 }
@@ -229,23 +250,25 @@ fn drop_underscore_headers(headers: &mut HeaderMap) {
 /// vouches for), and `X-Forwarded-Proto` and `-Port` unless a proxy in front (Heroku's
 /// router) set them.
 fn add_forwarded(headers: &mut HeaderMap, arrival: Arrival) {
-    use std::io::Write as _;
     let forwarded_for = HeaderName::from_static("x-forwarded-for");
-    // One allocation: the list, sized for what is there and an IPv6 address.
-    let before: usize = headers
-        .get_all(&forwarded_for)
-        .iter()
-        .map(|value| value.len() + 2)
-        .sum();
-    let mut list: Vec<u8> = Vec::with_capacity(before + 48);
-    for value in headers.get_all(&forwarded_for) {
-        let value = value.as_bytes().trim_ascii();
-        if !value.is_empty() {
-            list.extend_from_slice(value);
-            list.extend_from_slice(b", ");
-        }
+    let mut peer = Stack::default();
+    // An address is at most 39 characters, and the stack holds 64.
+    let _ = write!(peer, "{}", arrival.peer.ip().to_canonical());
+    let kept = || {
+        headers
+            .get_all(&forwarded_for)
+            .iter()
+            .map(|value| value.as_bytes().trim_ascii())
+            .filter(|value| !value.is_empty())
+    };
+    // Sized exactly, so that it becomes the header's value as it is.
+    let len = kept().map(|value| value.len() + 2).sum::<usize>() + peer.as_bytes().len();
+    let mut list: Vec<u8> = Vec::with_capacity(len);
+    for value in kept() {
+        list.extend_from_slice(value);
+        list.extend_from_slice(b", ");
     }
-    let _ = write!(list, "{}", arrival.peer.ip().to_canonical());
+    list.extend_from_slice(peer.as_bytes());
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(list)) {
         headers.insert(forwarded_for, value);
     }
@@ -256,6 +279,40 @@ fn add_forwarded(headers: &mut HeaderMap, arrival: Arrival) {
     let port = HeaderName::from_static("x-forwarded-port");
     if !headers.contains_key(&port) {
         headers.insert(port, HeaderValue::from(arrival.local.port()));
+    }
+}
+
+/// A short text written on the stack: an address or a number, formatted without an
+/// allocation.
+struct Stack {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Default for Stack {
+    fn default() -> Self {
+        Stack {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl Stack {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::fmt::Write for Stack {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let room = self
+            .bytes
+            .get_mut(self.len..self.len + text.len())
+            .ok_or(std::fmt::Error)?;
+        room.copy_from_slice(text.as_bytes());
+        self.len += text.len();
+        Ok(())
     }
 }
 
@@ -321,6 +378,42 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shortcut takes only hosts the full parse takes too, and most hosts.
+    #[test]
+    fn a_plain_host_is_one_the_authority_parse_takes() {
+        let parsed = |host: &str| {
+            host.parse::<hyper::http::uri::Authority>()
+                .is_ok_and(|a| !a.as_str().contains('@') && valid_port(a.as_str()))
+        };
+        for host in [
+            "example.com",
+            "example.com:80",
+            "a-b.c:65535",
+            "127.0.0.1:8080",
+            "localhost",
+        ] {
+            assert!(plain_host(host.as_bytes()), "{host}");
+            assert!(parsed(host), "{host}");
+        }
+        for host in [
+            "x:65536",
+            "x:",
+            "[::1]:80",
+            "user@x",
+            "-x",
+            "",
+            "x y",
+            "x:8o",
+            ":80",
+            "ex%41mple",
+        ] {
+            assert!(
+                !plain_host(host.as_bytes()),
+                "{host} goes to the full parse"
+            );
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
