@@ -1178,7 +1178,10 @@ mod tests {
         // `async fn`, which holds each argument twice, and 1,640 before that, when the
         // request and the response's writing were held in it rather than boxed. Over 920,
         // the task takes 1,152 bytes instead of 1,024.
+        // Measured in the release build, which is what runs; a debug build lays it out
+        // 16 bytes larger (928), still well under the 1,112 of an `async fn`.
+        let limit = if cfg!(debug_assertions) { 944 } else { 920 };
         let size = std::mem::size_of_val(&connection);
-        assert!(size <= 920, "the connection's future is {size} bytes");
+        assert!(size <= limit, "the connection's future is {size} bytes");
     }
 }
