@@ -24,12 +24,11 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::ext::ReasonPhrase;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::{Method, Response, StatusCode, Version};
-use hyper::Request;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::http::{Method, StatusCode, Version};
 
 use crate::run::proxy::h1::{self, take_up_to, MAX_HEADERS};
+use crate::run::proxy::message::{self, Fields, Request, Response, Value};
 use crate::run::proxy::upstream::{Upgraded, Upstream, UpstreamBody};
 
 /// A response head larger than this is refused (502): nginx's limit is 4 or 8 KiB
@@ -120,8 +119,8 @@ pub(crate) async fn send(
     mut req: Request<UpstreamBody>,
 ) -> Result<Response<ResponseBody>, SendError> {
     let framing = frame_request(&mut req);
-    let head_request = req.method() == Method::HEAD;
-    let (parts, body) = req.into_parts();
+    let head_request = req.method == Method::HEAD;
+    let (parts, body) = req.split();
     let mut writer = Writer::new(body, framing);
     writer.outbox.push_head(encode_head(&parts));
     // A body that is ready now (a small one often is, read with the client's head) leaves
@@ -143,9 +142,7 @@ pub(crate) async fn send(
                     if writer.untouched() {
                         if let Some(parts) = parts.take() {
                             let body = writer.take_body();
-                            return Poll::Ready(Err(SendError::Unsent(Box::new(
-                                Request::from_parts(parts, body),
-                            ))));
+                            return Poll::Ready(Err(SendError::Unsent(Box::new(parts.with(body)))));
                         }
                     }
                     // The worker may have answered and closed before reading the rest
@@ -197,37 +194,35 @@ enum Framing {
 /// of unknown size is chunked, but for GET and HEAD, which are sent without one (as
 /// hyper's client did: such a body is almost always a mistake).
 fn frame_request(req: &mut Request<UpstreamBody>) -> Framing {
-    if let Some(len) = content_length(req.headers()) {
+    if let Some(len) = content_length(&req.headers) {
         return if len == 0 {
             Framing::Empty
         } else {
             Framing::Length(len)
         };
     }
-    req.headers_mut().remove(header::CONTENT_LENGTH);
-    if req.body().is_end_stream() {
+    req.headers.remove(message::CONTENT_LENGTH);
+    if req.body.is_end_stream() {
         return Framing::Empty;
     }
-    if let Some(len) = req.body().size_hint().exact() {
-        req.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(len) = req.body.size_hint().exact() {
+        req.headers
+            .insert(message::CONTENT_LENGTH, Value::number(len));
         return Framing::Length(len);
     }
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
+    if matches!(req.method, Method::GET | Method::HEAD) {
         return Framing::Empty;
     }
-    req.headers_mut().insert(
-        header::TRANSFER_ENCODING,
-        HeaderValue::from_static("chunked"),
-    );
+    req.headers
+        .insert(message::TRANSFER_ENCODING, Value::from_static("chunked"));
     Framing::Chunked
 }
 
 /// The one length all `Content-Length` values give, if they give one.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+fn content_length(headers: &Fields) -> Option<u64> {
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
+    for value in headers.get_all(message::CONTENT_LENGTH) {
+        for part in value.split(|&b| b == b',') {
             let part = part.trim_ascii();
             if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return None;
@@ -243,17 +238,17 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The request line and headers, as the worker reads them.
-fn encode_head(parts: &hyper::http::request::Parts) -> Vec<u8> {
+fn encode_head(parts: &Request<()>) -> Vec<u8> {
     let target = parts
         .uri
         .path_and_query()
         .map_or("/", hyper::http::uri::PathAndQuery::as_str);
-    let mut head = Vec::with_capacity(64 + target.len() + parts.headers.len() * 40);
+    let mut head = Vec::with_capacity(16 + target.len() + parts.headers.encoded_len());
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    h1::encode_headers(&mut head, &parts.headers);
+    parts.headers.encode(&mut head);
     head.extend_from_slice(b"\r\n");
     head
 }
@@ -571,10 +566,17 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
                 Err(err) => return Err(Error::Head(err)),
             };
             let count = h1::spans(buf, parsed.headers, &mut spans);
+            // Where the reason phrase is in the head, when there is one.
+            let base = buf.as_ptr() as usize;
             let reason = parsed
                 .reason
-                .filter(|reason| !reason.is_empty())
-                .and_then(|reason| ReasonPhrase::try_from(reason.as_bytes()).ok());
+                .filter(|reason| {
+                    !reason.is_empty() && crate::run::proxy::message::valid_value(reason.as_bytes())
+                })
+                .map(|reason| {
+                    let at = reason.as_ptr() as usize - base;
+                    (at, at + reason.len())
+                });
             let code = parsed.code.expect("a whole head has a status");
             let version = parsed.version.expect("a whole head has a version");
             (len, code, version, reason, count)
@@ -584,8 +586,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             continue;
         }
-        let headers =
-            h1::header_map(&bytes, &spans[..count], 0).ok_or(Error::Framing("header line"))?;
+        let reason = reason
+            .filter(|&(at, end)| {
+                Some(&bytes[at..end]) != status.canonical_reason().map(str::as_bytes)
+            })
+            .map(|(at, end)| bytes.slice(at..end));
+        let headers = Fields::parsed(bytes, &spans[..count], 0);
         let version = if version == 0 {
             Version::HTTP_10
         } else {
@@ -593,15 +599,13 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
         };
         let (decoding, upgrade) = decoding(status, version, &headers, head_request)?;
         let keep_alive = !upgrade && keeps_alive(version, &headers);
-        let mut response = Response::new(());
-        *response.status_mut() = status;
-        *response.version_mut() = version;
-        *response.headers_mut() = headers;
-        if let Some(reason) =
-            reason.filter(|r| Some(r.as_bytes()) != status.canonical_reason().map(str::as_bytes))
-        {
-            response.extensions_mut().insert(reason);
-        }
+        let response = Response {
+            status,
+            version,
+            reason,
+            headers,
+            body: (),
+        };
         return Ok(Some(Head {
             response,
             decoding,
@@ -615,7 +619,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
 fn decoding(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    headers: &Fields,
     head_request: bool,
 ) -> Result<(Decoding, bool), Error> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -624,7 +628,7 @@ fn decoding(
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Decoding::Done, false));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if headers.contains(message::TRANSFER_ENCODING) {
         if version == Version::HTTP_10 {
             return Err(Error::Framing("transfer-encoding in an HTTP/1.0 response"));
         }
@@ -638,7 +642,7 @@ fn decoding(
             false,
         ));
     }
-    if headers.contains_key(header::CONTENT_LENGTH) {
+    if headers.contains(message::CONTENT_LENGTH) {
         return match content_length(headers) {
             Some(0) => Ok((Decoding::Done, false)),
             Some(len) => Ok((Decoding::Length(len), false)),
@@ -649,7 +653,7 @@ fn decoding(
 }
 
 /// Whether the connection may carry another request after this response.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+fn keeps_alive(version: Version, headers: &Fields) -> bool {
     let (close, keep_alive) = h1::connection_tokens(headers);
     !close && (version == Version::HTTP_11 || keep_alive)
 }
@@ -1025,17 +1029,11 @@ mod tests {
         let head = head_of(b"HTTP/1.1 200 Fine\r\n\r\n", false)
             .expect("parses")
             .expect("whole");
-        assert_eq!(
-            head.response
-                .extensions()
-                .get::<ReasonPhrase>()
-                .map(ReasonPhrase::as_bytes),
-            Some(&b"Fine"[..])
-        );
+        assert_eq!(head.response.reason.as_deref(), Some(&b"Fine"[..]));
         let head = head_of(b"HTTP/1.1 200 OK\r\n\r\n", false)
             .expect("parses")
             .expect("whole");
-        assert!(head.response.extensions().get::<ReasonPhrase>().is_none());
+        assert!(head.response.reason.is_none());
     }
 
     /// A worker at a local address, and a connection to it as a request takes one.
@@ -1049,12 +1047,7 @@ mod tests {
     fn request(method: &str, body: Option<Bytes>) -> Request<UpstreamBody> {
         let body = body.map_or_else(Spooled::empty, Spooled::in_memory);
         let body: UpstreamBody = http_body_util::Either::Right(Box::new(body));
-        Request::builder()
-            .method(method)
-            .uri("/")
-            .header("host", "x")
-            .body(body)
-            .expect("a valid request")
+        Request::test(method, "/", Version::HTTP_11, &[("host", "x")], body)
     }
 
     /// Reads a request head off `socket`.
@@ -1092,8 +1085,8 @@ mod tests {
         });
         let conn = idle.connect(addr).await.expect("connect");
         let response = send(conn, request("GET", None)).await.expect("a response");
-        assert_eq!(response.status(), StatusCode::OK);
-        let mut body = response.into_body();
+        assert_eq!(response.status, StatusCode::OK);
+        let mut body = response.body;
         let mut data = Vec::new();
         let mut trailers = None;
         while let Some(frame) = body.frame().await {
@@ -1145,9 +1138,9 @@ mod tests {
         .await
         .expect("the answer is heard while the body waits");
         let mut response = sent.expect("a response");
-        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(
-            response.body_mut().take_connection().is_none(),
+            response.body.take_connection().is_none(),
             "a connection in the middle of a request body is not reused"
         );
         let _ = done.send(());
@@ -1178,18 +1171,18 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let mut req = request("GET", None);
-        req.headers_mut()
-            .insert("x-mark", HeaderValue::from_static("kept"));
+        req.headers
+            .insert(message::Name::of("x-mark"), Value::from_static("kept"));
         match send(conn, req).await {
             Err(SendError::Unsent(unsent)) => {
-                assert_eq!(unsent.method(), Method::GET);
+                assert_eq!(unsent.method, Method::GET);
                 assert_eq!(
-                    unsent.headers().get("x-mark").map(HeaderValue::as_bytes),
+                    unsent.headers.get(message::Name::of("x-mark")),
                     Some(&b"kept"[..])
                 );
             }
             Err(other) => panic!("expected the request back, got {other:?}"),
-            Ok(response) => panic!("expected the request back, got {}", response.status()),
+            Ok(response) => panic!("expected the request back, got {}", response.status),
         }
     }
 
@@ -1216,7 +1209,7 @@ mod tests {
             }
         });
         let exchange = |conn, req| async move {
-            let mut body = send(conn, req).await.expect("a response").into_body();
+            let mut body = send(conn, req).await.expect("a response").body;
             while let Some(frame) = body.frame().await {
                 frame.expect("body");
             }

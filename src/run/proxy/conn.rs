@@ -27,9 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::ext::ReasonPhrase;
-use hyper::header::{self, HeaderMap};
-use hyper::http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::http::{Method, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite as _, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -41,6 +39,7 @@ use crate::run::proxy::client::Outbox;
 use crate::run::proxy::dispatch::Lease;
 use crate::run::proxy::failure::{self, Failure, Refusal};
 use crate::run::proxy::h1::{self, connection_tokens, take_up_to, MAX_HEADERS};
+use crate::run::proxy::message::{self, Fields, Request, Response};
 use crate::run::proxy::relay::ProxyBody;
 use crate::run::proxy::upstream::Upgraded;
 
@@ -188,26 +187,25 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
     let uri = Uri::from_maybe_shared(bytes.slice(target.0..target.1)).map_err(|_| malformed())?;
     // Room for what `head::prepare_request` adds: Host, the three X-Forwarded, and
     // X-Request-Start.
-    let headers = h1::header_map(&bytes, &spans[..count], 5).ok_or_else(malformed)?;
+    let headers = Fields::parsed(bytes, &spans[..count], 5);
     let framing = framing(version, &headers)?;
     let (close, keep_alive) = connection_tokens(&headers);
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
     let expects_continue = version == Version::HTTP_11
-        && headers.get(header::EXPECT).is_some_and(|v| {
-            v.as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"100-continue")
-        });
+        && headers
+            .get(message::EXPECT)
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
     let takes_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .get_all(message::TE)
+        .flat_map(|v| v.split(|&b| b == b','))
         .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"trailers"));
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
+    let request = Request {
+        method,
+        uri,
+        version,
+        headers,
+        body: (),
+    };
     Ok(Some(Head {
         request,
         framing,
@@ -234,12 +232,12 @@ fn names_a_version(buf: &[u8]) -> bool {
 }
 
 /// How the request body is framed (RFC 9112 section 6.3), or why it cannot be.
-fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, Failure> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+fn framing(version: Version, headers: &Fields) -> Result<Framing, Failure> {
+    if headers.contains(message::TRANSFER_ENCODING) {
         if version == Version::HTTP_10 {
             return Err(Failure::Refused(Refusal::CodingInHttp10));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if headers.contains(message::CONTENT_LENGTH) {
             return Err(Failure::LengthAndChunked);
         }
         // Any coding but a last `chunked` is refused later (`head::refusal`); without a
@@ -252,8 +250,8 @@ fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, Failure> {
         };
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let digits = value.as_bytes().trim_ascii();
+    for value in headers.get_all(message::CONTENT_LENGTH) {
+        let digits = value.trim_ascii();
         let parsed = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
             .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
             .flatten();
@@ -657,8 +655,8 @@ impl Connection {
     /// The request of `head`, with its body, and what its response depends on.
     fn begin(&mut self, head: Head) -> (Exchange, Request<RequestBody>) {
         let exchange = Exchange {
-            head_request: head.request.method() == Method::HEAD,
-            version: head.request.version(),
+            head_request: head.request.method == Method::HEAD,
+            version: head.request.version,
             keep_alive: head.keep_alive,
             takes_trailers: head.takes_trailers,
         };
@@ -764,12 +762,12 @@ impl Connection {
         response: Response<ProxyBody>,
         exchange: &Exchange,
     ) -> Result<bool, ()> {
-        let (parts, mut body) = response.into_parts();
-        let (head, mut framing) = encode_head(&parts, &body, *exchange);
+        let (head, mut framing) = encode_head(&response, *exchange);
         // molt's own answers that end the connection say `Connection: close`.
         let mut keep = exchange.keep_alive
             && framing != Out::UntilClose
-            && !connection_tokens(&parts.headers).0;
+            && !connection_tokens(&response.headers).0;
+        let mut body = response.body;
         let mut out = Outbox::default();
         out.push_head(head);
         if matches!(framing, Out::None) {
@@ -880,7 +878,7 @@ fn queue(
             if let (Ok(trailers), Out::Chunked) = (frame.into_trailers(), *framing) {
                 let mut block = b"0\r\n".to_vec();
                 if takes_trailers {
-                    h1::encode_headers(&mut block, &trailers);
+                    h1::encode_trailers(&mut block, &trailers);
                 }
                 block.extend_from_slice(b"\r\n");
                 out.push(Bytes::from(block));
@@ -893,13 +891,9 @@ fn queue(
 
 /// The status line and headers, with the framing headers molt adds, and how the body
 /// goes.
-fn encode_head(
-    parts: &hyper::http::response::Parts,
-    body: &ProxyBody,
-    exchange: Exchange,
-) -> (Vec<u8>, Out) {
-    let status = parts.status;
-    let headers = &parts.headers;
+fn encode_head(response: &Response<ProxyBody>, exchange: Exchange) -> (Vec<u8>, Out) {
+    let status = response.status;
+    let headers = &response.headers;
     let mut framing_header: Option<(&str, String)> = None;
     let framing = if exchange.head_request
         || status.is_informational()
@@ -908,12 +902,12 @@ fn encode_head(
     {
         Out::None
     } else if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+        .get(message::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
     {
         Out::Length(len)
-    } else if let Some(len) = body.size_hint().exact() {
+    } else if let Some(len) = response.body.size_hint().exact() {
         framing_header = Some(("content-length", len.to_string()));
         Out::Length(len)
     } else if exchange.version == Version::HTTP_11 {
@@ -922,8 +916,8 @@ fn encode_head(
     } else {
         Out::UntilClose
     };
-    let mut head = Vec::with_capacity(128 + headers.len() * 48);
-    let version = if exchange.version == Version::HTTP_10 || parts.version == Version::HTTP_10 {
+    let mut head = Vec::with_capacity(128 + headers.encoded_len());
+    let version = if exchange.version == Version::HTTP_10 || response.version == Version::HTTP_10 {
         b"HTTP/1.0 "
     } else {
         b"HTTP/1.1 "
@@ -931,23 +925,23 @@ fn encode_head(
     head.extend_from_slice(version);
     head.extend_from_slice(status.as_str().as_bytes());
     head.push(b' ');
-    match parts.extensions.get::<ReasonPhrase>() {
-        Some(reason) => head.extend_from_slice(reason.as_bytes()),
+    match &response.reason {
+        Some(reason) => head.extend_from_slice(reason),
         None => head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     head.extend_from_slice(b"\r\n");
-    h1::encode_headers(&mut head, headers);
+    headers.encode(&mut head);
     if let Some((name, value)) = framing_header {
         h1::encode_header(&mut head, name.as_bytes(), value.as_bytes());
     }
-    if status != StatusCode::SWITCHING_PROTOCOLS && !headers.contains_key(header::CONNECTION) {
+    if status != StatusCode::SWITCHING_PROTOCOLS && !headers.contains(message::CONNECTION) {
         if !exchange.keep_alive || framing == Out::UntilClose {
             head.extend_from_slice(b"connection: close\r\n");
         } else if exchange.version == Version::HTTP_10 {
             head.extend_from_slice(b"connection: keep-alive\r\n");
         }
     }
-    if !headers.contains_key(header::DATE) {
+    if !headers.contains(message::DATE) {
         head.extend_from_slice(b"date: ");
         with_date(|date| head.extend_from_slice(date));
         head.extend_from_slice(b"\r\n");
@@ -987,7 +981,7 @@ mod tests {
 
     /// Answers `METHOD TARGET BODY`, reading the body unless the target is `/skip`.
     async fn echo(req: Request<RequestBody>) -> Answer {
-        let (parts, body) = req.into_parts();
+        let (parts, body) = req.split();
         let text = if parts.uri.path() == "/skip" {
             String::new()
         } else {
@@ -999,10 +993,10 @@ mod tests {
             String::from_utf8_lossy(&bytes).into_owned()
         };
         Answer {
-            response: Response::new(ProxyBody::full(format!(
-                "{} {} {text}",
-                parts.method, parts.uri
-            ))),
+            response: Response::new(
+                StatusCode::OK,
+                ProxyBody::full(format!("{} {} {text}", parts.method, parts.uri)),
+            ),
             upgrade: None,
         }
     }
@@ -1060,6 +1054,28 @@ mod tests {
             rest = &after[body_at + len..];
         }
         bodies
+    }
+
+    /// A head's lines are kept in their order and their names in their own case, and
+    /// what molt reads of them is found in any case.
+    #[test]
+    fn a_heads_lines_keep_their_order_and_case() {
+        let mut buf = BytesMut::from(
+            &b"POST /p HTTP/1.1\r\nHost: a\r\nX-Custom-Thing: 1\r\nCONTENT-LENGTH: 3\r\nx-custom-thing: 2\r\n\r\nabc"[..],
+        );
+        let head = parse_head(&mut buf).expect("valid").expect("whole");
+        assert_eq!(&buf[..], b"abc", "the body is left");
+        assert_eq!(head.framing, Framing::Length(3));
+        let lines: Vec<(&[u8], &[u8])> = head.request.headers.iter().collect();
+        assert_eq!(
+            lines,
+            [
+                (&b"Host"[..], &b"a"[..]),
+                (b"X-Custom-Thing", b"1"),
+                (b"CONTENT-LENGTH", b"3"),
+                (b"x-custom-thing", b"2"),
+            ]
+        );
     }
 
     #[tokio::test]

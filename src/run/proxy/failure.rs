@@ -10,11 +10,11 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hyper::header::{self, HeaderValue};
-use hyper::http::{Response, StatusCode};
+use hyper::http::StatusCode;
 
 use crate::observe::event;
 use crate::run::proxy::dispatch::Overload;
+use crate::run::proxy::message::{self, Name, Response, Value};
 use crate::run::proxy::relay::ProxyBody;
 
 /// Seconds a client is told to wait before retrying an overloaded molt.
@@ -283,21 +283,20 @@ fn malformed_body(error: &(dyn std::error::Error + 'static)) -> bool {
 pub(crate) fn respond(failure: &Failure) -> Response<ProxyBody> {
     let answer = failure.answer();
     failure.log(answer.status);
-    let mut response = Response::new(ProxyBody::full(body(answer.status)));
-    *response.status_mut() = answer.status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+    let mut response = Response::new(answer.status, ProxyBody::full(body(answer.status)));
+    let headers = &mut response.headers;
+    headers.append(
+        message::CONTENT_TYPE,
+        Value::from_static("text/plain; charset=utf-8"),
     );
     if answer.retry_after {
-        headers.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(RETRY_AFTER_SECS),
+        headers.append(
+            Name::other("retry-after"),
+            Value::from_static(RETRY_AFTER_SECS),
         );
     }
     if answer.close {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.append(message::CONNECTION, Value::from_static("close"));
     }
     response
 }
@@ -442,15 +441,15 @@ mod tests {
         for (failure, expected) in cases {
             assert_eq!(failure.answer(), expected, "{failure:?}");
             let response = respond(&failure);
-            assert_eq!(response.status(), expected.status, "{failure:?}");
-            let header = |name| response.headers().get(name).map(HeaderValue::as_bytes);
+            assert_eq!(response.status, expected.status, "{failure:?}");
+            let header = |name| response.headers.get(name);
             assert_eq!(
-                header(header::RETRY_AFTER),
+                header(Name::other("retry-after")),
                 expected.retry_after.then_some(&b"1"[..]),
                 "{failure:?}"
             );
             assert_eq!(
-                header(header::CONNECTION),
+                header(message::CONNECTION),
                 expected.close.then_some(&b"close"[..]),
                 "{failure:?}"
             );

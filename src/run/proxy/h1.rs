@@ -1,9 +1,13 @@
 //! What molt's HTTP/1.1 server (`conn`) and client (`client`) read alike: a head's header
-//! lines as spans into its bytes, the header map made from them, `Connection` tokens, the
-//! last transfer coding, chunk sizes, and taking body bytes off a buffer.
+//! lines as spans into its bytes, `Connection` tokens, the last transfer coding, chunk
+//! sizes, and taking body bytes off a buffer.
 
 use bytes::{Bytes, BytesMut};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::HeaderMap;
+
+#[cfg(test)]
+use crate::run::proxy::message::Value;
+use crate::run::proxy::message::{self, Fields};
 
 /// Most header lines in a head, as hyper counted them on either side.
 pub(super) const MAX_HEADERS: usize = 100;
@@ -40,27 +44,12 @@ pub(super) fn spans(base: &[u8], headers: &[httparse::Header<'_>], spans: &mut S
     headers.len()
 }
 
-/// The header map of a head's `bytes` from its `spans`, with room for `more` headers
-/// (what molt adds on the way: growing the map reallocates it); `None` if a name or
-/// value is not one `http` takes.
-pub(super) fn header_map(bytes: &Bytes, spans: &[Span], more: usize) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(spans.len() + more);
-    for &(name_at, name_end, value_at, value_end) in spans {
-        let (name_at, name_end) = (name_at as usize, name_end as usize);
-        let (value_at, value_end) = (value_at as usize, value_end as usize);
-        let name = HeaderName::from_bytes(&bytes[name_at..name_end]).ok()?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value_at..value_end)).ok()?;
-        headers.append(name, value);
-    }
-    Some(headers)
-}
-
 /// Whether the `Connection` headers say `close`, and `keep-alive`.
-pub(super) fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
+pub(super) fn connection_tokens(headers: &Fields) -> (bool, bool) {
     let mut close = false;
     let mut keep_alive = false;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
+    for value in headers.get_all(message::CONNECTION) {
+        for token in value.split(|&b| b == b',') {
             let token = token.trim_ascii();
             close |= token.eq_ignore_ascii_case(b"close");
             keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -70,12 +59,11 @@ pub(super) fn connection_tokens(headers: &HeaderMap) -> (bool, bool) {
 }
 
 /// Whether the last coding of the last `Transfer-Encoding` line is `chunked`.
-pub(super) fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+pub(super) fn last_coding_is_chunked(headers: &Fields) -> bool {
     headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
+        .get_all(message::TRANSFER_ENCODING)
         .next_back()
-        .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
+        .and_then(|value| value.rsplit(|&b| b == b',').next())
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
@@ -87,9 +75,9 @@ pub(super) fn encode_header(into: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     into.extend_from_slice(b"\r\n");
 }
 
-/// Appends a header line for each of `headers`, names as `http` keeps them (lowercase).
-pub(super) fn encode_headers(into: &mut Vec<u8>, headers: &HeaderMap) {
-    for (name, value) in headers {
+/// Appends a line for each of a chunked body's trailers.
+pub(super) fn encode_trailers(into: &mut Vec<u8>, trailers: &HeaderMap) {
+    for (name, value) in trailers {
         encode_header(into, name.as_str().as_bytes(), value.as_bytes());
     }
 }
@@ -178,13 +166,36 @@ mod tests {
 
     #[test]
     fn connection_tokens_are_read_across_lines_in_any_case() {
-        let mut headers = HeaderMap::new();
+        let mut headers = Fields::new();
         headers.append(
-            header::CONNECTION,
-            HeaderValue::from_static("Upgrade, KEEP-alive"),
+            message::Name::of("connection"),
+            Value::from_static("Upgrade, KEEP-alive"),
         );
         assert_eq!(connection_tokens(&headers), (false, true));
-        headers.append(header::CONNECTION, HeaderValue::from_static(" close "));
+        headers.append(
+            message::Name::of("Connection"),
+            Value::from_static(" close "),
+        );
         assert_eq!(connection_tokens(&headers), (true, true));
+    }
+
+    #[test]
+    fn only_the_last_coding_of_the_last_line_says_chunked() {
+        let mut headers = Fields::new();
+        headers.append(
+            message::Name::of("transfer-encoding"),
+            Value::from_static("chunked"),
+        );
+        assert!(last_coding_is_chunked(&headers));
+        headers.append(
+            message::Name::of("Transfer-Encoding"),
+            Value::from_static("chunked, gzip"),
+        );
+        assert!(!last_coding_is_chunked(&headers));
+        headers.append(
+            message::Name::of("transfer-encoding"),
+            Value::from_static("gzip,  Chunked "),
+        );
+        assert!(last_coding_is_chunked(&headers));
     }
 }

@@ -4,17 +4,16 @@
 //! way (hop-by-hop headers, the absolute form, `Host`, userinfo, header names with `_`,
 //! `X-Forwarded-*`, `X-Request-Start`); docs/behaviour.md lists them.
 
-use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::{Request, Version};
+use hyper::http::Version;
 
 use crate::config::UnderscoreHeaders;
 use crate::observe::event;
 use crate::run::proxy::failure::Refusal;
+use crate::run::proxy::message::{self, decimal, valid_value, Fields, Name, Request, Value};
 
 /// Where a request came from and where it arrived: the two ends of the client's socket.
 #[derive(Debug, Clone, Copy)]
@@ -35,49 +34,57 @@ impl Arrival {
 }
 
 /// The request's declared body length, when it declares one.
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &Fields) -> Option<u64> {
     headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+        .get(message::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse().ok())
 }
 
 /// Whether the client asks to switch protocols (WebSocket).
-pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+pub(crate) fn wants_upgrade(headers: &Fields) -> bool {
+    headers.contains(message::UPGRADE) && names(headers, message::CONNECTION, b"upgrade")
 }
 
-/// Why a request must not reach a worker, when hyper let it through: RFC 9112 asks a
-/// server to refuse these, and a worker behind a proxy might read them differently from
-/// molt, which is what request smuggling is made of.
+/// Whether a line named `name` holds `token` in its comma-separated list, in any case.
+fn names(headers: &Fields, name: Name, token: &[u8]) -> bool {
+    headers
+        .get_all(name)
+        .flat_map(|v| v.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Why a request must not reach a worker: RFC 9112 asks a server to refuse these, and a
+/// worker behind a proxy might read them differently from molt, which is what request
+/// smuggling is made of.
 pub(crate) fn refusal<B>(req: &Request<B>) -> Option<Refusal> {
-    let headers = req.headers();
-    // hyper decodes a body whose last coding is chunked; any other coding (gzip,
+    let headers = &req.headers;
+    // molt decodes a body whose last coding is chunked; any other coding (gzip,
     // chunked) or chunked twice would reach the worker altered.
-    let codings: Vec<String> = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(|c| c.trim().to_ascii_lowercase())
-        .filter(|c| !c.is_empty())
-        .collect();
-    if !codings.is_empty() && codings != ["chunked"] {
-        return Some(if codings.iter().filter(|c| *c == "chunked").count() > 1 {
+    let codings = || {
+        headers
+            .get_all(message::TRANSFER_ENCODING)
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty())
+    };
+    let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+    let (mut count, mut chunks) = (0, 0);
+    for coding in codings() {
+        count += 1;
+        chunks += usize::from(chunked(coding));
+    }
+    if count > 0 && !(count == 1 && chunks == 1) {
+        return Some(if chunks > 1 {
             Refusal::ChunkedTwice
         } else {
             Refusal::UnknownCoding
         });
     }
-    let uri = req.uri();
-    let method = req.method();
+    let uri = &req.uri;
+    let method = &req.method;
     // molt is no forward proxy: a CONNECT's tunnel would open to the worker, which no
-    // app server serves (hyper takes a 2xx to it as the start of a tunnel).
+    // app server serves.
     if method == hyper::Method::CONNECT {
         return Some(Refusal::Connect);
     }
@@ -90,15 +97,14 @@ pub(crate) fn refusal<B>(req: &Request<B>) -> Option<Refusal> {
     }
     // HTTP/1.1 requires exactly one valid Host (RFC 9112 section 3.2). HTTP/1.0 may
     // have none, but one it has is forwarded as HTTP/1.1's, so it must be as valid.
-    let mut hosts = headers.get_all(header::HOST).iter();
+    let mut hosts = headers.get_all(message::HOST);
     let (first, second) = (hosts.next(), hosts.next());
-    if second.is_some() || (first.is_none() && req.version() == Version::HTTP_11) {
+    if second.is_some() || (first.is_none() && req.version == Version::HTTP_11) {
         return Some(Refusal::HostCount);
     }
     if let Some(host) = first {
-        let valid = plain_host(host.as_bytes())
-            || host
-                .to_str()
+        let valid = plain_host(host)
+            || std::str::from_utf8(host)
                 .ok()
                 .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
                 .is_some_and(|a| !a.as_str().contains('@') && valid_port(a.as_str()));
@@ -149,51 +155,45 @@ pub(crate) fn prepare_request<B>(
     // An absolute-form target names the host itself, which then replaces Host (RFC 9112
     // section 3.2.2); the worker gets the usual origin form. Userinfo (`user:secret@`)
     // is no part of a Host and never reaches the worker.
-    if let (Some(_), Some(authority)) = (req.uri().scheme(), req.uri().authority()) {
+    if let (Some(_), Some(authority)) = (req.uri.scheme(), req.uri.authority()) {
         let host = authority
             .as_str()
             .rsplit_once('@')
             .map_or(authority.as_str(), |(_, host)| host);
-        if let Ok(host) = HeaderValue::from_str(host) {
-            req.headers_mut().insert(header::HOST, host);
+        if valid_value(host.as_bytes()) {
+            req.headers
+                .insert(message::HOST, Value::copy(host.as_bytes()));
         }
         let origin = req
-            .uri()
+            .uri
             .path_and_query()
             .map_or("/", hyper::http::uri::PathAndQuery::as_str)
             .to_owned();
         if let Ok(origin) = origin.parse() {
-            *req.uri_mut() = origin;
+            req.uri = origin;
         }
     }
-    *req.version_mut() = Version::HTTP_11;
-    let headers = req.headers_mut();
-    if !headers.contains_key(header::HOST) {
+    req.version = Version::HTTP_11;
+    let headers = &mut req.headers;
+    if !headers.contains(message::HOST) {
         // HTTP/1.0 without Host, forwarded as HTTP/1.1, which requires one: the
         // address the client reached, as an HTTP/1.0 server would take it to be.
-        let local = Arrival::canonical(arrival.local);
-        if let Ok(host) = HeaderValue::from_str(&local.to_string()) {
-            headers.insert(header::HOST, host);
-        }
+        let local = Arrival::canonical(arrival.local).to_string();
+        headers.insert(message::HOST, Value::copy(local.as_bytes()));
     }
     // A client that takes trailers says so with `TE: trailers` (RFC 9110 10.1.4); the
-    // worker is told, so that trailers it sends reach the client (hyper sends a client
+    // worker is told, so that trailers it sends reach the client (molt sends a client
     // trailers only when it asked for them).
-    let takes_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"));
-    strip_hop_by_hop(headers, upgrade);
+    let takes_trailers = names(headers, message::TE, b"trailers");
+    strip_hop_by_hop(headers, upgrade, false);
     if takes_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.append(message::TE, Value::from_static("trailers"));
     }
     if underscores == UnderscoreHeaders::Drop {
         drop_underscore_headers(headers);
     }
     add_forwarded(headers, arrival);
-    if !headers.contains_key("x-request-start") {
+    if !headers.contains(message::X_REQUEST_START) {
         // APM tools and dyno autoscalers measure queue time from this header; the
         // router sets it on Heroku, and molt sets it elsewhere.
         let micros = SystemTime::now()
@@ -201,57 +201,46 @@ pub(crate) fn prepare_request<B>(
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let mut value = Stack::default();
         value.push(b"t=");
-        value.push_number(micros);
-        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
-            headers.insert(HeaderName::from_static("x-request-start"), value);
-        }
+        value.push(decimal(micros, &mut [0; 20]));
+        headers.append(message::X_REQUEST_START, Value::copy(value.as_bytes()));
     }
 }
 
 /// Makes a worker's response head fit to send to the client, or says why the client gets
 /// 502 instead: a response with both `Content-Length` and `Transfer-Encoding` could be
 /// framed either way (RFC 9112 6.3 asks to handle it as an error; nginx answers 502).
-/// `Trailer` is kept: it names the trailer fields hyper then forwards.
-pub(crate) fn prepare_response(headers: &mut HeaderMap) -> Result<(), &'static str> {
-    if headers.contains_key(header::CONTENT_LENGTH)
-        && headers.contains_key(header::TRANSFER_ENCODING)
-    {
+/// `Trailer` is kept: it names the trailer fields then forwarded.
+pub(crate) fn prepare_response(headers: &mut Fields) -> Result<(), &'static str> {
+    if headers.contains(message::CONTENT_LENGTH) && headers.contains(message::TRANSFER_ENCODING) {
         return Err("length_and_chunked");
     }
-    let trailer: Vec<HeaderValue> = headers.get_all(header::TRAILER).iter().cloned().collect();
-    strip_hop_by_hop(headers, false);
-    for value in trailer {
-        headers.append(header::TRAILER, value);
-    }
+    strip_hop_by_hop(headers, false, true);
     Ok(())
 }
 
 /// Removes every header whose name holds `_`: Rack, WSGI and CGI map `-` and `_` to one
 /// key, so `X_Forwarded_For` could shadow the `X-Forwarded-For` a proxy set (nginx drops
 /// them for this reason too).
-fn drop_underscore_headers(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().contains('_'))
-        .cloned()
-        .collect();
-    for name in named {
-        event!(
-            Debug,
-            "header_dropped",
-            name = name.as_str(),
-            reason = "underscore"
-        );
-        headers.remove(name);
-    }
+fn drop_underscore_headers(headers: &mut Fields) {
+    headers.remove_where(|_, name, _| {
+        let doomed = name.contains(&b'_');
+        if doomed {
+            event!(
+                Debug,
+                "header_dropped",
+                name = String::from_utf8_lossy(name),
+                reason = "underscore"
+            );
+        }
+        doomed
+    });
 }
 
 /// Tells the app who the client is: the peer appended to `X-Forwarded-For` (nginx's
 /// `$proxy_add_x_forwarded_for`; a client's own list is kept, the peer is what molt
 /// vouches for), and `X-Forwarded-Proto` and `-Port` unless a proxy in front (Heroku's
 /// router) set them.
-fn add_forwarded(headers: &mut HeaderMap, arrival: Arrival) {
-    let forwarded_for = HeaderName::from_static("x-forwarded-for");
+fn add_forwarded(headers: &mut Fields, arrival: Arrival) {
     let mut peer = Stack::default();
     match arrival.peer.ip().to_canonical() {
         // Most clients, and every one behind Heroku's router: written by hand, where the
@@ -261,7 +250,7 @@ fn add_forwarded(headers: &mut HeaderMap, arrival: Arrival) {
                 if at > 0 {
                     peer.push(b".");
                 }
-                peer.push_number(u64::from(octet));
+                peer.push(decimal(u64::from(octet), &mut [0; 20]));
             }
         }
         // At most 39 characters, and the stack holds 64.
@@ -271,54 +260,36 @@ fn add_forwarded(headers: &mut HeaderMap, arrival: Arrival) {
     }
     let kept = || {
         headers
-            .get_all(&forwarded_for)
-            .iter()
-            .map(|value| value.as_bytes().trim_ascii())
+            .get_all(message::X_FORWARDED_FOR)
+            .map(<[u8]>::trim_ascii)
             .filter(|value| !value.is_empty())
     };
-    // Sized exactly, so that it becomes the header's value as it is.
-    let len = kept().map(|value| value.len() + 2).sum::<usize>() + peer.as_bytes().len();
-    let mut list: Vec<u8> = Vec::with_capacity(len);
-    for value in kept() {
-        list.extend_from_slice(value);
-        list.extend_from_slice(b", ");
-    }
-    list.extend_from_slice(peer.as_bytes());
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(list)) {
-        headers.insert(forwarded_for, value);
-    }
-    let proto = HeaderName::from_static("x-forwarded-proto");
-    if !headers.contains_key(&proto) {
-        headers.insert(proto, HeaderValue::from_static("http"));
-    }
-    let port = HeaderName::from_static("x-forwarded-port");
-    if !headers.contains_key(&port) {
-        headers.insert(port, port_value(arrival.local.port()));
-    }
-}
-
-thread_local! {
-    /// The last port's `X-Forwarded-Port` value: every connection reached the one public
-    /// port, so the value is made once per thread and shared, not allocated per request.
-    static PORT: RefCell<Option<(u16, HeaderValue)>> = const { RefCell::new(None) };
-}
-
-fn port_value(port: u16) -> HeaderValue {
-    PORT.with(|last| {
-        let mut last = last.borrow_mut();
-        match &*last {
-            Some((seen, value)) if *seen == port => value.clone(),
-            _ => {
-                let value = HeaderValue::from(port);
-                *last = Some((port, value.clone()));
-                value
-            }
+    let value = if kept().next().is_none() {
+        Value::copy(peer.as_bytes())
+    } else {
+        // Sized exactly, so that it becomes the line's value as it is.
+        let len = kept().map(|value| value.len() + 2).sum::<usize>() + peer.as_bytes().len();
+        let mut list: Vec<u8> = Vec::with_capacity(len);
+        for value in kept() {
+            list.extend_from_slice(value);
+            list.extend_from_slice(b", ");
         }
-    })
+        list.extend_from_slice(peer.as_bytes());
+        Value::from_vec(list)
+    };
+    headers.insert(message::X_FORWARDED_FOR, value);
+    if !headers.contains(message::X_FORWARDED_PROTO) {
+        headers.append(message::X_FORWARDED_PROTO, Value::from_static("http"));
+    }
+    if !headers.contains(message::X_FORWARDED_PORT) {
+        headers.append(
+            message::X_FORWARDED_PORT,
+            Value::number(u64::from(arrival.local.port())),
+        );
+    }
 }
 
-/// A short text written on the stack: an address or a number, formatted without an
-/// allocation.
+/// A short text written on the stack: an address, formatted without an allocation.
 struct Stack {
     bytes: [u8; 64],
     len: usize,
@@ -345,21 +316,6 @@ impl Stack {
         self.bytes[self.len..end].copy_from_slice(&text[..end - self.len]);
         self.len = end;
     }
-
-    /// Appends `n` in decimal.
-    fn push_number(&mut self, mut n: u64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.push(&digits[at..]);
-    }
 }
 
 impl std::fmt::Write for Stack {
@@ -375,61 +331,46 @@ impl std::fmt::Write for Stack {
 }
 
 /// The headers that describe one connection besides `Connection` and what it names.
-const HOP_BY_HOP: [&str; 6] = [
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [Name; 6] = [
+    message::KEEP_ALIVE,
+    message::PROXY_CONNECTION,
+    message::TE,
+    message::TRAILER,
+    message::TRANSFER_ENCODING,
+    message::UPGRADE,
 ];
 
 /// Removes the headers that describe one connection (RFC 9110 section 7.6.1) rather
 /// than the message, including any the `Connection` header names. An upgrade keeps
-/// `Upgrade` and `Connection: upgrade`, which the worker needs to accept it.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // The Connection lines are taken out, and what they name removed after; a second
-    // line, seldom there, is the only thing allocated.
-    let (first, more): (Option<HeaderValue>, Vec<HeaderValue>) =
-        match headers.entry(header::CONNECTION) {
-            header::Entry::Occupied(lines) => {
-                let mut lines = lines.remove_entry_mult().1;
-                (lines.next(), lines.collect())
-            }
-            header::Entry::Vacant(_) => (None, Vec::new()),
-        };
-    for token in first
-        .iter()
-        .chain(&more)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-    {
+/// `Upgrade` and `Connection: upgrade`, which the worker needs to accept it; a response
+/// keeps `Trailer` (`keep_trailer`).
+pub(crate) fn strip_hop_by_hop(headers: &mut Fields, upgrade: bool, keep_trailer: bool) {
+    // Whether `Connection` names more than `close` and `keep-alive` (whose header goes
+    // anyway), as it seldom does; only then is each line looked for among its tokens.
+    let names_more = headers
+        .get_all(message::CONNECTION)
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+        });
+    headers.remove_where(|fields, name, known| {
+        if known == Some(message::CONNECTION) {
+            return true;
+        }
         // A client cannot make molt drop Host: the worker needs it, and an HTTP/1.1
-        // request without it is invalid. `keep-alive`, the usual token, names a header
-        // that goes anyway.
-        let kept = (upgrade && token.eq_ignore_ascii_case("upgrade"))
-            || token.eq_ignore_ascii_case("host")
-            || token.eq_ignore_ascii_case("keep-alive");
-        if !kept {
-            headers.remove(token);
-        }
-    }
-    // One look at each name present, rather than a lookup of each of these, most of
-    // which are not there.
-    let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(at) = HOP_BY_HOP.iter().position(|&hop| name.as_str() == hop) {
-            present |= 1 << at;
-        }
-    }
-    for (at, &name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << at) != 0 && !(upgrade && name == "upgrade") {
-            headers.remove(name);
-        }
-    }
+        // request without it is invalid.
+        let kept = (upgrade && known == Some(message::UPGRADE))
+            || (keep_trailer && known == Some(message::TRAILER))
+            || known == Some(message::HOST);
+        !kept
+            && (known.is_some_and(|known| HOP_BY_HOP.contains(&known))
+                || (names_more && names(fields, message::CONNECTION, name)))
+    });
     if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.append(message::CONNECTION, Value::from_static("upgrade"));
     }
 }
 
@@ -473,15 +414,12 @@ mod tests {
         }
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).expect("valid name"),
-                HeaderValue::from_str(v).expect("valid value"),
-            );
+    fn headers(pairs: &[(&'static str, &str)]) -> Fields {
+        let mut fields = Fields::new();
+        for &(name, value) in pairs {
+            fields.append(Name::of(name), Value::copy(value.as_bytes()));
         }
-        map
+        fields
     }
 
     #[test]
@@ -494,11 +432,19 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("host", "example.com"),
             ("x-request-id", "abc"),
+            ("Trailer", "x-sum"),
         ]);
-        strip_hop_by_hop(&mut map, false);
-        let mut left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["host", "x-request-id"]);
+        let mut response = map.clone();
+        strip_hop_by_hop(&mut response, false, true);
+        let names = |fields: &Fields| -> Vec<String> {
+            fields
+                .iter()
+                .map(|(name, _)| String::from_utf8_lossy(name).into_owned())
+                .collect()
+        };
+        assert_eq!(names(&response), ["host", "x-request-id", "Trailer"]);
+        strip_hop_by_hop(&mut map, false, false);
+        assert_eq!(names(&map), ["host", "x-request-id"]);
     }
 
     const ARRIVAL: &str = "[::ffff:10.0.0.7]:40000 [::ffff:127.0.0.1]:5000";
@@ -516,23 +462,25 @@ mod tests {
         let mut req = raw;
         assert_eq!(refusal(&req), None);
         prepare_request(&mut req, false, arrival(), underscores);
-        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.version, Version::HTTP_11);
         let mut seen: Vec<String> = req
-            .headers()
+            .headers
             .iter()
-            .filter(|(name, _)| name.as_str() != "x-request-start")
-            .map(|(name, value)| format!("{name}: {}", value.to_str().expect("ascii")))
+            .filter(|(name, _)| *name != b"x-request-start")
+            .map(|(name, value)| {
+                format!(
+                    "{}: {}",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(value)
+                )
+            })
             .collect();
         seen.sort_unstable();
-        (req.uri().to_string(), seen)
+        (req.uri.to_string(), seen)
     }
 
-    fn request(version: Version, target: &str, pairs: &[(&str, &str)]) -> Request<()> {
-        let mut req = Request::builder().version(version).uri(target);
-        for (name, value) in pairs {
-            req = req.header(*name, *value);
-        }
-        req.body(()).expect("a valid request")
+    fn request(version: Version, target: &str, pairs: &[(&'static str, &str)]) -> Request<()> {
+        Request::test("GET", target, version, pairs, ())
     }
 
     #[test]
@@ -615,20 +563,13 @@ mod tests {
                 peer: SocketAddr::new(ip, 1),
                 local: SocketAddr::new(ip, 8080),
             };
-            let mut headers = HeaderMap::new();
+            let mut headers = Fields::new();
             add_forwarded(&mut headers, arrival);
             assert_eq!(
-                headers["x-forwarded-for"].to_str().unwrap(),
-                ip.to_canonical().to_string()
+                headers.get(message::X_FORWARDED_FOR),
+                Some(ip.to_canonical().to_string().as_bytes())
             );
-        }
-        for port in [80, 5000, 80] {
-            assert_eq!(port_value(port), port.to_string().as_str());
-        }
-        for n in [0, 7, 10, 1_764_633_600_123_456, u64::MAX] {
-            let mut stack = Stack::default();
-            stack.push_number(n);
-            assert_eq!(stack.as_bytes(), n.to_string().as_bytes());
+            assert_eq!(headers.get(message::X_FORWARDED_PORT), Some(&b"8080"[..]));
         }
     }
 
@@ -651,7 +592,8 @@ mod tests {
 
     #[test]
     fn http_1_0_host_must_be_valid_and_single() {
-        let refused = |pairs: &[(&str, &str)]| refusal(&request(Version::HTTP_10, "/", pairs));
+        let refused =
+            |pairs: &[(&'static str, &str)]| refusal(&request(Version::HTTP_10, "/", pairs));
         assert_eq!(refused(&[]), None);
         assert_eq!(refused(&[("host", "a")]), None);
         assert_eq!(
@@ -669,16 +611,10 @@ mod tests {
             ("sec-websocket-key", "k"),
         ]);
         assert!(wants_upgrade(&map));
-        strip_hop_by_hop(&mut map, true);
-        assert_eq!(
-            map.get("upgrade").map(HeaderValue::as_bytes),
-            Some(&b"websocket"[..])
-        );
-        assert_eq!(
-            map.get("connection").map(HeaderValue::as_bytes),
-            Some(&b"upgrade"[..])
-        );
-        assert!(map.contains_key("sec-websocket-key"));
+        strip_hop_by_hop(&mut map, true, false);
+        assert_eq!(map.get(message::UPGRADE), Some(&b"websocket"[..]));
+        assert_eq!(map.get(message::CONNECTION), Some(&b"upgrade"[..]));
+        assert!(map.contains(Name::of("sec-websocket-key")));
         assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
     }
 }

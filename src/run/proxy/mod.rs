@@ -25,6 +25,8 @@ mod head;
 pub(crate) mod limiter;
 /// Binding the public port and handing it to the accept loop.
 pub(crate) mod listen;
+/// Requests and responses as molt's server and client carry them: header lines as they came.
+mod message;
 /// Response bodies from a worker to a client, read ahead of a slow client.
 mod relay;
 /// Request bodies read whole before a worker is leased: memory, then a temporary file.
@@ -41,7 +43,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Either;
 use hyper::body::Body as _;
-use hyper::http::{Request, Response, StatusCode};
+use hyper::http::StatusCode;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -55,6 +57,7 @@ use crate::run::proxy::dispatch::{Dispatcher, Lease};
 use crate::run::proxy::failure::Failure;
 use crate::run::proxy::head::Arrival;
 use crate::run::proxy::listen::{Handed, Spread};
+use crate::run::proxy::message::{Request, Response};
 use crate::run::proxy::relay::ProxyBody;
 use crate::run::proxy::spool::{SpoolError, Spooled};
 use crate::run::proxy::upstream::{Upgraded, UpstreamBody};
@@ -210,7 +213,10 @@ async fn answer(req: Request<RequestBody>, proxy: Arc<Proxy>, arrival: Arrival) 
     // Before the head is rewritten: molt adds its own X-Request-Start.
     let metrics = proxy.metrics.clone();
     let arrived = metrics.as_ref().map(|metrics| {
-        metrics.arrived(req.headers(), std::time::SystemTime::now());
+        metrics.arrived(
+            req.headers.get(message::X_REQUEST_START),
+            std::time::SystemTime::now(),
+        );
         std::time::Instant::now()
     });
     let answer = handle(req, proxy, arrival)
@@ -220,7 +226,7 @@ async fn answer(req: Request<RequestBody>, proxy: Arc<Proxy>, arrival: Arrival) 
             upgrade: None,
         });
     if let (Some(metrics), Some(arrived)) = (metrics, arrived) {
-        metrics.answered(answer.response.status(), arrived.elapsed());
+        metrics.answered(answer.response.status, arrived.elapsed());
     }
     answer
 }
@@ -235,9 +241,9 @@ async fn handle(
     if let Some(refusal) = head::refusal(&req) {
         return Err(Failure::Refused(refusal));
     }
-    let upgrade = head::wants_upgrade(req.headers());
+    let upgrade = head::wants_upgrade(&req.headers);
     head::prepare_request(&mut req, upgrade, arrival, proxy.underscore_headers);
-    if head::content_length(req.headers()).is_some_and(|len| len > proxy.max_body) {
+    if head::content_length(&req.headers).is_some_and(|len| len > proxy.max_body) {
         return Err(Failure::BodyTooLarge);
     }
     let buffer = match proxy.buffering {
@@ -245,8 +251,8 @@ async fn handle(
         Buffering::Never => false,
         Buffering::WhileOneAtATime => proxy.dispatcher.one_at_a_time(),
     };
-    let req = if buffer && !req.body().is_end_stream() {
-        let (head, body) = req.into_parts();
+    let req = if buffer && !req.body.is_end_stream() {
+        let (head, body) = req.split();
         let body = Spooled::read(body, proxy.max_body)
             .await
             .map_err(|err| match err {
@@ -255,24 +261,21 @@ async fn handle(
                 SpoolError::Client(err) => Failure::ClientBody(err),
                 SpoolError::CannotSpool { path, source } => Failure::Spool { path, source },
             })?;
-        Request::from_parts(head, Either::Right(Box::new(body)))
+        head.with(Either::Right(Box::new(body)))
     } else {
         req.map(Either::Left)
     };
 
     let (lease, mut response) = exchange(&proxy, req).await?;
-    if upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if upgrade && response.status == StatusCode::SWITCHING_PROTOCOLS {
         // The connection becomes a tunnel once this response is written.
-        let upgrade = response
-            .body_mut()
-            .upgraded()
-            .map(|upgraded| (upgraded, lease));
+        let upgrade = response.body.upgraded().map(|upgraded| (upgraded, lease));
         return Ok(Answer {
             response: response.map(|_| ProxyBody::empty()),
             upgrade,
         });
     }
-    if let Err(reason) = head::prepare_response(response.headers_mut()) {
+    if let Err(reason) = head::prepare_response(&mut response.headers) {
         let worker = lease.slot().id;
         return Err(Failure::BadResponse { worker, reason });
     }

@@ -551,14 +551,17 @@ mod tests {
         use http_body_util::BodyExt as _;
         let conn = idle.connect(addr).await.expect("connect");
         let body: UpstreamBody = Either::Right(Box::new(Spooled::empty()));
-        let request = hyper::Request::get("/")
-            .header("host", "x")
-            .body(body)
-            .expect("request");
+        let request = crate::run::proxy::message::Request::test(
+            "GET",
+            "/",
+            hyper::Version::HTTP_11,
+            &[("host", "x")],
+            body,
+        );
         let mut body = crate::run::proxy::client::send(conn, request)
             .await
             .expect("response")
-            .into_body();
+            .body;
         while let Some(frame) = body.frame().await {
             frame.expect("body");
         }
