@@ -29,7 +29,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -483,6 +483,9 @@ pub(crate) struct Dispatcher {
     queue_timeout: Duration,
     /// Set by [`Dispatcher::close`], under the state's lock.
     closed: AtomicBool,
+    /// The queue's length, written under the state's lock whenever it changes, so that a
+    /// lease given back with nobody waiting takes no lock (see [`Lease`]'s `drop`).
+    waiting: AtomicUsize,
 }
 
 /// One request's claim on one worker, released on drop.
@@ -518,7 +521,13 @@ impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
             release(&self.slot);
-            self.dispatcher.pump();
+            // Most leases go back with nobody waiting: the queue is served only when
+            // someone is, so that the threads' requests do not all take one lock twice.
+            // The fence pairs with the one after a request joins the queue (`acquire`).
+            fence(Ordering::SeqCst);
+            if self.dispatcher.waiting.load(Ordering::SeqCst) > 0 {
+                self.dispatcher.pump();
+            }
         }
     }
 }
@@ -606,6 +615,7 @@ impl Dispatcher {
             max_queue,
             queue_timeout,
             closed: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -681,6 +691,7 @@ impl Dispatcher {
             if state.queue.len() >= self.max_queue {
                 // Waiters that gave up leave their entries behind; only count live ones.
                 state.queue.retain(|w| !w.tx.is_closed());
+                self.waiting.store(state.queue.len(), Ordering::SeqCst);
                 if state.queue.len() >= self.max_queue {
                     return Err(Overload::QueueFull {
                         queued: state.queue.len(),
@@ -689,6 +700,13 @@ impl Dispatcher {
             }
             let (tx, rx) = oneshot::channel();
             state.queue.push_back(Waiter { tx });
+            self.waiting.store(state.queue.len(), Ordering::SeqCst);
+            // A lease given back since the worker was chosen above may have seen no one
+            // waiting, and taken no lock to serve the queue: this looks at the workers
+            // again. With the fence here and the one after each release, at least one of
+            // the two sees the other (the queue's length, or the freed capacity).
+            fence(Ordering::SeqCst);
+            self.serve_queue(&mut state);
             (rx, self.needs_attention(waiting(&state)))
         };
         let (rx, wake) = rx;
@@ -805,6 +823,7 @@ impl Dispatcher {
         self.closed.store(true, Ordering::Release);
         // Dropping a waiter's sender wakes it with `Overload::Closed`.
         state.queue.clear();
+        self.waiting.store(0, Ordering::SeqCst);
     }
 
     /// Serves waiting requests after a worker's capacity grew.
@@ -815,6 +834,11 @@ impl Dispatcher {
     /// Hands free capacity to waiting requests, oldest first.
     fn pump(self: &Arc<Self>) {
         let mut state = lock(&self.state);
+        self.serve_queue(&mut state);
+    }
+
+    /// [`Dispatcher::pump`] with the state's lock held.
+    fn serve_queue(self: &Arc<Self>, state: &mut State) {
         while let Some(front) = state.queue.front() {
             if front.tx.is_closed() {
                 state.queue.pop_front();
@@ -831,6 +855,7 @@ impl Dispatcher {
                 lease.disarm();
             }
         }
+        self.waiting.store(state.queue.len(), Ordering::SeqCst);
     }
 }
 
@@ -842,6 +867,36 @@ mod tests {
         let s = Slot::new(id, SocketAddr::from(([127, 0, 0, 1], 1)), 0, None);
         s.in_flight.store(busy, Ordering::Relaxed);
         Arc::new(s)
+    }
+
+    /// A lease given back on one thread just as a request joins the queue on another
+    /// reaches that request: a lease given back takes no lock while nobody waits, and
+    /// the request, once queued, looks at the workers again.
+    #[test]
+    fn a_lease_given_back_as_a_request_queues_reaches_it() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let d = Dispatcher::new(1, 16, Duration::from_secs(30));
+            d.publish(vec![slot(1, 0)]);
+            for round in 0..5_000 {
+                let held = d.acquire().await.expect("the worker is free");
+                let waiting = tokio::spawn({
+                    let d = Arc::clone(&d);
+                    async move { d.acquire().await.map(drop) }
+                });
+                let given_back = std::thread::spawn(move || drop(held));
+                given_back.join().expect("given back");
+                tokio::time::timeout(Duration::from_secs(5), waiting)
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: the queued request got no worker"))
+                    .expect("the task")
+                    .expect("a lease");
+            }
+        });
     }
 
     fn ids(pick: Option<&Arc<Slot>>) -> Option<u64> {

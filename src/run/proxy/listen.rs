@@ -82,7 +82,7 @@ pub(crate) async fn serve_public(
 }
 
 /// Threads the proxy runs on: one per CPU molt may use (its cgroup's quota counted).
-fn proxy_threads() -> usize {
+pub(super) fn proxy_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 

@@ -126,7 +126,7 @@ impl Upstream {
     }
 }
 
-/// Most idle keep-alive connections kept per worker.
+/// Most idle keep-alive connections kept per worker, in all of its threads' lists.
 const MAX_IDLE_UPSTREAMS: usize = 64;
 
 /// Idle connections older than this are not reused. App servers close idle keep-alive
@@ -172,49 +172,93 @@ struct Idle {
     since: Instant,
 }
 
-/// A worker's idle kept-alive connections, most recently used last.
+/// How many lists of idle connections a worker has: one per proxy thread.
+fn shard_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(super::listen::proxy_threads)
+}
+
+/// One proxy thread's idle connections to a worker, most recently used last, on cache
+/// lines of their own: another thread's requests never touch them.
 #[derive(Default)]
+#[repr(align(128))]
+struct Shard(Mutex<Vec<Idle>>);
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
+        // Every change under the lock is one push, remove, drain or clear, none of which
+        // can panic half-way, so a poisoned lock still guards a whole list.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A worker's idle kept-alive connections, one list per proxy thread (by the thread
+/// that opened each), so that the threads' requests, each taking a connection and
+/// putting it back, do not wait on one lock (docs/benchmarks.md, "Header lines as they
+/// arrived", says what that cost).
 pub(crate) struct IdleUpstreams {
-    idle: Mutex<Vec<Idle>>,
+    shards: Box<[Shard]>,
     /// Raised by [`IdleUpstreams::forget`]: connections opened before it go once used.
     generation: AtomicU64,
     /// Whether the worker's connections ask for quick acknowledgements ([`QuickAck`]).
     acks: Arc<AckMode>,
 }
 
+impl Default for IdleUpstreams {
+    fn default() -> Self {
+        IdleUpstreams {
+            shards: (0..shard_count()).map(|_| Shard::default()).collect(),
+            generation: AtomicU64::default(),
+            acks: Arc::default(),
+        }
+    }
+}
+
 impl IdleUpstreams {
+    /// The list of the connections proxy thread `thread` opened.
+    fn shard(&self, thread: usize) -> &Shard {
+        &self.shards[thread % self.shards.len()]
+    }
+
     /// Takes an idle keep-alive connection, most recently used first, of this proxy
     /// thread's if it has one: another thread's is driven by that thread, which each
     /// request then has to wake.
     pub(crate) fn take(&self) -> Option<Upstream> {
         let here = proxy_thread();
-        let mut idle = self.lock();
-        let stale = stale(&idle);
-        idle.drain(..stale);
-        while let Some(at) = idle
-            .iter()
-            .rposition(|idle| idle.conn.thread == here)
-            .or_else(|| idle.len().checked_sub(1))
-        {
-            let Idle { conn, .. } = idle.remove(at);
-            if !conn.is_closed() {
-                return Some(conn);
+        let own = here % self.shards.len();
+        (0..self.shards.len()).find_map(|next| {
+            let mut idle = self.shards[(own + next) % self.shards.len()].lock();
+            let stale = stale(&idle);
+            idle.drain(..stale);
+            // One list may hold connections of several threads when there are more
+            // threads than lists (a test's, or the supervisor's warm-up).
+            while let Some(at) = idle
+                .iter()
+                .rposition(|idle| idle.conn.thread == here)
+                .or_else(|| idle.len().checked_sub(1))
+            {
+                let Idle { conn, .. } = idle.remove(at);
+                if !conn.is_closed() {
+                    return Some(conn);
+                }
             }
-        }
-        None
+            None
+        })
     }
 
     /// Drops the idle connections too old to be reused: each holds its socket and its
     /// read buffer (8 KiB once used) until a request takes or passes over it, which after
     /// a burst may be never. The supervisor calls it with every memory sample.
     pub(crate) fn drop_stale(&self) {
-        let dropped: Vec<Idle> = {
-            let mut idle = self.lock();
-            let stale = stale(&idle);
-            idle.drain(..stale).collect()
-        };
-        // After the lock: closing the sockets is system calls.
-        drop(dropped);
+        for shard in &self.shards {
+            let dropped: Vec<Idle> = {
+                let mut idle = shard.lock();
+                let stale = stale(&idle);
+                idle.drain(..stale).collect()
+            };
+            // After the lock: closing the sockets is system calls.
+            drop(dropped);
+        }
     }
 
     /// Returns a connection whose last exchange completed, for reuse.
@@ -222,8 +266,8 @@ impl IdleUpstreams {
         if conn.generation != self.generation.load(Ordering::Acquire) {
             return;
         }
-        let mut idle = self.lock();
-        if idle.len() < MAX_IDLE_UPSTREAMS {
+        let mut idle = self.shard(conn.thread).lock();
+        if idle.len() < MAX_IDLE_UPSTREAMS.div_ceil(self.shards.len()) {
             idle.push(Idle {
                 conn,
                 since: Instant::now(),
@@ -234,7 +278,9 @@ impl IdleUpstreams {
     /// Drops every idle connection (the worker is going away, or one of its connections
     /// broke, which the others may soon do too).
     pub(crate) fn clear(&self) {
-        self.lock().clear();
+        for shard in &self.shards {
+            shard.lock().clear();
+        }
     }
 
     /// Drops every idle connection and keeps none in use now once it is done: an adopted
@@ -246,10 +292,10 @@ impl IdleUpstreams {
         self.clear();
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
-        // Every change under the lock is one push, pop, drain or clear, none of which can
-        // panic half-way, so a poisoned lock still guards a whole list.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    /// How many idle connections there are, in all lists.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().len()).sum()
     }
 
     /// A ready connection to the worker at `addr`: an idle kept-alive one, else a new one.
@@ -482,13 +528,9 @@ mod tests {
         let recent = idle.connect(addr).await.expect("connect");
         idle.put(old);
         idle.put(recent);
-        idle.lock()[0].since -= MAX_UPSTREAM_IDLE;
+        idle.shard(proxy_thread()).lock()[0].since -= MAX_UPSTREAM_IDLE;
         idle.drop_stale();
-        assert_eq!(
-            idle.lock().len(),
-            1,
-            "the old one went, the recent one stays"
-        );
+        assert_eq!(idle.len(), 1, "the old one went, the recent one stays");
         // The worker sees the dropped connection closed.
         let mut held = accepted.await.expect("accepted");
         let (mut worker_side, _) = held.remove(0);
