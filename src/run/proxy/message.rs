@@ -93,12 +93,22 @@ pub(crate) fn valid_value(bytes: &[u8]) -> bool {
 /// A header name molt looks up or sets. The names molt reads have a tag of their own,
 /// given to each line as the head is read, so that looking one up compares a byte per
 /// line rather than the name; any other name is compared as text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Name {
     text: &'static str,
     /// Its place in [`KNOWN`] plus one; 0 for a name not there.
     tag: u8,
 }
+
+/// Two names are one when their tags are, or, for names molt does not read, their text
+/// is in any case.
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        self.tag == other.tag && (self.tag > 0 || self.text.eq_ignore_ascii_case(other.text))
+    }
+}
+
+impl Eq for Name {}
 
 impl Name {
     /// A name molt sets but never looks for in what it reads.
@@ -161,12 +171,26 @@ pub(crate) const X_REQUEST_START: Name = Name::known(13);
 pub(crate) const DATE: Name = Name::known(14);
 pub(crate) const CONTENT_TYPE: Name = Name::known(15);
 
-/// The tag of a name read from a head: its place in [`KNOWN`] plus one, or 0.
+/// The tag of a name read from a head: its place in [`KNOWN`] plus one, or 0. Only the
+/// known names of its length are compared (none for most names a browser sends).
 fn tag_of(name: &[u8]) -> u8 {
-    KNOWN
+    let candidates: &[Name] = match name.len() {
+        2 => &[TE],
+        4 => &[HOST, DATE],
+        6 => &[EXPECT],
+        7 => &[UPGRADE, TRAILER],
+        10 => &[CONNECTION, KEEP_ALIVE],
+        12 => &[CONTENT_TYPE],
+        14 => &[CONTENT_LENGTH],
+        15 => &[X_FORWARDED_FOR, X_REQUEST_START],
+        16 => &[X_FORWARDED_PORT, PROXY_CONNECTION],
+        17 => &[TRANSFER_ENCODING, X_FORWARDED_PROTO],
+        _ => &[],
+    };
+    candidates
         .iter()
-        .position(|known| known.len() == name.len() && name.eq_ignore_ascii_case(known.as_bytes()))
-        .map_or(0, |at| Name::known(at).tag)
+        .find(|known| name.eq_ignore_ascii_case(known.text.as_bytes()))
+        .map_or(0, |known| known.tag)
 }
 
 /// One header line.
@@ -313,6 +337,7 @@ fn text_in<'a>(head: &'a [u8], text: &'a Text) -> &'a [u8] {
 }
 
 /// Whether `line` is named `name`: by its tag when molt knows the name, else by text.
+#[inline]
 fn is(head: &[u8], line: &Line, name: Name) -> bool {
     if name.tag > 0 {
         line.tag == name.tag
@@ -478,6 +503,19 @@ mod tests {
             b"Host: a\r\nX-Thing: 1\r\nx-thing: 2\r\nACCEPT: */*\r\n"
         );
         assert_eq!(f.encoded_len(), out.len());
+    }
+
+    /// Every name molt reads is tagged, in any case, and no other name is.
+    #[test]
+    fn every_known_name_and_only_those_get_their_tag() {
+        for (at, name) in KNOWN.iter().enumerate() {
+            let tag = Name::known(at).tag;
+            assert_eq!(tag_of(name.as_bytes()), tag, "{name}");
+            assert_eq!(tag_of(name.to_ascii_uppercase().as_bytes()), tag, "{name}");
+        }
+        for other in ["user-agent", "accept", "hosts", "x-forwarded-host", "t", ""] {
+            assert_eq!(tag_of(other.as_bytes()), 0, "{other}");
+        }
     }
 
     #[test]
