@@ -94,12 +94,18 @@ fn closed_loop(port: u16, clients: usize, path: &str, run: Duration) -> usize {
 /// Each ready worker's current limit, from `molt status --json`.
 /// Reads the limits every 100 ms while `load` runs; its answers and the highest limit seen.
 fn highest_limit_during(load: thread::JoinHandle<usize>, socket: &Path) -> (usize, u64) {
-    let mut highest = 0;
+    let (answered, seen) = limits_during(load, socket);
+    (answered, seen.into_iter().max().unwrap_or(0))
+}
+
+/// The answers of `load`, and the highest learned limit every 100 ms while it ran.
+fn limits_during(load: thread::JoinHandle<usize>, socket: &Path) -> (usize, Vec<u64>) {
+    let mut seen = Vec::new();
     while !load.is_finished() {
-        highest = highest.max(limits(socket).into_iter().max().unwrap_or(0));
+        seen.push(limits(socket).into_iter().max().unwrap_or(0));
         thread::sleep(Duration::from_millis(100));
     }
-    (load.join().expect("load thread"), highest)
+    (load.join().expect("load thread"), seen)
 }
 
 fn limits(socket: &Path) -> Vec<u64> {
@@ -228,13 +234,23 @@ fn a_unicorn_child_keeps_a_limit_of_one() {
     );
     let port = molt.port();
     // Eight clients keep the one worker full for several windows of 32 answers, during
-    // which the limit probes 2 and comes back.
+    // which the limit probes 2 now and then (after 1, 2, 4 and then 8 windows at 1) and
+    // comes back. Where the load ends, a probe may be under way: the limit is judged
+    // over the run, not at its end, which depends on how many answers the machine gave.
     let load = thread::spawn(move || closed_loop(port, 8, "/sleep?ms=20", Duration::from_secs(6)));
-    let (answered, highest) = highest_limit_during(load, &socket);
-    let last = limits(&socket);
-    eprintln!("concurrency unicorn: {answered} answers, highest limit {highest}, last {last:?}");
+    let (answered, seen) = limits_during(load, &socket);
+    let at_one = seen.iter().filter(|&&limit| limit == 1).count();
+    let highest = seen.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "concurrency unicorn: {answered} answers, limit 1 in {at_one} of {} looks, highest {highest}",
+        seen.len()
+    );
     assert!(answered >= 128, "too few answers to learn from: {answered}");
-    assert_eq!(last, [1], "{}", molt.log());
+    assert!(
+        at_one * 5 >= seen.len() * 3,
+        "the limit stays at 1 but for probes: {seen:?}\n{}",
+        molt.log()
+    );
     assert!(highest <= 2, "a probe goes one step only, got {highest}");
 }
 

@@ -1211,6 +1211,17 @@ fn pool_internals_are_not_served_on_the_public_port() {
 fn molt_error_responses_reveal_no_internals() {
     let molt = single_worker(&[("MOLT_MAX_QUEUE", "0"), ("MOLT_REQUEST_TIMEOUT", "1s")]);
     let port = molt.port();
+    // `at=ready` is logged just before the worker is routed; with no queue, a request in
+    // between gets 503. Routed once a request gets through.
+    let routed = || {
+        assert!(
+            wait_until(Duration::from_secs(10), || get(port, "/")
+                .is_ok_and(|r| r.status == 200)),
+            "the worker is never routed:\n{}",
+            molt.log()
+        );
+    };
+    routed();
 
     let mut seen = Vec::new();
     // 504: the request outlives MOLT_REQUEST_TIMEOUT; the stuck worker is replaced.
@@ -1221,6 +1232,7 @@ fn molt_error_responses_reveal_no_internals() {
         "no replacement worker:\n{}",
         molt.log()
     );
+    routed();
     // 503: the only worker is busy and the queue holds nothing.
     let mark = temp_path("held");
     let held = {
