@@ -291,7 +291,7 @@ pub(crate) fn respond(failure: &Failure) -> Response<ProxyBody> {
     );
     if answer.retry_after {
         headers.append(
-            Name::other("retry-after"),
+            Name::of("retry-after"),
             Value::from_static(RETRY_AFTER_SECS),
         );
     }
@@ -444,7 +444,7 @@ mod tests {
             assert_eq!(response.status, expected.status, "{failure:?}");
             let header = |name| response.headers.get(name);
             assert_eq!(
-                header(Name::other("retry-after")),
+                header(Name::of("retry-after")),
                 expected.retry_after.then_some(&b"1"[..]),
                 "{failure:?}"
             );

@@ -445,6 +445,14 @@ mod tests {
         assert_eq!(names(&response), ["host", "x-request-id", "Trailer"]);
         strip_hop_by_hop(&mut map, false, false);
         assert_eq!(names(&map), ["host", "x-request-id"]);
+        // What Connection names goes wherever Connection stands.
+        let mut later = headers(&[
+            ("X-Secret", "1"),
+            ("host", "example.com"),
+            ("Connection", "X-secret"),
+        ]);
+        strip_hop_by_hop(&mut later, false, false);
+        assert_eq!(names(&later), ["host"]);
     }
 
     const ARRIVAL: &str = "[::ffff:10.0.0.7]:40000 [::ffff:127.0.0.1]:5000";

@@ -111,13 +111,8 @@ impl PartialEq for Name {
 impl Eq for Name {}
 
 impl Name {
-    /// A name molt sets but never looks for in what it reads.
-    pub(crate) const fn other(text: &'static str) -> Name {
-        Name { text, tag: 0 }
-    }
-
-    /// The name `text`, with its tag if molt knows it.
-    #[cfg(test)]
+    /// The name `text` (lowercase, as molt writes the lines it adds), with its tag if
+    /// molt reads it; the known ones are also constants (`HOST`, ...).
     pub(crate) fn of(text: &'static str) -> Name {
         Name {
             text,
@@ -200,6 +195,9 @@ struct Line {
     value: Text,
     /// The name's tag ([`Name`]).
     tag: u8,
+    /// Marked to go by [`Fields::remove_where`], which removes the marked lines once it
+    /// has judged them all.
+    doomed: bool,
 }
 
 /// A message's header lines, in order: those read from a head, as spans of it, with
@@ -225,6 +223,7 @@ impl Fields {
                 name: Text::Head(name_at, name_end),
                 value: Text::Head(value_at, value_end),
                 tag: tag_of(&head[name_at as usize..name_end as usize]),
+                doomed: false,
             });
         }
         Fields { head, lines }
@@ -258,20 +257,16 @@ impl Fields {
         self.lines.iter().any(|line| is(&self.head, line, name))
     }
 
-    /// Removes every line whose name and tag `doomed` says so of, given the fields as
-    /// they were before any was removed.
+    /// Removes every line whose name (and tag, for a name molt knows) `doomed` says so
+    /// of, each judged on all the fields as they were before any was removed.
     pub(crate) fn remove_where(&mut self, doomed: impl Fn(&Fields, &[u8], Option<Name>) -> bool) {
-        // From the last line, so that a removal moves only lines already looked at; a
-        // line is judged on the lines before it as they came (none before it is gone).
-        let mut at = self.lines.len();
-        while at > 0 {
-            at -= 1;
+        for at in 0..self.lines.len() {
             let line = &self.lines[at];
             let known = (line.tag > 0).then(|| Name::known(usize::from(line.tag - 1)));
-            if doomed(self, self.text(&line.name), known) {
-                self.lines.remove(at);
-            }
+            let goes = doomed(self, self.text(&line.name), known);
+            self.lines[at].doomed = goes;
         }
+        self.lines.retain(|line| !line.doomed);
     }
 
     /// Removes every line named `name`.
@@ -286,6 +281,7 @@ impl Fields {
             name: Text::Static(name.text.as_bytes()),
             value: value.0,
             tag: name.tag,
+            doomed: false,
         });
     }
 
@@ -545,14 +541,24 @@ mod tests {
 
     #[test]
     fn remove_where_judges_each_line_on_the_lines_as_they_came() {
-        let mut f = fields("Connection: x-a, close\r\nX-A: 1\r\nX-B: 2\r\nx-a: 3\r\n");
-        f.remove_where(|fields, name, _| {
-            fields
-                .get_all(CONNECTION)
-                .flat_map(|v| v.split(|&b| b == b','))
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
-        });
-        assert_eq!(lines(&f), ["Connection: x-a, close", "X-B: 2"]);
+        let named = |fields: &Fields, name: &[u8], known: Option<Name>| {
+            known == Some(CONNECTION)
+                || fields
+                    .get_all(CONNECTION)
+                    .flat_map(|v| v.split(|&b| b == b','))
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(name))
+        };
+        // The Connection line goes too, wherever it stands: the lines it names go whether
+        // they come before it or after.
+        for head in [
+            "Connection: x-a, close\r\nX-A: 1\r\nX-B: 2\r\nx-a: 3\r\n",
+            "X-A: 1\r\nX-B: 2\r\nx-a: 3\r\nConnection: x-a, close\r\n",
+            "X-A: 1\r\nConnection: x-a, close\r\nX-B: 2\r\nx-a: 3\r\n",
+        ] {
+            let mut f = fields(head);
+            f.remove_where(named);
+            assert_eq!(lines(&f), ["X-B: 2"], "{head:?}");
+        }
     }
 
     #[test]
