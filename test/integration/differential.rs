@@ -576,6 +576,7 @@ fn variants() -> Vec<Sent> {
         ("digit_name", b"GET / HTTP/1.1\r\nHost: a\r\n123: v\r\n\r\n"),
         // -- Hop-by-hop (RFC 9110 7.6.1)
         ("connection_names_a_header", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\r\n"),
+        ("connection_after_the_header_it_names", b"GET / HTTP/1.1\r\nHost: a\r\nX-Secret: 1\r\nConnection: keep-alive, X-Secret\r\n\r\n"),
         ("connection_close_names_host", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, host\r\n\r\n"),
         ("keep_alive_and_te", b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\r\n"),
         ("proxy_connection", b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: keep-alive\r\n\r\n"),
@@ -1306,6 +1307,7 @@ const RESPONSES: &[Canned] = &[
     same("redirect", b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n", false),
     same("two_set_cookies", b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n", false),
     same("hop_by_hop_named_by_connection", b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok", false),
+    same("hop_by_hop_named_by_a_later_connection", b"HTTP/1.1 200 OK\r\nX-Secret: 1\r\nConnection: X-Secret\r\nContent-Length: 2\r\n\r\nok", false),
     same("connection_close", b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", true),
     same("high_bytes_in_a_header", b"HTTP/1.1 200 OK\r\nX-A: caf\xe9\r\nContent-Length: 2\r\n\r\nok", false),
     same("bare_lf_line_endings", b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", false),
