@@ -880,6 +880,21 @@ fn compare_readings(direct: &Reading, via: &Reading, molt_port: u16) -> Result<(
     if direct_headers != via_headers {
         differ("headers", &direct_headers, &via_headers);
     }
+    // What Connection names is gone, wherever the Connection line stood, but for what
+    // molt frames or sets itself.
+    for name in connection_named
+        .iter()
+        .filter(|name| !REWRITTEN.contains(&name.as_str()))
+    {
+        let reached = via.values(name);
+        if !reached.is_empty() {
+            differ(
+                &format!("{name}, which Connection names"),
+                &direct.values(name),
+                &reached,
+            );
+        }
+    }
     check_added(
         direct,
         via,
