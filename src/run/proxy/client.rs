@@ -570,9 +570,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Er
             let base = buf.as_ptr() as usize;
             let reason = parsed
                 .reason
-                .filter(|reason| {
-                    !reason.is_empty() && crate::run::proxy::message::valid_value(reason.as_bytes())
-                })
+                .filter(|reason| !reason.is_empty() && message::valid_value(reason.as_bytes()))
                 .map(|reason| {
                     let at = reason.as_ptr() as usize - base;
                     (at, at + reason.len())

@@ -195,10 +195,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
         && headers
             .get(message::EXPECT)
             .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
-    let takes_trailers = headers
-        .get_all(message::TE)
-        .flat_map(|v| v.split(|&b| b == b','))
-        .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+    let takes_trailers = headers.has_token(message::TE, b"trailers");
     let request = Request {
         method,
         uri,

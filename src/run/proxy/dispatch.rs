@@ -691,7 +691,7 @@ impl Dispatcher {
             if state.queue.len() >= self.max_queue {
                 // Waiters that gave up leave their entries behind; only count live ones.
                 state.queue.retain(|w| !w.tx.is_closed());
-                self.waiting.store(state.queue.len(), Ordering::SeqCst);
+                self.queue_changed(&state);
                 if state.queue.len() >= self.max_queue {
                     return Err(Overload::QueueFull {
                         queued: state.queue.len(),
@@ -700,7 +700,7 @@ impl Dispatcher {
             }
             let (tx, rx) = oneshot::channel();
             state.queue.push_back(Waiter { tx });
-            self.waiting.store(state.queue.len(), Ordering::SeqCst);
+            self.queue_changed(&state);
             // A lease given back since the worker was chosen above may have seen no one
             // waiting, and taken no lock to serve the queue: this looks at the workers
             // again. With the fence here and the one after each release, at least one of
@@ -823,7 +823,7 @@ impl Dispatcher {
         self.closed.store(true, Ordering::Release);
         // Dropping a waiter's sender wakes it with `Overload::Closed`.
         state.queue.clear();
-        self.waiting.store(0, Ordering::SeqCst);
+        self.queue_changed(&state);
     }
 
     /// Serves waiting requests after a worker's capacity grew.
@@ -835,6 +835,12 @@ impl Dispatcher {
     fn pump(self: &Arc<Self>) {
         let mut state = lock(&self.state);
         self.serve_queue(&mut state);
+    }
+
+    /// Keeps [`Dispatcher::waiting`] the queue's length; called under the state's lock
+    /// after every change to the queue.
+    fn queue_changed(&self, state: &State) {
+        self.waiting.store(state.queue.len(), Ordering::SeqCst);
     }
 
     /// [`Dispatcher::pump`] with the state's lock held.
@@ -855,7 +861,7 @@ impl Dispatcher {
                 lease.disarm();
             }
         }
-        self.waiting.store(state.queue.len(), Ordering::SeqCst);
+        self.queue_changed(state);
     }
 }
 

@@ -5,8 +5,6 @@
 use bytes::{Bytes, BytesMut};
 use hyper::header::HeaderMap;
 
-#[cfg(test)]
-use crate::run::proxy::message::Value;
 use crate::run::proxy::message::{self, Fields};
 
 /// Most header lines in a head, as hyper counted them on either side.
@@ -166,36 +164,20 @@ mod tests {
 
     #[test]
     fn connection_tokens_are_read_across_lines_in_any_case() {
-        let mut headers = Fields::new();
-        headers.append(
-            message::Name::of("connection"),
-            Value::from_static("Upgrade, KEEP-alive"),
-        );
-        assert_eq!(connection_tokens(&headers), (false, true));
-        headers.append(
-            message::Name::of("Connection"),
-            Value::from_static(" close "),
-        );
-        assert_eq!(connection_tokens(&headers), (true, true));
+        let one = [("connection", "Upgrade, KEEP-alive")];
+        assert_eq!(connection_tokens(&Fields::of_pairs(&one)), (false, true));
+        let two = [one[0], ("Connection", " close ")];
+        assert_eq!(connection_tokens(&Fields::of_pairs(&two)), (true, true));
     }
 
     #[test]
     fn only_the_last_coding_of_the_last_line_says_chunked() {
-        let mut headers = Fields::new();
-        headers.append(
-            message::Name::of("transfer-encoding"),
-            Value::from_static("chunked"),
-        );
-        assert!(last_coding_is_chunked(&headers));
-        headers.append(
-            message::Name::of("Transfer-Encoding"),
-            Value::from_static("chunked, gzip"),
-        );
-        assert!(!last_coding_is_chunked(&headers));
-        headers.append(
-            message::Name::of("transfer-encoding"),
-            Value::from_static("gzip,  Chunked "),
-        );
-        assert!(last_coding_is_chunked(&headers));
+        let chunked = |lines: &[&str]| {
+            let pairs: Vec<_> = lines.iter().map(|&v| ("Transfer-Encoding", v)).collect();
+            last_coding_is_chunked(&Fields::of_pairs(&pairs))
+        };
+        assert!(chunked(&["chunked"]));
+        assert!(!chunked(&["chunked", "chunked, gzip"]));
+        assert!(chunked(&["chunked", "chunked, gzip", "gzip,  Chunked "]));
     }
 }

@@ -43,15 +43,7 @@ pub(crate) fn content_length(headers: &Fields) -> Option<u64> {
 
 /// Whether the client asks to switch protocols (WebSocket).
 pub(crate) fn wants_upgrade(headers: &Fields) -> bool {
-    headers.contains(message::UPGRADE) && names(headers, message::CONNECTION, b"upgrade")
-}
-
-/// Whether a line named `name` holds `token` in its comma-separated list, in any case.
-fn names(headers: &Fields, name: Name, token: &[u8]) -> bool {
-    headers
-        .get_all(name)
-        .flat_map(|v| v.split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    headers.contains(message::UPGRADE) && headers.has_token(message::CONNECTION, b"upgrade")
 }
 
 /// Why a request must not reach a worker: RFC 9112 asks a server to refuse these, and a
@@ -61,18 +53,15 @@ pub(crate) fn refusal<B>(req: &Request<B>) -> Option<Refusal> {
     let headers = &req.headers;
     // molt decodes a body whose last coding is chunked; any other coding (gzip,
     // chunked) or chunked twice would reach the worker altered.
-    let codings = || {
-        headers
-            .get_all(message::TRANSFER_ENCODING)
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|c| !c.is_empty())
-    };
-    let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+    let codings = headers
+        .get_all(message::TRANSFER_ENCODING)
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
     let (mut count, mut chunks) = (0, 0);
-    for coding in codings() {
+    for coding in codings {
         count += 1;
-        chunks += usize::from(chunked(coding));
+        chunks += usize::from(coding.eq_ignore_ascii_case(b"chunked"));
     }
     if count > 0 && !(count == 1 && chunks == 1) {
         return Some(if chunks > 1 {
@@ -184,7 +173,7 @@ pub(crate) fn prepare_request<B>(
     // A client that takes trailers says so with `TE: trailers` (RFC 9110 10.1.4); the
     // worker is told, so that trailers it sends reach the client (molt sends a client
     // trailers only when it asked for them).
-    let takes_trailers = names(headers, message::TE, b"trailers");
+    let takes_trailers = headers.has_token(message::TE, b"trailers");
     strip_hop_by_hop(headers, upgrade, false);
     if takes_trailers {
         headers.append(message::TE, Value::from_static("trailers"));
@@ -367,7 +356,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut Fields, upgrade: bool, keep_trailer
             || known == Some(message::HOST);
         !kept
             && (known.is_some_and(|known| HOP_BY_HOP.contains(&known))
-                || (names_more && names(fields, message::CONNECTION, name)))
+                || (names_more && fields.has_token(message::CONNECTION, name)))
     });
     if upgrade {
         headers.append(message::CONNECTION, Value::from_static("upgrade"));
@@ -414,17 +403,9 @@ mod tests {
         }
     }
 
-    fn headers(pairs: &[(&'static str, &str)]) -> Fields {
-        let mut fields = Fields::new();
-        for &(name, value) in pairs {
-            fields.append(Name::of(name), Value::copy(value.as_bytes()));
-        }
-        fields
-    }
-
     #[test]
     fn hop_by_hop_headers_are_removed() {
-        let mut map = headers(&[
+        let mut map = Fields::of_pairs(&[
             ("connection", "keep-alive, x-secret"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
@@ -446,7 +427,7 @@ mod tests {
         strip_hop_by_hop(&mut map, false, false);
         assert_eq!(names(&map), ["host", "x-request-id"]);
         // What Connection names goes wherever Connection stands.
-        let mut later = headers(&[
+        let mut later = Fields::of_pairs(&[
             ("X-Secret", "1"),
             ("host", "example.com"),
             ("Connection", "X-secret"),
@@ -554,9 +535,9 @@ mod tests {
         );
     }
 
-    /// The hand-written forms are the ones `Display` gives.
+    /// The peer written by hand is what `Display` gives, and the port is the one reached.
     #[test]
-    fn the_peer_port_and_stamp_are_written_as_display_writes_them() {
+    fn the_peer_and_port_are_written_as_display_writes_them() {
         for ip in [
             "0.0.0.0",
             "255.255.255.255",
@@ -613,7 +594,7 @@ mod tests {
 
     #[test]
     fn upgrades_keep_what_the_worker_needs() {
-        let mut map = headers(&[
+        let mut map = Fields::of_pairs(&[
             ("connection", "keep-alive, Upgrade"),
             ("upgrade", "websocket"),
             ("sec-websocket-key", "k"),
@@ -623,6 +604,9 @@ mod tests {
         assert_eq!(map.get(message::UPGRADE), Some(&b"websocket"[..]));
         assert_eq!(map.get(message::CONNECTION), Some(&b"upgrade"[..]));
         assert!(map.contains(Name::of("sec-websocket-key")));
-        assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
+        assert!(!wants_upgrade(&Fields::of_pairs(&[(
+            "upgrade",
+            "websocket"
+        )])));
     }
 }

@@ -257,6 +257,24 @@ impl Fields {
         self.lines.iter().any(|line| is(&self.head, line, name))
     }
 
+    /// Whether a line named `name` holds `token` in its comma-separated list, in any case
+    /// (`Connection: upgrade`, `TE: trailers`).
+    pub(crate) fn has_token(&self, name: Name, token: &[u8]) -> bool {
+        self.get_all(name)
+            .flat_map(|value| value.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    }
+
+    /// Fields of `pairs`, as a test writes them.
+    #[cfg(test)]
+    pub(crate) fn of_pairs(pairs: &[(&'static str, &str)]) -> Fields {
+        let mut fields = Fields::new();
+        for &(name, value) in pairs {
+            fields.append(Name::of(name), Value::copy(value.as_bytes()));
+        }
+        fields
+    }
+
     /// Removes every line whose name (and tag, for a name molt knows) `doomed` says so
     /// of, each judged on all the fields as they were before any was removed.
     pub(crate) fn remove_where(&mut self, doomed: impl Fn(&Fields, &[u8], Option<Name>) -> bool) {
@@ -402,15 +420,11 @@ impl<B> Request<B> {
         headers: &[(&'static str, &str)],
         body: B,
     ) -> Request<B> {
-        let mut fields = Fields::new();
-        for &(name, value) in headers {
-            fields.append(Name::of(name), Value::copy(value.as_bytes()));
-        }
         Request {
             method: method.parse().expect("a method"),
             uri: target.parse().expect("a target"),
             version,
-            headers: fields,
+            headers: Fields::of_pairs(headers),
             body,
         }
     }
