@@ -29,6 +29,7 @@ use hyper::http::{Method, StatusCode, Version};
 
 use crate::run::proxy::h1::{self, take_up_to, MAX_HEADERS};
 use crate::run::proxy::message::{self, Fields, Request, Response, Value};
+use crate::run::proxy::stash;
 use crate::run::proxy::upstream::{Upgraded, Upstream, UpstreamBody};
 
 /// A response head larger than this is refused (502): nginx's limit is 4 or 8 KiB
@@ -243,7 +244,7 @@ fn encode_head(parts: &Request<()>) -> Vec<u8> {
         .uri
         .path_and_query()
         .map_or("/", hyper::http::uri::PathAndQuery::as_str);
-    let mut head = Vec::with_capacity(16 + target.len() + parts.headers.encoded_len());
+    let mut head = stash::head(16 + target.len() + parts.headers.encoded_len());
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
@@ -269,7 +270,16 @@ pub(super) struct Outbox {
     head: Vec<u8>,
     /// How much of `head` has been written.
     head_sent: usize,
-    pieces: std::collections::VecDeque<Bytes>,
+    /// The first piece, held here so that a message of one piece (most are) allocates no
+    /// queue; `None` only while `more` is empty.
+    first: Option<Bytes>,
+    more: std::collections::VecDeque<Bytes>,
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        stash::give_head(std::mem::take(&mut self.head));
+    }
 }
 
 impl Outbox {
@@ -281,17 +291,26 @@ impl Outbox {
     }
 
     pub(super) fn push(&mut self, piece: Bytes) {
-        if !piece.is_empty() {
-            self.pieces.push_back(piece);
+        if piece.is_empty() {
+            return;
+        }
+        if self.first.is_none() {
+            self.first = Some(piece);
+        } else {
+            self.more.push_back(piece);
         }
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.head_sent == self.head.len() && self.pieces.is_empty()
+        self.head_sent == self.head.len() && self.first.is_none()
     }
 
     pub(super) fn len(&self) -> usize {
-        self.head.len() - self.head_sent + self.pieces.iter().map(Bytes::len).sum::<usize>()
+        self.head.len() - self.head_sent + self.pieces().map(Bytes::len).sum::<usize>()
+    }
+
+    fn pieces(&self) -> impl Iterator<Item = &Bytes> {
+        self.first.iter().chain(&self.more)
     }
 
     /// Writes until all is written (`Ready`) or the socket is full (`Pending`, its wake
@@ -324,7 +343,7 @@ impl Outbox {
         let head = &self.head[self.head_sent..];
         let mut count = usize::from(!head.is_empty());
         slices[0] = io::IoSlice::new(head);
-        for (slice, piece) in slices[count..].iter_mut().zip(&self.pieces) {
+        for (slice, piece) in slices[count..].iter_mut().zip(self.pieces()) {
             *slice = io::IoSlice::new(piece);
             count += 1;
         }
@@ -336,15 +355,15 @@ impl Outbox {
         self.head_sent += of_head;
         if self.head_sent == self.head.len() && !self.head.is_empty() {
             // Written: the head's memory goes now, not with the message.
-            self.head = Vec::new();
+            stash::give_head(std::mem::take(&mut self.head));
             self.head_sent = 0;
         }
         let mut left = n - of_head;
         while left > 0 {
-            let front = self.pieces.front_mut().expect("written bytes were queued");
+            let front = self.first.as_mut().expect("written bytes were queued");
             if front.len() <= left {
                 left -= front.len();
-                self.pieces.pop_front();
+                self.first = self.more.pop_front();
             } else {
                 let _ = front.split_to(left);
                 left = 0;

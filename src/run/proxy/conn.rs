@@ -41,6 +41,7 @@ use crate::run::proxy::failure::{self, Failure, Refusal};
 use crate::run::proxy::h1::{self, connection_tokens, take_up_to, MAX_HEADERS};
 use crate::run::proxy::message::{self, Fields, Request, Response};
 use crate::run::proxy::relay::ProxyBody;
+use crate::run::proxy::stash;
 use crate::run::proxy::upstream::Upgraded;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -102,8 +103,11 @@ impl Reader {
                 ready?;
             } else {
                 // Nothing to read: the buffer goes while the connection waits.
-                self.buf = BytesMut::new();
+                self.release();
                 return Poll::Pending;
+            }
+            if self.buf.capacity() == 0 {
+                self.buf = stash::read_buffer();
             }
         }
         self.buf.reserve(want);
@@ -114,13 +118,19 @@ impl Reader {
         };
         if read.is_pending() && self.buf.is_empty() {
             // The readiness was stale: nothing held while waiting again.
-            self.buf = BytesMut::new();
+            self.release();
         }
         ready!(read)?;
         // SAFETY: `ReadBuf` counts as filled only bytes that were written (initialised),
         // and they lie in `buf`'s spare capacity, right after its initialised length.
         unsafe { self.buf.set_len(self.buf.len() + filled) };
         Poll::Ready(Ok(filled))
+    }
+
+    /// Gives the empty buffer back to the thread's stash, for the next connection that
+    /// has bytes to read.
+    fn release(&mut self) {
+        stash::give_read(std::mem::take(&mut self.buf), HEAD_READ);
     }
 }
 
@@ -913,7 +923,7 @@ fn encode_head(response: &Response<ProxyBody>, exchange: Exchange) -> (Vec<u8>, 
     } else {
         Out::UntilClose
     };
-    let mut head = Vec::with_capacity(128 + headers.encoded_len());
+    let mut head = stash::head(128 + headers.encoded_len());
     let version = if exchange.version == Version::HTTP_10 || response.version == Version::HTTP_10 {
         b"HTTP/1.0 "
     } else {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
 use crate::run::proxy::limiter::{Limiter, LimiterSettings};
-use crate::run::proxy::upstream::IdleUpstreams;
+use crate::run::proxy::upstream::{proxy_thread, IdleUpstreams};
 
 /// One worker as the request path sees it.
 pub(crate) struct Slot {
@@ -439,6 +439,34 @@ pub(crate) enum Overload {
 
 struct Waiter {
     tx: oneshot::Sender<Lease>,
+    /// The proxy thread whose task waits: a lease sent from another thread wakes that
+    /// one through the kernel, where one sent on its own thread is a push onto its run
+    /// queue.
+    thread: usize,
+    /// How many leases went to waiters behind this one, of the thread that gave each
+    /// back (see [`next_waiter`]).
+    passed: usize,
+}
+
+/// How far behind the front a waiter of the thread giving a lease back may be to take
+/// it first, and how many times the front may be passed over so: a lease handed across
+/// threads costs both a wake through the kernel, and under learned concurrency nearly
+/// every request waits for one.
+const PASS_OVER: usize = 4;
+
+/// The place in `queue` of the waiter the next lease goes to, when thread `here` gives it:
+/// the first waiter of `here` among the first [`PASS_OVER`] behind the front, unless the
+/// front was passed over that many times; else the front. The front thus waits at most
+/// [`PASS_OVER`] leases longer than it would in order.
+fn next_waiter(queue: &VecDeque<Waiter>, here: usize) -> usize {
+    match queue.front() {
+        Some(front) if front.thread != here && front.passed < PASS_OVER => queue
+            .iter()
+            .take(PASS_OVER + 1)
+            .position(|w| w.thread == here && !w.tx.is_closed())
+            .unwrap_or(0),
+        _ => 0,
+    }
 }
 
 struct State {
@@ -502,10 +530,16 @@ impl Lease {
         &self.slot
     }
 
-    /// The worker answered this request's head `latency` after it was sent: a sample of
-    /// its learned limit, if it learns one. Waiting requests get any capacity it gained.
-    pub(crate) fn answered(&self, latency: Duration) {
-        if self.slot.answered(latency, self.in_flight, Instant::now()) {
+    /// The worker answered this request's head, sent at `sent`: a sample of its learned
+    /// limit, if it learns one. Waiting requests get any capacity it gained.
+    pub(crate) fn answered(&self, sent: Instant) {
+        // One reading of the clock for both.
+        let now = Instant::now();
+        self.answered_after(now.saturating_duration_since(sent), now);
+    }
+
+    fn answered_after(&self, latency: Duration, now: Instant) {
+        if self.slot.answered(latency, self.in_flight, now) {
             self.dispatcher.capacity_grew();
         }
     }
@@ -699,7 +733,11 @@ impl Dispatcher {
                 }
             }
             let (tx, rx) = oneshot::channel();
-            state.queue.push_back(Waiter { tx });
+            state.queue.push_back(Waiter {
+                tx,
+                thread: proxy_thread(),
+                passed: 0,
+            });
             self.queue_changed(&state);
             // A lease given back since the worker was chosen above may have seen no one
             // waiting, and taken no lock to serve the queue: this looks at the workers
@@ -845,6 +883,11 @@ impl Dispatcher {
 
     /// [`Dispatcher::pump`] with the state's lock held.
     fn serve_queue(self: &Arc<Self>, state: &mut State) {
+        self.serve_queue_from(state, proxy_thread());
+    }
+
+    /// [`Dispatcher::serve_queue`] on proxy thread `here`.
+    fn serve_queue_from(self: &Arc<Self>, state: &mut State, here: usize) {
         while let Some(front) = state.queue.front() {
             if front.tx.is_closed() {
                 state.queue.pop_front();
@@ -855,7 +898,14 @@ impl Dispatcher {
                 break;
             };
             let lease = self.lease(slot);
-            let waiter = state.queue.pop_front().expect("front() just returned Some");
+            let at = next_waiter(&state.queue, here);
+            if at > 0 {
+                state.queue[0].passed += 1;
+            }
+            let waiter = state
+                .queue
+                .remove(at)
+                .expect("a waiter at a place found in the queue");
             if let Err(lease) = waiter.tx.send(lease) {
                 // The waiter timed out in between; the worker is still free.
                 lease.disarm();
@@ -1182,6 +1232,79 @@ mod tests {
 }
 
 #[cfg(test)]
+mod affinity_tests {
+    use super::*;
+
+    fn waiters(threads: &[usize]) -> (VecDeque<Waiter>, Vec<oneshot::Receiver<Lease>>) {
+        let mut receivers = Vec::new();
+        let queue = threads
+            .iter()
+            .map(|&thread| {
+                let (tx, rx) = oneshot::channel();
+                receivers.push(rx);
+                Waiter {
+                    tx,
+                    thread,
+                    passed: 0,
+                }
+            })
+            .collect();
+        (queue, receivers)
+    }
+
+    #[test]
+    fn a_lease_goes_to_a_waiter_of_its_own_thread_near_the_front() {
+        let (queue, _rx) = waiters(&[1, 0, 1, 0]);
+        assert_eq!(next_waiter(&queue, 1), 0, "the front is the thread's own");
+        assert_eq!(next_waiter(&queue, 0), 1, "one place behind");
+        let (queue, _rx) = waiters(&[1, 1, 1, 1, 1, 0]);
+        assert_eq!(next_waiter(&queue, 0), 0, "too far behind: the front");
+        let (queue, _rx) = waiters(&[1, 1]);
+        assert_eq!(next_waiter(&queue, 0), 0, "none of the thread's: the front");
+    }
+
+    #[test]
+    fn a_waiter_that_gave_up_is_not_chosen_and_the_front_is_passed_over_a_bounded_number_of_times()
+    {
+        let (queue, mut rx) = waiters(&[1, 0, 0]);
+        drop(rx.remove(1));
+        assert_eq!(next_waiter(&queue, 0), 2, "the one that gave up is skipped");
+
+        // Thread 0 gives back every lease and its requests keep coming: the front, of
+        // thread 1, waits PASS_OVER leases longer, no more.
+        let d = Dispatcher::new(1, 100, Duration::from_secs(5));
+        d.publish(vec![slot(1, 0)]);
+        let (mut front, mut receivers) = waiters(&[1]);
+        let mut state = lock(&d.state);
+        state.queue.append(&mut front);
+        let mut served = Vec::new();
+        for _ in 0..=PASS_OVER {
+            let (mut more, rx) = waiters(&[0]);
+            state.queue.append(&mut more);
+            receivers.extend(rx);
+            d.serve_queue_from(&mut state, 0);
+            let at = receivers
+                .iter_mut()
+                .position(|rx| rx.try_recv().map(Lease::disarm).is_ok())
+                .expect("a waiter got the lease");
+            served.push(at);
+        }
+        assert_eq!(
+            served.last(),
+            Some(&0),
+            "the front, once passed over {PASS_OVER} times"
+        );
+        assert!(served[..PASS_OVER].iter().all(|&at| at > 0));
+    }
+
+    fn slot(id: u64, busy: usize) -> Arc<Slot> {
+        let s = Slot::new(id, SocketAddr::from(([127, 0, 0, 1], 1)), 0, None);
+        s.in_flight.store(busy, Ordering::Relaxed);
+        Arc::new(s)
+    }
+}
+
+#[cfg(test)]
 mod learning_tests {
     use super::*;
 
@@ -1208,7 +1331,7 @@ mod learning_tests {
         assert_eq!(before.limit, 1);
         assert!(before.rising_since.is_some(), "full, and rising");
         for _ in 0..32 {
-            held.answered(Duration::from_millis(10));
+            held.answered_after(Duration::from_millis(10), Instant::now());
         }
         assert_eq!(waiting.await.expect("task ran"), Ok(1));
         assert_eq!(d.capacity_of(&s), Some(2));

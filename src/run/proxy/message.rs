@@ -12,7 +12,10 @@
 use bytes::Bytes;
 use hyper::http::{Method, StatusCode, Uri, Version};
 
+use std::cell::RefCell;
+
 use crate::run::proxy::h1::Span;
+use crate::run::proxy::stash;
 
 /// A value of at most this many bytes made here (a port, a length, a time stamp) is held
 /// in the line itself.
@@ -67,17 +70,33 @@ impl Value {
     }
 }
 
-/// `n` in decimal, written at the end of `digits`, without the formatting machinery
-/// (which takes ten times the instructions).
+/// `n` in decimal, written at the end of `digits`, two digits at a time and without the
+/// formatting machinery (which takes ten times the instructions).
 pub(crate) fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+    /// "00" to "99", each pair at twice its value.
+    const PAIRS: [u8; 200] = {
+        let mut pairs = [0; 200];
+        let mut i: u8 = 0;
+        while i < 100 {
+            pairs[2 * i as usize] = b'0' + i / 10;
+            pairs[2 * i as usize + 1] = b'0' + i % 10;
+            i += 1;
         }
+        pairs
+    };
+    let mut at = digits.len();
+    while n >= 10 {
+        #[allow(clippy::cast_possible_truncation)] // below 100
+        let pair = 2 * (n % 100) as usize;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        n /= 100;
+    }
+    if n > 0 || at == digits.len() {
+        at -= 1;
+        #[allow(clippy::cast_possible_truncation)] // a digit
+        let digit = n as u8;
+        digits[at] = b'0' + digit;
     }
     &digits[at..]
 }
@@ -184,8 +203,17 @@ fn tag_of(name: &[u8]) -> u8 {
     };
     candidates
         .iter()
-        .find(|known| name.eq_ignore_ascii_case(known.text.as_bytes()))
+        .find(|known| same_token(name, known.text.as_bytes()))
         .map_or(0, |known| known.tag)
+}
+
+/// Whether the token `name` (as httparse checked it) is `lower`, a lowercase name of
+/// letters and `-`, in any case: a letter with the 0x20 bit set is the letter in
+/// lowercase, and `-` has that bit set already; the only other byte that becomes `-`
+/// (0x2d) so is CR (0x0d), which no token holds. One OR a byte, where comparing in any
+/// case lowers both sides.
+fn same_token(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len() && name.iter().zip(lower).all(|(&n, &l)| n | 0x20 == l)
 }
 
 /// One header line.
@@ -209,6 +237,17 @@ pub(crate) struct Fields {
     lines: Vec<Line>,
 }
 
+thread_local! {
+    /// Line vectors given back by the messages that held them ([`stash`]).
+    static LINES: RefCell<Vec<Vec<Line>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Drop for Fields {
+    fn drop(&mut self) {
+        stash::give_lines(&LINES, std::mem::take(&mut self.lines));
+    }
+}
+
 impl Fields {
     pub(crate) fn new() -> Fields {
         Fields::default()
@@ -217,15 +256,18 @@ impl Fields {
     /// The lines at `spans` of `head`, with room for `more` (what molt adds on the way).
     /// httparse has checked the names (tokens) and the values ([`valid_value`]).
     pub(crate) fn parsed(head: Bytes, spans: &[Span], more: usize) -> Fields {
-        let mut lines = Vec::with_capacity(spans.len() + more);
-        for &(name_at, name_end, value_at, value_end) in spans {
-            lines.push(Line {
-                name: Text::Head(name_at, name_end),
-                value: Text::Head(value_at, value_end),
-                tag: tag_of(&head[name_at as usize..name_end as usize]),
-                doomed: false,
-            });
-        }
+        let mut lines = stash::lines(&LINES, spans.len() + more);
+        // Written in place, where a push per line copied each.
+        lines.extend(
+            spans
+                .iter()
+                .map(|&(name_at, name_end, value_at, value_end)| Line {
+                    name: Text::Head(name_at, name_end),
+                    value: Text::Head(value_at, value_end),
+                    tag: tag_of(&head[name_at as usize..name_end as usize]),
+                    doomed: false,
+                }),
+        );
         Fields { head, lines }
     }
 
@@ -526,6 +568,21 @@ mod tests {
         for other in ["user-agent", "accept", "hosts", "x-forwarded-host", "t", ""] {
             assert_eq!(tag_of(other.as_bytes()), 0, "{other}");
         }
+        // Every token byte but the name's own, in any case, at every place of a known
+        // name is another name: the bytes are compared eight at a time, case bit aside.
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        for name in KNOWN {
+            for at in 0..name.len() {
+                for b in (0..=255u8).filter(|&b| token(b)) {
+                    let mut other = name.as_bytes().to_vec();
+                    if b.eq_ignore_ascii_case(&other[at]) {
+                        continue;
+                    }
+                    other[at] = b;
+                    assert_eq!(tag_of(&other), 0, "{}", String::from_utf8_lossy(&other));
+                }
+            }
+        }
     }
 
     #[test]
@@ -595,7 +652,20 @@ mod tests {
             fields.append(Name::of("n"), Value::number(n));
             fields.get(Name::of("n")).unwrap().to_vec()
         };
-        for n in [0, 7, 10, 65_535, u64::MAX] {
+        for n in [
+            0,
+            7,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            1_000,
+            65_535,
+            1_733_000_000_123_456,
+            u64::MAX,
+        ] {
             assert_eq!(f(n), n.to_string().into_bytes());
         }
     }

@@ -31,12 +31,13 @@ mod message;
 mod relay;
 /// Request bodies read whole before a worker is leased: memory, then a temporary file.
 mod spool;
+/// Per-thread stashes of the buffers each request takes and gives back.
+mod stash;
 /// Connections from molt to its workers, and the idle ones kept for reuse.
 mod upstream;
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,11 +199,10 @@ fn serve_connection(
     counted: Counted,
 ) -> impl Future<Output = ()> + Send {
     let timeouts = proxy.timeouts;
-    let service = move |req: Request<RequestBody>| -> Pin<Box<dyn Future<Output = Answer> + Send>> {
-        // Boxed: a connection waiting for its next request does not carry a request's
-        // state (about 1.7 KB).
-        Box::pin(answer(req, Arc::clone(&proxy), arrival))
-    };
+    // Not boxed here: `conn::serve` boxes each request's whole exchange with the client
+    // (`Connection::respond`), this answer inside it, so that a connection waiting for its
+    // next request carries neither.
+    let service = move |req: Request<RequestBody>| answer(req, Arc::clone(&proxy), arrival);
     let tunnel: conn::Tunnel =
         |client, early, upstream, lease| Box::pin(tunnel(client, early, upstream, lease));
     conn::serve(stream, timeouts, shutdown, (service, tunnel), counted)
@@ -341,7 +341,7 @@ async fn exchange(
             Ok(response) => {
                 // Before the lease goes back, so that the next dispatch already has the
                 // worker's new limit (see `dispatch`, "A worker's capacity").
-                lease.answered(sent_at.elapsed());
+                lease.answered(sent_at);
                 return Ok((lease, response));
             }
             Err(err) => err,

@@ -156,7 +156,8 @@ pub(crate) fn on_proxy_thread(index: usize) {
     PROXY_THREAD.with(|thread| thread.set(index));
 }
 
-fn proxy_thread() -> usize {
+/// The proxy thread this is, as [`on_proxy_thread`] marked it; `usize::MAX` elsewhere.
+pub(crate) fn proxy_thread() -> usize {
     PROXY_THREAD.with(std::cell::Cell::get)
 }
 
