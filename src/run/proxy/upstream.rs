@@ -164,7 +164,9 @@ pub(crate) fn proxy_thread() -> usize {
 /// How many of the idle connections, oldest first, are too old to be reused: the most
 /// recent is at the end, and once one is too old, all before it are too.
 fn stale(idle: &[Idle]) -> usize {
-    idle.partition_point(|idle| idle.since.elapsed() >= MAX_UPSTREAM_IDLE)
+    // One reading of the clock for the whole search, not one for each look.
+    let now = Instant::now();
+    idle.partition_point(|idle| now.saturating_duration_since(idle.since) >= MAX_UPSTREAM_IDLE)
 }
 
 /// An idle connection, and since when.
