@@ -2,12 +2,12 @@
 //! writes (the request to the worker, the response to the client), a message's header
 //! lines, and a client connection's read buffer.
 //!
-//! A proxied request took eleven allocations, eight of them such buffers, each freed
-//! within the request; musl's allocator, the one the static binary a dyno runs links,
-//! pays more for each than glibc's. A buffer given back here is taken by the next request
+//! A proxied request took eleven allocations, six of them for such buffers (a fresh read
+//! buffer's first split allocates the count its halves share), each freed within the
+//! request. A buffer given back here is taken by the next request
 //! on the same thread instead (docs/benchmarks.md, "Buffers kept per thread"). Each stash
-//! keeps at most [`KEPT`] buffers, and only those no larger than a head of the usual
-//! size, so that what a thread keeps is bounded whatever the load: an idle connection
+//! keeps at most [`KEPT`] buffers, each with room for a head of the usual size and no
+//! more, so that what a thread keeps is bounded whatever the load: an idle connection
 //! still holds no buffer at all.
 
 use std::cell::RefCell;
@@ -26,7 +26,10 @@ const HEAD_KEPT: usize = 8 * 1024;
 /// A message's lines are kept if there is room for at most this many.
 const LINES_KEPT: usize = 64;
 
-/// A read buffer is kept if its capacity is at most this; one grown for a larger head goes.
+/// A read buffer is kept if its room is at most this; one grown for a larger head goes
+/// once it is reclaimed whole (the next time it is given back). A buffer still shared with
+/// a head that had it grown holds that allocation until the head goes too, so what a
+/// stash holds is at most [`KEPT`] times the largest head molt reads.
 const READ_KEPT: usize = 4 * 1024;
 
 thread_local! {
