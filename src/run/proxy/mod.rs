@@ -329,13 +329,20 @@ async fn exchange(
         // for a lease would otherwise hold too (the exchange's future from 2,112 bytes to
         // 800; docs/benchmarks.md, "An HTTP/1 client of molt's own").
         let sent = Box::pin(client::send(conn, req));
-        // With no request timeout, the wait is unbounded.
-        let limit = proxy.request_timeout.unwrap_or(Duration::MAX);
-        let Ok(sent) = tokio::time::timeout(limit, sent).await else {
-            // A stuck worker (as uWSGI's harakiri and Unicorn's timeout treat it): the
-            // client gets 504 and the supervisor kills and replaces the worker.
-            let _ = proxy.events.send(Event::Stuck { id: worker });
-            return Err(Failure::Timeout { worker, limit });
+        // With no request timeout (the default) the wait is unbounded, and no timer is
+        // armed for it: one per request, even set past any date, is a clock reading and
+        // an entry put into the runtime's timer wheel and taken out again.
+        let sent = match proxy.request_timeout {
+            None => sent.await,
+            Some(limit) => {
+                let Ok(sent) = tokio::time::timeout(limit, sent).await else {
+                    // A stuck worker (as uWSGI's harakiri and Unicorn's timeout treat it):
+                    // the client gets 504 and the supervisor kills and replaces the worker.
+                    let _ = proxy.events.send(Event::Stuck { id: worker });
+                    return Err(Failure::Timeout { worker, limit });
+                };
+                sent
+            }
         };
         let err = match sent {
             Ok(response) => {
