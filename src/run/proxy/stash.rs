@@ -4,11 +4,11 @@
 //!
 //! A proxied request took eleven allocations, six of them for such buffers (a fresh read
 //! buffer's first split allocates the count its halves share), each freed within the
-//! request. A buffer given back here is taken by the next request
-//! on the same thread instead (docs/benchmarks.md, "Buffers kept per thread"). Each stash
-//! keeps at most [`KEPT`] buffers, each with room for a head of the usual size and no
-//! more, so that what a thread keeps is bounded whatever the load: an idle connection
-//! still holds no buffer at all.
+//! request. A buffer given back here is taken by the next request on the same thread
+//! instead (docs/benchmarks.md, "Buffers kept per thread"). Each stash keeps at most
+//! [`KEPT`] buffers, each with room for a head of the usual size and no more, so that
+//! what a thread keeps is bounded whatever the load: an idle connection still holds no
+//! buffer at all.
 
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -98,8 +98,8 @@ pub(crate) fn read_buffer() -> BytesMut {
 }
 
 /// Gives back an empty read buffer if it has room for `room` bytes without allocating:
-/// one a request's head or body piece still shares is dropped, and its memory goes with
-/// the last of them.
+/// one that a request's head or body piece still shares, with less room than that left,
+/// is dropped, and its memory goes with the last of them.
 pub(crate) fn give_read(mut buf: BytesMut, room: usize) {
     debug_assert!(
         buf.is_empty(),
