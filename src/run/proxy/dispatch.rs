@@ -919,7 +919,7 @@ impl Dispatcher {
 mod tests {
     use super::*;
 
-    fn slot(id: u64, busy: usize) -> Arc<Slot> {
+    pub(super) fn slot(id: u64, busy: usize) -> Arc<Slot> {
         let s = Slot::new(id, SocketAddr::from(([127, 0, 0, 1], 1)), 0, None);
         s.in_flight.store(busy, Ordering::Relaxed);
         Arc::new(s)
@@ -1233,6 +1233,7 @@ mod tests {
 
 #[cfg(test)]
 mod affinity_tests {
+    use super::tests::slot;
     use super::*;
 
     fn waiters(threads: &[usize]) -> (VecDeque<Waiter>, Vec<oneshot::Receiver<Lease>>) {
@@ -1295,12 +1296,6 @@ mod affinity_tests {
             "the front, once passed over {PASS_OVER} times"
         );
         assert!(served[..PASS_OVER].iter().all(|&at| at > 0));
-    }
-
-    fn slot(id: u64, busy: usize) -> Arc<Slot> {
-        let s = Slot::new(id, SocketAddr::from(([127, 0, 0, 1], 1)), 0, None);
-        s.in_flight.store(busy, Ordering::Relaxed);
-        Arc::new(s)
     }
 }
 

@@ -569,7 +569,8 @@ mod tests {
             assert_eq!(tag_of(other.as_bytes()), 0, "{other}");
         }
         // Every token byte but the name's own, in any case, at every place of a known
-        // name is another name: the bytes are compared eight at a time, case bit aside.
+        // name makes another name: the bytes are compared with the case bit set, so one
+        // that differs from the name's in that bit alone (CR for `-`) is no token.
         let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         for name in KNOWN {
             for at in 0..name.len() {

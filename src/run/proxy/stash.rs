@@ -42,7 +42,7 @@ pub(crate) type Stash<T> = LocalKey<RefCell<Vec<T>>>;
 
 /// A buffer from `stash`, if it holds one. Never fails: a thread whose stash is gone
 /// (it is exiting) gets none.
-pub(crate) fn take<T: 'static>(stash: &'static Stash<T>) -> Option<T> {
+fn take<T: 'static>(stash: &'static Stash<T>) -> Option<T> {
     stash
         .try_with(|kept| kept.borrow_mut().pop())
         .ok()
@@ -50,7 +50,7 @@ pub(crate) fn take<T: 'static>(stash: &'static Stash<T>) -> Option<T> {
 }
 
 /// Gives `buffer`, emptied by the caller, to `stash`, or drops it when the stash is full.
-pub(crate) fn give<T: 'static>(stash: &'static Stash<T>, buffer: T) {
+fn give<T: 'static>(stash: &'static Stash<T>, buffer: T) {
     let mut buffer = Some(buffer);
     let _ = stash.try_with(|kept| {
         let mut kept = kept.borrow_mut();
@@ -62,34 +62,40 @@ pub(crate) fn give<T: 'static>(stash: &'static Stash<T>, buffer: T) {
     drop(buffer);
 }
 
+/// An empty vector from `stash` (or a new one) with room for `len`.
+fn vec<T: 'static>(stash: &'static Stash<Vec<T>>, len: usize) -> Vec<T> {
+    let mut vec = take(stash).unwrap_or_default();
+    vec.reserve(len);
+    vec
+}
+
+/// Empties `vec`, dropping what it holds, and gives it to `stash` if it has room for at
+/// most `most`.
+fn give_vec<T: 'static>(stash: &'static Stash<Vec<T>>, mut vec: Vec<T>, most: usize) {
+    if vec.capacity() > 0 && vec.capacity() <= most {
+        vec.clear();
+        give(stash, vec);
+    }
+}
+
 /// An empty buffer for a head of about `len` bytes.
 pub(crate) fn head(len: usize) -> Vec<u8> {
-    let mut head = take(&HEADS).unwrap_or_default();
-    head.reserve(len);
-    head
+    vec(&HEADS, len)
 }
 
 /// Gives back a head once written.
-pub(crate) fn give_head(mut head: Vec<u8>) {
-    if head.capacity() > 0 && head.capacity() <= HEAD_KEPT {
-        head.clear();
-        give(&HEADS, head);
-    }
+pub(crate) fn give_head(head: Vec<u8>) {
+    give_vec(&HEADS, head, HEAD_KEPT);
 }
 
 /// An empty vector of lines with room for `len`.
 pub(crate) fn lines<T: 'static>(stash: &'static Stash<Vec<T>>, len: usize) -> Vec<T> {
-    let mut lines = take(stash).unwrap_or_default();
-    lines.reserve(len);
-    lines
+    vec(stash, len)
 }
 
 /// Gives back a message's lines, dropping what they hold.
-pub(crate) fn give_lines<T: 'static>(stash: &'static Stash<Vec<T>>, mut lines: Vec<T>) {
-    if lines.capacity() > 0 && lines.capacity() <= LINES_KEPT {
-        lines.clear();
-        give(stash, lines);
-    }
+pub(crate) fn give_lines<T: 'static>(stash: &'static Stash<Vec<T>>, lines: Vec<T>) {
+    give_vec(stash, lines, LINES_KEPT);
 }
 
 /// An empty read buffer, given back by an earlier connection if there is one.
